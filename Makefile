@@ -1,0 +1,74 @@
+# musicrec: parameterised notebooks chained by papermill.
+# `make help` lists the targets. Every stage takes PARAMS=params/<profile>.yaml and,
+# for a real source, DATA_PATH=<raw folder>. Make reruns only stale stages.
+
+PARAMS    ?= params/default.yaml
+DATA_PATH ?=
+PYTHON    ?= $(shell command -v python3.11 || command -v python3)
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+READY     := $(VENV)/.installed
+
+# The run name: the profile's run_name, or its file name without .yaml
+RUN := $(shell sed -n 's/^run_name:[[:space:]]*["'\'']\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p' $(PARAMS) 2>/dev/null)
+RUN := $(if $(RUN),$(RUN),$(basename $(notdir $(PARAMS))))
+STAMPS := outputs/$(RUN)/.stamps
+PACKAGE := $(shell find src/musicrec -name '*.py' 2>/dev/null)
+STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
+
+.DEFAULT_GOAL := help
+.PHONY: help setup all data eda report lab test lint bench clean always
+
+help: ## list the targets with one line each
+	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(READY) ## create .venv, install the project and register the Jupyter kernel
+
+$(READY): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --prefix $(VENV) --name musicrec --display-name "musicrec (.venv)" >/dev/null
+	@touch $@
+
+all: report ## set up if needed, then the whole pipeline, ending with the HTML reports
+
+# The data stage records the DATA_PATH it ran with; a different one makes it stale.
+DATA_PATH_USED := $(shell cat $(STAMPS)/data_path 2>/dev/null)
+DATA_STALE := $(if $(filter-out x$(DATA_PATH_USED),x$(DATA_PATH)),always)
+
+$(STAMPS)/01_data: notebooks/01_data.ipynb $(PARAMS) $(PACKAGE) $(DATA_STALE) | $(READY)
+	$(STAGE) 01_data
+	@mkdir -p $(STAMPS) && echo '$(DATA_PATH)' > $(STAMPS)/data_path
+	@touch $@
+
+$(STAMPS)/02_eda: notebooks/02_eda.ipynb $(PARAMS) $(PACKAGE) $(STAMPS)/01_data | $(READY)
+	$(STAGE) 02_eda
+	@touch $@
+
+outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda | $(READY)
+	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
+
+data: $(STAMPS)/01_data ## generate or adapt the data, check it, split it (data/<run>/)
+eda: $(STAMPS)/02_eda ## exploratory analysis and calibration (plots/<run>/)
+report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
+
+lab: $(READY) ## JupyterLab with the project's kernel
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+test: $(READY) ## set up if needed, then the whole test suite (with an end-to-end tiny run)
+	$(PY) -m pytest
+
+lint: $(READY) ## ruff over the package, tests and notebooks
+	$(VENV)/bin/ruff check .
+
+bench: $(READY) ## run the profile's stages afresh; wall time and peak memory to outputs/<run>/bench.json
+	$(PY) -m musicrec bench --params $(PARAMS) --data-path "$(DATA_PATH)"
+
+always:
+
+clean: ## remove the run's data, outputs and plots (PARAMS selects the run)
+	rm -rf data/$(RUN) outputs/$(RUN) plots/$(RUN)
+

@@ -1,0 +1,5 @@
+import sys
+
+from musicrec.cli import main
+
+sys.exit(main())

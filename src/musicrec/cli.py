@@ -1,0 +1,194 @@
+"""Command line of the pipeline, called by the Makefile.
+
+``musicrec stage NAME``   runs ``notebooks/NAME.ipynb`` with papermill on a profile,
+                          writes the executed notebook to ``outputs/<run>/notebooks/``
+                          and records its wall time and peak memory.
+``musicrec report``       renders the executed notebooks to HTML with an index page.
+``musicrec bench``        runs stages afresh and writes ``outputs/<run>/bench.json``.
+``musicrec run-name``     prints the run name of a profile.
+
+A failing stage prints one paragraph (the error and where the full traceback is),
+not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from musicrec.config import ProfileError, load_profile
+from musicrec.io import RunPaths, atomic_path, read_json, write_json
+
+STAGES = ("01_data", "02_eda")
+KERNEL = "musicrec"
+
+
+class StageError(RuntimeError):
+    """A stage that failed; the message is the one paragraph to show."""
+
+
+@dataclass
+class StageRun:
+    stage: str
+    seconds: float
+    peak_rss_mb: float
+    notebook: Path
+
+    def as_dict(self) -> dict:
+        return {"stage": self.stage, "seconds": round(self.seconds, 2),
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "notebook": str(self.notebook),
+                "finished": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+class PeakMemory:
+    """Samples the resident memory of this process's children (the kernel) in a thread."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _kernel_name() -> str:
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    return KERNEL if KERNEL in find_kernel_specs() else "python3"
+
+
+@contextlib.contextmanager
+def _stderr_to(log: Path):
+    """Send this process's and the kernel's stderr (Jupyter's chatter) to a log file."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "w") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def run_stage(stage: str, params: str | Path, data_path: str | None = None,
+              root: str | Path = ".", progress: bool = False) -> StageRun:
+    """Execute one stage notebook on a profile; raise :class:`StageError` on failure."""
+    import papermill as pm
+
+    root = Path(root).resolve()
+    profile = load_profile(params, data_path=data_path)
+    paths = RunPaths.for_profile(profile, root)
+    source = root / "notebooks" / f"{stage}.ipynb"
+    if not source.is_file():
+        raise StageError(f"stage {stage}: no notebook {source}")
+    target = paths.notebooks / f"{stage}.ipynb"
+    failed = paths.notebooks / f"{stage}.failed.ipynb"
+    parameters = {"params_path": str(Path(params).resolve()), "data_path": data_path or "",
+                  "root": str(root)}
+    log = paths.notebooks / f"{stage}.log"
+    start = time.perf_counter()
+    with PeakMemory() as memory, atomic_path(target) as tmp, _stderr_to(log):
+        try:
+            pm.execute_notebook(
+                str(source), str(tmp), parameters=parameters, kernel_name=_kernel_name(),
+                cwd=str(root), progress_bar=progress, log_output=False,
+                request_save_on_cell_execute=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            tmp.replace(failed)
+            raise StageError(
+                f"stage {stage} failed on {params}: {exc.ename}: {exc.evalue}\n"
+                f"(the executed notebook with the full traceback: {failed}; kernel log: {log})"
+            ) from None
+    failed.unlink(missing_ok=True)
+    run = StageRun(stage, time.perf_counter() - start, memory.peak / 2**20, target)
+    timings = read_json(paths.timings) if paths.timings.is_file() else {}
+    timings[stage] = run.as_dict()
+    write_json(timings, paths.timings)
+    return run
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"{'stage':<12}{'wall time':>12}{'peak RSS':>14}")
+    for r in rows:
+        print(f"{r['stage']:<12}{r['seconds']:>10.1f} s{r['peak_rss_mb'] / 1024:>11.2f} GB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="musicrec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params/default.yaml", help="profile YAML")
+    common.add_argument("--data-path", default="", help="raw data folder of a real source")
+    common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
+    stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
+    stage.add_argument("name", choices=STAGES)
+    sub.add_parser("report", parents=[common], help="render the HTML reports")
+    bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
+    bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    sub.add_parser("run-name", parents=[common], help="print the profile's run name")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run-name":
+            print(load_profile(args.params).run)
+        elif args.command == "stage":
+            run = run_stage(args.name, args.params, args.data_path or None, args.root,
+                            progress=sys.stderr.isatty())
+            print(f"{args.name}: done in {run.seconds:.1f} s, peak memory "
+                  f"{run.peak_rss_mb / 1024:.2f} GB -> {run.notebook}")
+        elif args.command == "report":
+            from musicrec.report import build_report
+
+            index = build_report(args.params, args.data_path or None, args.root)
+            print(f"report: {index}")
+        elif args.command == "bench":
+            rows = []
+            for name in args.stages:
+                print(f"bench: running {name} ...", flush=True)
+                rows.append(run_stage(name, args.params, args.data_path or None,
+                                      args.root).as_dict())
+            profile = load_profile(args.params, args.data_path or None)
+            paths = RunPaths.for_profile(profile, args.root)
+            machine = {"cpus": psutil.cpu_count(), "memory_gb": round(
+                psutil.virtual_memory().total / 2**30, 1)}
+            write_json({"profile": str(args.params), "machine": machine, "stages": rows},
+                       paths.outputs / "bench.json")
+            _print_table(rows)
+            print(f"bench: {paths.outputs / 'bench.json'}")
+    except (ProfileError, StageError, FileNotFoundError, ValueError) as exc:
+        print(f"musicrec {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

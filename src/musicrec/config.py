@@ -1,0 +1,237 @@
+"""The profile: one typed, validated configuration object passed around the pipeline.
+
+A profile is a YAML file in ``params/``. Unknown keys, wrong types and impossible
+values stop the run with a :class:`ProfileError` naming the key, for example::
+
+    params/default.yaml: split.test_start: must come after split.label_start
+
+Time-window boundaries are a date (``2022-12-16``) or a whole number of days: the
+last N days of the data (``test_start: 16`` with data ending 2022-12-31 starts the
+test window on 2022-12-16).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """Size and shape of the synthetic Yandex-Music-like data.
+
+    The defaults of the shape parameters are calibrated to the published
+    statistics of the real data (``../shared/yandex_music_stats.json``).
+    """
+
+    n_users: PositiveInt = 30_000
+    n_tracks: PositiveInt = 20_000
+    start_date: dt.date = dt.date(2022, 1, 1)
+    end_date: dt.date = dt.date(2022, 12, 31)
+    tracks_per_user_median: float = Field(55.0, gt=0)
+    tracks_per_user_mean: float = Field(162.0, gt=0)
+    max_tracks_per_user: PositiveInt = 16_637
+    listens_per_track_median: float = Field(19.0, gt=0)
+    popularity_skew: float = Field(2.0, gt=0, description="scales the popularity log-sigma; "
+                                   "sampling without repeats flattens popularity, this restores it")
+    max_track_share: float = Field(111_062 / 222_629_898, gt=0, lt=1)
+    n_genres: PositiveInt = 173
+    n_named_genres: PositiveInt = 166
+    artists_per_track: float = Field(153_581 / 1_000_000, gt=0, le=1)
+    albums_per_track: float = Field(658_724 / 1_000_000, gt=0, le=1)
+    share_no_artist: float = Field(15_369 / 1_000_000, ge=0, lt=1)
+    share_no_genre: float = Field(3_687 / 1_000_000, ge=0, lt=1)
+    share_no_album: float = Field(18 / 1_000_000, ge=0, lt=1)
+    genres_per_user: PositiveInt = 4
+    favourite_artists_per_user: PositiveInt = 6
+    favourite_artist_share: float = Field(0.35, ge=0, le=1)
+    exploration_share: float = Field(0.035, ge=0, le=1)
+    popular_share: float = Field(0.1, ge=0, le=1)
+    popular_share_per_doubling: float = Field(0.12, ge=0, le=1)
+    max_popular_share: float = Field(0.6, ge=0, le=1)
+    mean_streak: float = Field(3.0, ge=1)
+    album_continuation: float = Field(0.3, ge=0, le=1)
+    cold_share_last_month: float = Field(0.045, ge=0, lt=1)
+    churn_share: float = Field(0.35, ge=0, le=1)
+    activity_span_correlation: float = Field(0.6, ge=0, lt=1)
+    activity_growth: float = Field(0.9, ge=0)
+    last_month_dip: float = Field(0.12, ge=0, lt=1)
+    chunk_users: PositiveInt = 40_000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyntheticConfig:
+        if self.end_date <= self.start_date:
+            raise ValueError("end_date must come after start_date")
+        if self.tracks_per_user_mean <= self.tracks_per_user_median:
+            raise ValueError("tracks_per_user_mean must exceed tracks_per_user_median "
+                             "(the distribution is right-skewed)")
+        if self.n_named_genres > self.n_genres:
+            raise ValueError("n_named_genres cannot exceed n_genres")
+        return self
+
+
+class IumConfig(_Strict):
+    """IUM course format: how each event type counts towards a (user, track) weight.
+
+    A pair's weight is the sum over its events; pairs whose sum is not positive
+    (only skips, say) are dropped and counted. Event types not listed
+    (ADVERTISEMENT, BUY_PREMIUM) carry no track and are counted as dropped.
+    """
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"play": 1.0, "like": 2.0, "skip": -0.5}
+    )
+
+
+class MovieLensConfig(_Strict):
+    """MovieLens: ratings at or above the threshold are positives (listens)."""
+
+    rating_threshold: float = Field(4.0, ge=0, le=5)
+
+
+class LastfmConfig(_Strict):
+    """HetRec Last.fm: tag events give the time of a user's interaction with an artist."""
+
+    first_year: PositiveInt = 2005
+    top_tags_per_artist: PositiveInt = 3
+
+
+class YandexConfig(_Strict):
+    """The real Yandex Music files as published."""
+
+    unique_pairs: bool = True
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "yandex", "ium", "movielens", "lastfm"] = "synthetic"
+    path: Path | None = Field(
+        None, description="folder of the raw source files; data/raw/<source> when unset"
+    )
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    yandex: YandexConfig = Field(default_factory=YandexConfig)
+    ium: IumConfig = Field(default_factory=IumConfig)
+    movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
+    lastfm: LastfmConfig = Field(default_factory=LastfmConfig)
+
+
+Boundary = dt.date | PositiveInt
+
+
+class SplitConfig(_Strict):
+    """The three windows: history | labels from label_start | test from test_start."""
+
+    label_start: Boundary = dt.date(2022, 12, 1)
+    test_start: Boundary = dt.date(2022, 12, 16)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SplitConfig:
+        a, b = self.label_start, self.test_start
+        if isinstance(a, dt.date) and isinstance(b, dt.date) and not a < b:
+            raise ValueError("test_start must come after label_start")
+        if isinstance(a, int) and isinstance(b, int) and not a > b:
+            raise ValueError(
+                "label_start (days before the end) must be larger than test_start"
+            )
+        return self
+
+    def resolve(self, first_day: dt.date, last_day: dt.date) -> tuple[dt.date, dt.date]:
+        """Turn the boundaries into dates for data spanning ``first_day .. last_day``."""
+        label = _boundary_date(self.label_start, last_day)
+        test = _boundary_date(self.test_start, last_day)
+        for key, day in (("split.label_start", label), ("split.test_start", test)):
+            if day <= first_day:
+                raise ProfileError(
+                    f"{key}: {day} leaves no history before it; the data starts on {first_day}"
+                )
+            if day > last_day:
+                raise ProfileError(f"{key}: {day} is after the data ends on {last_day}")
+        if not label < test:
+            raise ProfileError(
+                f"split.test_start: {test} must come after split.label_start ({label})"
+            )
+        return label, test
+
+
+def _boundary_date(boundary: Boundary, last_day: dt.date) -> dt.date:
+    if isinstance(boundary, dt.date):
+        return boundary
+    return last_day - dt.timedelta(days=boundary - 1)
+
+
+class Profile(_Strict):
+    """A whole run's configuration. Later stages add their own sections."""
+
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @property
+    def run(self) -> str:
+        assert self.run_name is not None, "load profiles with load_profile()"
+        return self.run_name
+
+
+def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profile:
+    """Read and validate a profile; ``data_path`` (make's ``DATA_PATH``) overrides ``data.path``.
+
+    >>> load_profile("params/tiny.yaml").run
+    'tiny'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"{path}: no such profile (profiles live in params/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("run_name", path.stem)
+    if data_path:
+        raw.setdefault("data", {})
+        if not isinstance(raw["data"], dict):
+            raise ProfileError(f"{path}: data: must be a mapping")
+        raw["data"]["path"] = str(data_path)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        raise ProfileError(f"{path}: " + _describe(exc.errors())) from None
+
+
+_UNION_TAGS = ("constrained-int", "date", "int", "function-")
+
+
+def _describe(errors: list[dict]) -> str:
+    """One line per offending key (a union's alternatives folded into one message)."""
+    by_key: dict[str, list[dict]] = {}
+    for error in errors:
+        loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith(_UNION_TAGS))
+        by_key.setdefault(loc or "(top level)", []).append(error)
+    parts = []
+    for key, errs in by_key.items():
+        got = next((e["input"] for e in errs if "input" in e and not isinstance(e["input"], dict)),
+                   None)
+        if any(e["type"] == "extra_forbidden" for e in errs):
+            message = "unknown key"
+        elif key.endswith(("label_start", "test_start")) and len(errs) > 1:
+            message = "expected a date (YYYY-MM-DD) or a whole number of days before the data ends"
+        else:
+            message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errs))
+        if got is not None and message != "unknown key":
+            message += f" (got {got!r})"
+        parts.append(f"{key}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,143 @@
+"""Artefact paths of a run and atomic writes.
+
+Every artefact is written to a temporary name beside its final path and renamed
+into place, so an interrupted stage never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from musicrec.config import Profile
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's artefacts live, relative to the project root ``root``."""
+
+    root: Path
+    run: str
+
+    @classmethod
+    def for_profile(cls, profile: Profile, root: str | Path = ".") -> RunPaths:
+        return cls(Path(root).resolve(), profile.run)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / self.run
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs" / self.run
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots" / self.run
+
+    @property
+    def interactions(self) -> Path:
+        return self.data / "interactions.parquet"
+
+    @property
+    def tracks(self) -> Path:
+        return self.data / "tracks.parquet"
+
+    @property
+    def catalog_names(self) -> Path:
+        return self.data / "catalog_names.parquet"
+
+    @property
+    def track_features(self) -> Path:
+        return self.data / "track_features.parquet"
+
+    @property
+    def split(self) -> Path:
+        return self.data / "split.json"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.data / "summary.json"
+
+    @property
+    def oracle(self) -> Path:
+        """The synthetic generator's true preferences (absent for real sources)."""
+        return self.data / "oracle"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.outputs / "notebooks"
+
+    @property
+    def reports(self) -> Path:
+        return self.outputs / "reports"
+
+    @property
+    def models(self) -> Path:
+        return self.outputs / "models"
+
+    @property
+    def timings(self) -> Path:
+        return self.outputs / "timings.json"
+
+    def raw_source(self, profile: Profile) -> Path:
+        """The raw input folder of a real source: ``data.path`` or ``data/raw/<source>``."""
+        path = profile.data.path or Path("data") / "raw" / profile.data.source
+        return path if path.is_absolute() else self.root / path
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts follow the umask
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
+    """Write a polars frame to parquet atomically."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically (dates become ISO strings)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_figure(fig, paths: RunPaths, name: str) -> Path:
+    """Save a matplotlib figure as ``plots/<run>/<name>.png`` (atomically) and return the path."""
+    target = paths.plot(name)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return target

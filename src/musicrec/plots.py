@@ -1,0 +1,102 @@
+"""The figures the notebooks share; each returns a matplotlib figure."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import polars as pl
+
+WINDOW_COLOURS = {"history": "#4c72b0", "labels": "#dd8452", "test": "#55a868"}
+
+
+def log_histogram(values: pl.Series, title: str, xlabel: str, bins: int = 50):
+    """Counts on log-log axes, with the median and mean marked."""
+    v = values.to_numpy()
+    v = v[v > 0]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    edges = np.unique(np.logspace(0, np.log10(max(v.max(), 2)), bins).round())
+    ax.hist(v, bins=edges, color="#4c72b0", alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for stat, style in ((np.median(v), "--"), (v.mean(), ":")):
+        ax.axvline(stat, color="black", linestyle=style, linewidth=1)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count (log)")
+    ax.legend([f"median {np.median(v):,.0f}", f"mean {v.mean():,.0f}"], frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def events_over_time(daily: pl.DataFrame, split: dict | None = None):
+    """Listens and active users per day, with the window boundaries shaded."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    days = daily.get_column("day").to_list()
+    ax.plot(days, daily.get_column("listens").to_numpy(), color="#4c72b0", label="listens")
+    ax.set_ylabel("listens per day")
+    ax2 = ax.twinx()
+    ax2.plot(days, daily.get_column("users").to_numpy(), color="#c44e52", alpha=0.7,
+             label="active users")
+    ax2.set_ylabel("active users per day")
+    if split:
+        for name, w in split["windows"].items():
+            ax.axvspan(dt.date.fromisoformat(w["start"]),
+                       dt.date.fromisoformat(w["end"]) + dt.timedelta(days=1),
+                       color=WINDOW_COLOURS[name], alpha=0.12, label=f"{name} window")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=8)
+    ax.set_title("Activity over time")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def share_bars(table: pl.DataFrame, label: str, value: str, title: str):
+    """Horizontal bars of ``value`` by ``label``, largest on top."""
+    fig, ax = plt.subplots(figsize=(7, 0.3 * table.height + 1.2))
+    labels = table.get_column(label).to_list()[::-1]
+    values = table.get_column(value).to_numpy()[::-1]
+    ax.barh(labels, values, color="#4c72b0")
+    ax.set_title(title)
+    ax.set_xlabel(value)
+    if value == "share":
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    fig.tight_layout()
+    return fig
+
+
+def window_sizes(split: dict):
+    """Rows and users per window, warm and cold users stacked."""
+    names = list(split["windows"])
+    w = [split["windows"][n] for n in names]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.bar(names, [x["rows"] for x in w], color=[WINDOW_COLOURS[n] for n in names])
+    ax1.set_title("listens per window")
+    ax1.set_yscale("log")
+    warm = [x["warm_users"] for x in w]
+    ax2.bar(names, warm, color="#4c72b0", label="warm (seen before)")
+    ax2.bar(names, [x["cold_users"] for x in w], bottom=warm, color="#c44e52",
+            label="cold (first seen here)")
+    ax2.set_title("users per window")
+    ax2.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_ratios(table: pl.DataFrame):
+    """Generated over real for each calibration statistic (1 = a perfect match)."""
+    t = table.filter(pl.col("ratio").is_finite())
+    fig, ax = plt.subplots(figsize=(7, 0.28 * t.height + 1.2))
+    ratios = t.get_column("ratio").to_numpy()[::-1]
+    colours = ["#55a868" if 0.67 <= r <= 1.5 else "#c44e52" for r in ratios]
+    ax.barh(t.get_column("statistic").to_list()[::-1], ratios, color=colours)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated / Yandex Music (log; green within 1.5x)")
+    ax.set_title("Calibration against the real data")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""HTML reports: every executed notebook without code, and an index page for the run."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import yaml
+
+from musicrec.config import load_profile
+from musicrec.io import RunPaths, atomic_path, read_json
+
+STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis"}
+KEY_FIGURES = ("events_over_time", "window_sizes", "listens_per_user", "calibration")
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;
+padding:0 1.2rem;color:#1f2328;line-height:1.5}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}
+.sub{color:#59636e;margin-top:0}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:1rem}
+.figs img{width:100%;border:1px solid #d0d7de;border-radius:6px}
+a{color:#0969da}
+"""
+
+
+def render_notebook(notebook: Path, target: Path) -> Path:
+    """One executed notebook as HTML without code cells."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    with atomic_path(target) as tmp:
+        tmp.write_text(body)
+    return target
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = ""
+    for r in rows:
+        cells = ""
+        for v in r.values():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                text = f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
+                cells += f'<td class="num">{text}</td>'
+            else:
+                cells += f"<td>{html.escape(str(v))}</td>"
+        body += f"<tr>{cells}</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def build_report(params: str | Path, data_path: str | None = None, root: str | Path = ".") -> Path:
+    """Render every executed notebook of the run and write ``reports/index.html``."""
+    profile = load_profile(params, data_path=data_path)
+    paths = RunPaths.for_profile(profile, root)
+    executed = sorted(p for p in paths.notebooks.glob("*.ipynb") if ".failed" not in p.name)
+    if not executed:
+        raise FileNotFoundError(f"report: no executed notebooks in {paths.notebooks}; "
+                                "run the stages first (make all)")
+    timings = read_json(paths.timings) if paths.timings.is_file() else {}
+    stage_rows = []
+    for nb in executed:
+        page = render_notebook(nb, paths.reports / f"{nb.stem}.html")
+        t = timings.get(nb.stem, {})
+        stage_rows.append({
+            "stage": f'<a href="{page.name}">{html.escape(STAGE_TITLES.get(nb.stem, nb.stem))}</a>',
+            "wall time (s)": t.get("seconds", ""), "peak memory (GB)":
+            round(t["peak_rss_mb"] / 1024, 2) if "peak_rss_mb" in t else "",
+            "finished": t.get("finished", ""),
+        })
+    stages_html = _table(stage_rows).replace("&lt;a href=&quot;", '<a href="').replace(
+        "&quot;&gt;", '">').replace("&lt;/a&gt;", "</a>")
+
+    summary = read_json(paths.data_summary) if paths.data_summary.is_file() else {}
+    split = read_json(paths.split) if paths.split.is_file() else {}
+    data_rows = [{k: v for k, v in summary.items() if k in
+                  ("source", "rows", "users", "tracks", "tracks_listened")}] if summary else []
+    window_rows = [{"window": k, **v} for k, v in split.get("windows", {}).items()]
+    dropped = [{"reason": k, "rows": v} for k, v in summary.get("dropped", {}).items()]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
+    figures = "".join(_figure(paths.plot(name)) for name in KEY_FIGURES
+                      if paths.plot(name).is_file())
+    profile_yaml = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>musicrec: {html.escape(paths.run)}</title><style>{_STYLE}</style></head><body>
+<h1>musicrec run <code>{html.escape(paths.run)}</code></h1>
+<p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}</p>
+<h2>Stages</h2>{stages_html}
+<h2>Data</h2>{_table(data_rows)}
+<h3>Time windows</h3>{_table(window_rows)}
+<h3>Rows dropped on purpose</h3>{_table(dropped)}
+{f"<h3>Notes</h3><ul>{notes}</ul>" if notes else ""}
+<h2>Key figures</h2><div class="figs">{figures or "<p>(no figures yet)</p>"}</div>
+<h2>Profile</h2><pre>{html.escape(profile_yaml)}</pre>
+</body></html>
+"""
+    index = paths.reports / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(page)
+    return index

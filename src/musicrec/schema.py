@@ -1,0 +1,296 @@
+"""Column names and the data contract for the canonical (Yandex Music) files.
+
+Every source is turned into the same three files (plus optional track features)
+and checked here on the way in. A broken input stops the run with a
+:class:`DataContractError` that names the file, the column and a few offending
+rows, in one paragraph.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+
+class Columns:
+    """The one vocabulary for column names used in every artefact."""
+
+    user_id = "user_id"
+    track_id = "track_id"
+    started_at = "started_at"
+    track_seq = "track_seq"
+    weight = "weight"
+    albums = "albums"
+    artists = "artists"
+    genres = "genres"
+    id = "id"
+    type = "type"
+    name = "name"
+    score = "score"
+    rank = "rank"
+    similar_track_id = "similar_track_id"
+
+
+C = Columns
+
+#: Canonical dtypes of each file; lists of ids are ``List(Int32)``.
+INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
+    C.user_id: pl.Int32(),
+    C.track_id: pl.Int32(),
+    C.started_at: pl.Datetime("ns"),
+    C.track_seq: pl.Int16(),
+    C.weight: pl.Float32(),
+}
+TRACKS_SCHEMA: dict[str, pl.DataType] = {
+    C.track_id: pl.Int32(),
+    C.albums: pl.List(pl.Int32()),
+    C.artists: pl.List(pl.Int32()),
+    C.genres: pl.List(pl.Int32()),
+}
+CATALOG_NAMES_SCHEMA: dict[str, pl.DataType] = {
+    C.id: pl.Int32(),
+    C.type: pl.Utf8(),
+    C.name: pl.Utf8(),
+}
+CATALOG_TYPES = ("track", "album", "artist", "genre")
+
+#: The largest ``track_seq`` an int16 holds; longer histories are an error.
+MAX_TRACK_SEQ = 32767
+
+N_EXAMPLES = 5
+
+
+class DataContractError(ValueError):
+    """Input that breaks the data contract; the message names file, column and rows."""
+
+    def __init__(self, file: str, column: str | None, problem: str, examples: pl.DataFrame | None = None):
+        self.file, self.column, self.problem = file, column, problem
+        where = f"{file}, column '{column}'" if column else file
+        message = f"{where}: {problem}."
+        if examples is not None and examples.height:
+            rows = examples.head(N_EXAMPLES).to_dicts()
+            message += " Examples: " + "; ".join(_format_row(r) for r in rows) + "."
+        super().__init__(message)
+
+
+def _format_row(row: dict) -> str:
+    def show(v):
+        return str(v) if isinstance(v, dt.date) else repr(v)
+
+    return "{" + ", ".join(f"{k}={show(v)}" for k, v in row.items()) + "}"
+
+
+@dataclass
+class DropReport:
+    """Rows removed on purpose by an adapter, counted by reason (nothing is dropped silently)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, n: int) -> None:
+        if n:
+            self.counts[reason] = self.counts.get(reason, 0) + int(n)
+
+    def as_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"reason": list(self.counts), "rows": list(self.counts.values())},
+            schema={"reason": pl.Utf8, "rows": pl.Int64},
+        )
+
+
+def check_columns(df: pl.DataFrame, expected: dict[str, pl.DataType], file: str,
+                  optional: Iterable[str] = ()) -> None:
+    """Every expected column is present; a close misspelling is named in the error."""
+    optional = set(optional)
+    for column in expected:
+        if column in df.columns or column in optional:
+            continue
+        near = [c for c in df.columns if _close(c, column)]
+        hint = f" (found '{near[0]}': misspelled?)" if near else ""
+        raise DataContractError(
+            file, column, f"missing column{hint}; the file has {sorted(df.columns)}"
+        )
+
+
+def _close(a: str, b: str) -> bool:
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 2:
+        return False
+    # small edit distance, enough for typos like 'trackid' or 'user_di'
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1] <= 2
+
+
+def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) -> pl.DataFrame:
+    """Cast ``column`` to ``dtype``; values that do not convert are reported with examples."""
+    series = df.get_column(column)
+    if series.dtype == dtype:
+        return df
+    if isinstance(dtype, pl.Datetime) and series.dtype == pl.Utf8:
+        converted = series.str.to_datetime(strict=False, time_unit=dtype.time_unit)
+        converted = converted.fill_null(series.str.to_date(strict=False).cast(dtype))
+        bad = converted.is_null() & series.is_not_null()
+        if bad.any():
+            raise DataContractError(
+                file, column, f"{int(bad.sum())} values do not parse as dates",
+                df.filter(bad).select(column),
+            )
+        return df.with_columns(converted.alias(column))
+    if isinstance(dtype, pl.Datetime) and series.dtype == pl.Date:
+        return df.with_columns(series.cast(dtype))
+    if isinstance(dtype, pl.Datetime) and not isinstance(series.dtype, pl.Datetime):
+        # integers would silently become 1970 dates in an unknown unit: refuse them
+        raise DataContractError(
+            file, column, f"wrong type {series.dtype}, expected dates (datetime or ISO strings)",
+            df.select(column).drop_nulls().head(N_EXAMPLES),
+        )
+    numeric_target = dtype.is_integer() or dtype.is_float()
+    if numeric_target and not (series.dtype.is_numeric() or series.dtype == pl.Null):
+        raise DataContractError(
+            file, column, f"wrong type {series.dtype}, expected {dtype}",
+            df.select(column).drop_nulls().head(N_EXAMPLES),
+        )
+    converted = series.cast(dtype, strict=False)
+    bad = converted.is_null() & series.is_not_null()
+    if dtype.is_integer() and series.dtype.is_float():
+        bad = bad | (series.is_not_null() & (series != series.round(0)))
+    if bad.any():
+        raise DataContractError(
+            file, column,
+            f"{int(bad.sum())} values do not fit {dtype} (wrong type or out of range)",
+            df.filter(bad).select(column),
+        )
+    return df.with_columns(converted.alias(column))
+
+
+def check_not_null(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
+    for column in columns:
+        nulls = df.get_column(column).is_null()
+        if nulls.any():
+            raise DataContractError(
+                file, column, f"{int(nulls.sum())} rows with a null id",
+                df.with_row_index("row").filter(nulls),
+            )
+
+
+def check_unique(df: pl.DataFrame, columns: list[str], file: str, what: str) -> None:
+    dup = df.select(columns).is_duplicated()
+    if dup.any():
+        raise DataContractError(
+            file, ", ".join(columns),
+            f"{int(dup.sum())} rows repeat a {what} that must occur once",
+            df.with_row_index("row").filter(dup).sort(columns),
+        )
+
+
+def validate_tracks(tracks: pl.DataFrame, file: str = "tracks.parquet") -> pl.DataFrame:
+    """Check and normalise the tracks table: unique non-null ids, lists of int32 ids."""
+    check_columns(tracks, TRACKS_SCHEMA, file)
+    tracks = check_dtype(tracks, C.track_id, pl.Int32(), file)
+    check_not_null(tracks, [C.track_id], file)
+    check_unique(tracks, [C.track_id], file, "track_id")
+    for column in (C.albums, C.artists, C.genres):
+        dtype = tracks.schema[column]
+        if not isinstance(dtype, pl.List):
+            raise DataContractError(file, column, f"wrong type {dtype}, expected a list of ids",
+                                    tracks.select(C.track_id, column))
+        cast = tracks.get_column(column).cast(pl.List(pl.Int32), strict=False)
+        bad = cast.is_null() != tracks.get_column(column).is_null()
+        if bad.any():
+            raise DataContractError(file, column, "ids that are not int32",
+                                    tracks.filter(bad).select(C.track_id, column))
+        tracks = tracks.with_columns(cast.fill_null(pl.lit([], dtype=pl.List(pl.Int32))).alias(column))
+    return tracks.select(list(TRACKS_SCHEMA))
+
+
+def validate_catalog_names(names: pl.DataFrame, file: str = "catalog_names.parquet") -> pl.DataFrame:
+    """Check the names table: known types, non-null ids, one name per (type, id)."""
+    check_columns(names, CATALOG_NAMES_SCHEMA, file)
+    names = check_dtype(names, C.id, pl.Int32(), file)
+    check_not_null(names, [C.id, C.type], file)
+    unknown = ~names.get_column(C.type).is_in(list(CATALOG_TYPES))
+    if unknown.any():
+        raise DataContractError(file, C.type, f"unknown types (allowed: {CATALOG_TYPES})",
+                                names.filter(unknown))
+    check_unique(names, [C.type, C.id], file, "(type, id) pair")
+    return names.select(list(CATALOG_NAMES_SCHEMA))
+
+
+def validate_interactions(
+    interactions: pl.DataFrame,
+    track_ids: pl.Series | None = None,
+    file: str = "interactions.parquet",
+    date_range: tuple | None = None,
+    unique_pairs: bool = True,
+) -> pl.DataFrame:
+    """Check and normalise interactions to :data:`INTERACTIONS_SCHEMA`.
+
+    Parameters
+    ----------
+    interactions
+        ``user_id``, ``track_id``, ``started_at`` and optionally ``track_seq`` and
+        ``weight`` (1.0 when absent; ``track_seq`` is recomputed when absent).
+    track_ids
+        The ids of ``tracks``; interactions with other ids are an error.
+    date_range
+        ``(first, last)`` datetimes the source promises; dates outside are an error.
+    unique_pairs
+        The source promises every (user, track) pair once, as Yandex Music does.
+    """
+    check_columns(interactions, INTERACTIONS_SCHEMA, file, optional=(C.track_seq, C.weight))
+    for column in (C.user_id, C.track_id):
+        interactions = check_dtype(interactions, column, pl.Int32(), file)
+    check_not_null(interactions, [C.user_id, C.track_id], file)
+    interactions = check_dtype(interactions, C.started_at, INTERACTIONS_SCHEMA[C.started_at], file)
+    check_not_null(interactions, [C.started_at], file)
+    if date_range is not None:
+        first, last = date_range
+        ts = interactions.get_column(C.started_at)
+        outside = (ts < first) | (ts > last)
+        if outside.any():
+            raise DataContractError(
+                file, C.started_at,
+                f"{int(outside.sum())} dates fall outside the data's range {first} .. {last}",
+                interactions.with_row_index("row").filter(outside),
+            )
+    if C.weight not in interactions.columns:
+        interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
+    interactions = check_dtype(interactions, C.weight, pl.Float32(), file)
+    if unique_pairs:
+        check_unique(interactions, [C.user_id, C.track_id], file, "(user_id, track_id) pair")
+    if track_ids is not None:
+        unknown = ~interactions.get_column(C.track_id).is_in(track_ids.implode())
+        if unknown.any():
+            raise DataContractError(
+                file, C.track_id,
+                f"{int(unknown.sum())} interactions name track ids missing from tracks",
+                interactions.with_row_index("row").filter(unknown),
+            )
+    if C.track_seq not in interactions.columns:
+        interactions = with_track_seq(interactions)
+    else:
+        interactions = check_dtype(interactions, C.track_seq, pl.Int16(), file)
+    return interactions.select(list(INTERACTIONS_SCHEMA))
+
+
+def with_track_seq(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Sort by user and time and number each user's listens 1, 2, ... (``track_seq``)."""
+    out = interactions.sort([C.user_id, C.started_at, C.track_id]).with_columns(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(C.user_id).alias(C.track_seq)
+    )
+    longest = out.get_column(C.track_seq).max()
+    if longest is not None and longest > MAX_TRACK_SEQ:
+        raise DataContractError(
+            "interactions", C.track_seq,
+            f"a user has {longest} listens, more than track_seq (int16) can number",
+        )
+    return out.with_columns(pl.col(C.track_seq).cast(pl.Int16))

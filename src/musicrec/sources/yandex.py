@@ -1,0 +1,108 @@
+"""Adapter for the Yandex Music files as published (the canonical format itself).
+
+The three parquet files already have the canonical shape, so the adapter only
+checks the columns, normalises dtypes and adds ``weight = 1.0``. The
+interactions file has 222M rows: it is scanned lazily, only the needed columns
+are read, and no pandas or Python-level loop touches it. The published
+``track_seq`` is kept (cast to int16) so the contract checks need not renumber
+222M rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from musicrec.config import YandexConfig
+from musicrec.schema import (
+    CATALOG_NAMES_SCHEMA,
+    INTERACTIONS_SCHEMA,
+    TRACKS_SCHEMA,
+    C,
+    DataContractError,
+    DropReport,
+    check_columns,
+    check_dtype,
+    validate_catalog_names,
+    validate_tracks,
+)
+from musicrec.sources.base import SourceData, aggregate_pairs, require_files
+
+SOURCE = "yandex"
+INTERACTIONS_FILE = "interactions.parquet"
+TRACKS_FILE = "tracks.parquet"
+NAMES_FILE = "catalog_names.parquet"
+
+
+def load(folder: Path, options: YandexConfig) -> SourceData:
+    """Read the three Yandex Music parquet files into canonical frames.
+
+    Parameters
+    ----------
+    folder
+        Folder holding ``tracks.parquet``, ``catalog_names.parquet`` and
+        ``interactions.parquet``.
+    options
+        ``unique_pairs``: the source promises each (user, track) pair once (as
+        published). When false, repeats are merged by
+        :func:`~musicrec.sources.base.aggregate_pairs` and counted in ``dropped``.
+
+    Returns
+    -------
+    SourceData
+        Interactions with ``weight = 1.0`` (the data records a listen, not its
+        strength); tracks with no artist or genre are kept and counted in ``notes``.
+    """
+    folder = Path(folder)
+    require_files(folder, SOURCE, TRACKS_FILE, NAMES_FILE, INTERACTIONS_FILE)
+    dropped = DropReport()
+    notes: list[str] = []
+
+    interactions = _read_interactions(folder / INTERACTIONS_FILE)
+    if not options.unique_pairs:
+        before = interactions.height
+        interactions = aggregate_pairs(interactions)
+        dropped.add(f"{INTERACTIONS_FILE}: repeat rows of a (user, track) pair merged "
+                    "(first time, summed weight)", before - interactions.height)
+
+    tracks = _scan(folder / TRACKS_FILE, TRACKS_SCHEMA).select(list(TRACKS_SCHEMA)).collect()
+    tracks = validate_tracks(tracks, TRACKS_FILE)
+    counts = tracks.select(
+        *(pl.col(c).list.len().eq(0).sum().alias(c) for c in (C.albums, C.artists, C.genres))
+    ).row(0, named=True)
+    notes.append(
+        f"{tracks.height} tracks kept, of which {counts[C.artists]} have no artist, "
+        f"{counts[C.genres]} no genre and {counts[C.albums]} no album"
+    )
+
+    names = _scan(folder / NAMES_FILE, CATALOG_NAMES_SCHEMA).select(list(CATALOG_NAMES_SCHEMA))
+    names = names.with_columns(pl.col(C.name).cast(pl.Utf8)).collect()
+    names = validate_catalog_names(names, NAMES_FILE)
+
+    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names,
+                      dropped=dropped, notes=notes)
+
+
+def _scan(path: Path, expected: dict[str, pl.DataType],
+          optional: tuple[str, ...] = ()) -> pl.LazyFrame:
+    """Scan a parquet file lazily and check its columns from the footer alone."""
+    try:
+        frame = pl.scan_parquet(path)
+        schema = frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataContractError(path.name, None, f"not a readable parquet file ({exc})") from None
+    check_columns(pl.DataFrame(schema=schema), expected, path.name, optional=optional)
+    return frame
+
+
+def _read_interactions(path: Path) -> pl.DataFrame:
+    """Read only the canonical columns; cast in place (no copies when dtypes already match)."""
+    frame = _scan(path, INTERACTIONS_SCHEMA, optional=(C.track_seq, C.weight))
+    columns = [C.user_id, C.track_id, C.started_at]
+    if C.track_seq in frame.collect_schema().names():
+        columns.append(C.track_seq)
+    interactions = frame.select(columns).collect()
+    for column in columns:
+        interactions = check_dtype(interactions, column, INTERACTIONS_SCHEMA[column], path.name)
+    return interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))

@@ -1,0 +1,96 @@
+"""The three time windows: history | labels | test (see DESIGN.md, "Time windows").
+
+The boundaries come from the profile (dates, or the last N days of the data) and
+are resolved against the data's actual first and last day. ``split.json`` records
+the dates used and the row and user counts of each window, including the cold
+users of the test window (first seen in it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from musicrec.config import SplitConfig
+from musicrec.schema import C, DataContractError
+
+WINDOWS = ("history", "labels", "test")
+
+
+def window_expr(label_start: dt.date, test_start: dt.date) -> pl.Expr:
+    """``history``/``labels``/``test`` for each row, from its ``started_at``."""
+    ts = pl.col(C.started_at)
+    return (
+        pl.when(ts < pl.lit(label_start).cast(pl.Datetime("ns"))).then(pl.lit("history"))
+        .when(ts < pl.lit(test_start).cast(pl.Datetime("ns"))).then(pl.lit("labels"))
+        .otherwise(pl.lit("test"))
+        .alias("window")
+    )
+
+
+def compute_split(interactions: str | Path | pl.LazyFrame, cfg: SplitConfig,
+                  file: str = "interactions.parquet") -> dict:
+    """Resolve the boundaries and count rows and users per window.
+
+    An empty window is a :class:`~musicrec.schema.DataContractError` naming the
+    window, its dates and the profile key to move.
+    """
+    lf = pl.scan_parquet(interactions) if not isinstance(interactions, pl.LazyFrame) else interactions
+    bounds = lf.select(
+        pl.col(C.started_at).min().alias("first"), pl.col(C.started_at).max().alias("last")
+    ).collect()
+    first, last = bounds.item(0, "first"), bounds.item(0, "last")
+    if first is None:
+        raise DataContractError(file, C.started_at, "no interactions at all")
+    first_day, last_day = first.date(), last.date()
+    label_start, test_start = cfg.resolve(first_day, last_day)
+
+    windowed = lf.select(C.user_id, C.started_at).with_columns(window_expr(label_start, test_start))
+    per_window = windowed.group_by("window").agg(
+        pl.len().alias("rows"), pl.col(C.user_id).n_unique().alias("users")
+    ).collect(engine="streaming")
+    counts = {row["window"]: row for row in per_window.to_dicts()}
+    first_seen = lf.group_by(C.user_id).agg(pl.col(C.started_at).min().alias("first_seen"))
+    seen = first_seen.select(
+        (pl.col("first_seen") >= pl.lit(test_start).cast(pl.Datetime("ns"))).sum().alias("test"),
+        ((pl.col("first_seen") >= pl.lit(label_start).cast(pl.Datetime("ns")))
+         & (pl.col("first_seen") < pl.lit(test_start).cast(pl.Datetime("ns")))).sum().alias("labels"),
+    ).collect(engine="streaming")
+
+    ranges = {
+        "history": (first_day, label_start - dt.timedelta(days=1)),
+        "labels": (label_start, test_start - dt.timedelta(days=1)),
+        "test": (test_start, last_day),
+    }
+    keys = {"history": "split.label_start", "labels": "split.test_start / split.label_start",
+            "test": "split.test_start"}
+    windows = {}
+    for name in WINDOWS:
+        start, end = ranges[name]
+        row = counts.get(name, {"rows": 0, "users": 0})
+        if row["rows"] == 0:
+            raise DataContractError(
+                file, C.started_at,
+                f"the {name} window ({start} .. {end}) holds no interactions; "
+                f"move {keys[name]} in the profile",
+            )
+        cold = int(seen.item(0, name)) if name in ("labels", "test") else 0
+        windows[name] = {
+            "start": start.isoformat(), "end": end.isoformat(),
+            "rows": int(row["rows"]), "users": int(row["users"]),
+            "cold_users": cold, "warm_users": int(row["users"]) - cold,
+        }
+    return {
+        "data_start": first_day.isoformat(),
+        "data_end": last_day.isoformat(),
+        "label_start": label_start.isoformat(),
+        "test_start": test_start.isoformat(),
+        "windows": windows,
+    }
+
+
+def split_table(split: dict) -> pl.DataFrame:
+    """The windows of a ``split.json`` as a small table for display."""
+    return pl.DataFrame([{"window": name, **split["windows"][name]} for name in WINDOWS])

@@ -1,0 +1,140 @@
+"""End to end: `make all` on the tiny profile in a copy of the project, with papermill.
+
+The copy shares this test run's virtual environment (``VENV=...``), so nothing is
+installed again; the data, outputs and plots land in the copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from musicrec.schema import CATALOG_NAMES_SCHEMA, INTERACTIONS_SCHEMA, TRACKS_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def copy_project(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, dest / name)
+    for folder in ("notebooks", "params", "src"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    return dest
+
+
+def make(project: Path, *args: str) -> subprocess.CompletedProcess:
+    venv = Path(sys.prefix)
+    return subprocess.run(["make", *args, f"VENV={venv}"], cwd=project, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    if not (Path(sys.prefix) / ".installed").is_file():
+        pytest.skip("runs inside the project's virtual environment (make test)")
+    dest = copy_project(tmp_path_factory.mktemp("project"))
+    result = make(dest, "all", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dest
+
+
+def test_artefacts_have_the_contract_columns(project):
+    data = project / "data" / "tiny"
+    inter = pl.read_parquet(data / "interactions.parquet")
+    assert dict(inter.schema) == INTERACTIONS_SCHEMA
+    tracks = pl.read_parquet(data / "tracks.parquet")
+    assert dict(tracks.schema) == TRACKS_SCHEMA
+    assert dict(pl.read_parquet(data / "catalog_names.parquet").schema) == CATALOG_NAMES_SCHEMA
+    assert (data / "track_features.parquet").is_file()
+    assert (data / "oracle" / "user_taste.parquet").is_file()
+    assert tracks.height == 3000  # params/tiny.yaml
+    assert inter.get_column("user_id").n_unique() <= 400
+
+
+def test_split_counts_add_up(project):
+    data = project / "data" / "tiny"
+    split = json.loads((data / "split.json").read_text())
+    inter = pl.read_parquet(data / "interactions.parquet")
+    windows = split["windows"]
+    assert sum(w["rows"] for w in windows.values()) == inter.height
+    assert (split["label_start"], split["test_start"]) == ("2022-12-01", "2022-12-16")
+    test = inter.filter(pl.col("started_at") >= pl.datetime(2022, 12, 16))
+    assert windows["test"]["rows"] == test.height
+    assert windows["test"]["users"] == test.get_column("user_id").n_unique()
+    before = inter.filter(pl.col("started_at") < pl.datetime(2022, 12, 16))
+    cold = set(test.get_column("user_id")) - set(before.get_column("user_id"))
+    assert windows["test"]["cold_users"] == len(cold)
+    summary = json.loads((data / "summary.json").read_text())
+    assert summary["rows"] == inter.height and summary["source"] == "synthetic"
+
+
+def test_notebooks_plots_and_report(project):
+    out = project / "outputs" / "tiny"
+    for stage in ("01_data", "02_eda"):
+        executed = json.loads((out / "notebooks" / f"{stage}.ipynb").read_text())
+        injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and "params/tiny.yaml" in "".join(injected[0]["source"])
+        assert not any(o.get("output_type") == "error" for c in executed["cells"]
+                       for o in c.get("outputs", []))
+    plots = {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
+    assert {"window_sizes", "listens_per_user", "listens_per_track", "events_over_time",
+            "genres", "artists", "calibration"} <= plots
+    index = (out / "reports" / "index.html").read_text()
+    for page in ("01_data.html", "02_eda.html"):
+        assert f'href="{page}"' in index
+        report = (out / "reports" / page).read_text()
+        assert "<img" in report or "image/png" in report
+        assert "load_profile(" not in report, "reports carry no code"
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"01_data", "02_eda"}
+
+
+def test_second_run_runs_nothing_and_changes_rerun_stages(project):
+    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
+    assert dry.returncode == 0 and "musicrec stage" not in dry.stdout, dry.stdout
+    assert "musicrec report" not in dry.stdout
+    (project / "notebooks" / "02_eda.ipynb").touch()
+    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
+    assert "stage" in dry.stdout and "01_data" not in dry.stdout and "02_eda" in dry.stdout
+    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml", "DATA_PATH=elsewhere")
+    assert "01_data" in dry.stdout, "a new DATA_PATH reruns the data stage"
+
+
+def test_broken_profile_gives_one_paragraph(project):
+    (project / "params" / "broken.yaml").write_text("split:\n  test_start: someday\n")
+    result = make(project, "data", "PARAMS=params/broken.yaml")
+    assert result.returncode != 0
+    assert "split.test_start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_broken_input_file_gives_one_paragraph(project, tmp_path):
+    raw = tmp_path / "movielens"
+    raw.mkdir()
+    (raw / "ratings.csv").write_text("userId,movieid,rating,timestamp\n1,1,5.0,964982703\n")
+    (raw / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n")
+    result = make(project, "data", "PARAMS=params/movielens.yaml", f"DATA_PATH={raw}")
+    assert result.returncode != 0
+    assert "ratings.csv" in result.stderr and "movieId" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    message = [line for line in result.stderr.splitlines() if "musicrec stage" in line]
+    assert len(message) == 1
+
+
+@pytest.mark.parametrize("source, folder", [
+    ("ium", "ium23l-music-v2"), ("movielens", "ml-latest-small"), ("lastfm", "hetrec2011-lastfm-2k"),
+])
+def test_real_profiles_run_end_to_end(project, shared_data, source, folder):
+    result = make(project, "all", f"PARAMS=params/{source}.yaml",
+                  f"DATA_PATH={shared_data / folder}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    split = json.loads((project / "data" / source / "split.json").read_text())
+    assert all(w["rows"] > 0 for w in split["windows"].values())
+    assert (project / "outputs" / source / "reports" / "index.html").is_file()
