@@ -138,3 +138,14 @@ def test_real_profiles_run_end_to_end(project, shared_data, source, folder):
     split = json.loads((project / "data" / source / "split.json").read_text())
     assert all(w["rows"] > 0 for w in split["windows"].values())
     assert (project / "outputs" / source / "reports" / "index.html").is_file()
+
+
+def test_bench_records_time_and_memory_per_stage(project):
+    result = make(project, "bench", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    bench = json.loads((project / "outputs" / "tiny" / "bench.json").read_text())
+    assert [row["stage"] for row in bench["stages"]] == ["01_data", "02_eda"]
+    for row in bench["stages"]:
+        assert row["seconds"] > 0
+        assert row["peak_rss_mb"] > 50, "the kernel's memory, not the runner's"
+    assert "peak RSS" in result.stdout

@@ -14,6 +14,7 @@ from musicrec.schema import (
     DropReport,
     validate_catalog_names,
     validate_interactions,
+    validate_interactions_lazy,
     validate_tracks,
     with_track_seq,
 )
@@ -177,3 +178,33 @@ def test_split_counts_and_cold_users(tmp_path):
     assert w["labels"]["users"] == 1 and w["labels"]["cold_users"] == 0
     # user 3's only listen is on Jan 5: a cold user of the test window
     assert w["test"]["cold_users"] == 1 and w["test"]["warm_users"] == 0
+
+
+# ------------------------------------------------------------- the streaming checks
+
+
+def lazy(df: pl.DataFrame) -> pl.LazyFrame:
+    return df.with_columns(pl.col("user_id").cum_count().over("user_id").cast(pl.Int16)
+                           .alias("track_seq")).lazy()
+
+
+def test_lazy_checks_pass_valid_input_and_keep_it_lazy():
+    out = validate_interactions_lazy(lazy(interactions()), TRACK_IDS, FILE)
+    assert isinstance(out, pl.LazyFrame)
+    frame = out.collect()
+    assert dict(frame.schema) == INTERACTIONS_SCHEMA and frame.height == 5
+
+
+@pytest.mark.parametrize("bad, column, problem", [
+    ({"track_id": [10, 11, 10, 10, 11]}, "user_id, track_id", "1 rows repeat"),
+    ({"track_id": [10, 11, 10, 99, 11]}, "track_id", "1 track ids missing from tracks"),
+    ({"user_id": [1, None, 2, 2, 3]}, "user_id", "1 rows with a null value"),
+    ({"user_id": [1, 1, 2, 2, 2**40]}, "user_id", "values outside"),
+    ({"user_id": ["a", "a", "b", "b", "c"]}, "user_id", "wrong type"),
+    ({"started_at": ["2022-01-01"] * 5}, "started_at", "wrong type"),
+])
+def test_lazy_checks_name_the_problem(bad, column, problem):
+    with pytest.raises(DataContractError) as info:
+        validate_interactions_lazy(lazy(interactions(**bad)), TRACK_IDS, FILE)
+    assert info.value.column == column and problem in str(info.value), str(info.value)
+    assert str(info.value).startswith(FILE)

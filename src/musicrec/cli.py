@@ -102,6 +102,7 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
               root: str | Path = ".", progress: bool = False) -> StageRun:
     """Execute one stage notebook on a profile; raise :class:`StageError` on failure."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     root = Path(root).resolve()
     profile = load_profile(params, data_path=data_path)
@@ -127,6 +128,14 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
             raise StageError(
                 f"stage {stage} failed on {params}: {exc.ename}: {exc.evalue}\n"
                 f"(the executed notebook with the full traceback: {failed}; kernel log: {log})"
+            ) from None
+        except DeadKernelError:
+            if tmp.is_file():
+                tmp.replace(failed)
+            raise StageError(
+                f"stage {stage} failed on {params}: the notebook's kernel died, most likely "
+                f"out of memory (peak {memory.peak / 2**30:.1f} GB seen; the machine has "
+                f"{psutil.virtual_memory().total / 2**30:.0f} GB). Kernel log: {log}"
             ) from None
     failed.unlink(missing_ok=True)
     run = StageRun(stage, time.perf_counter() - start, memory.peak / 2**20, target)

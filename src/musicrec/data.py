@@ -15,6 +15,7 @@ from musicrec.schema import (
     DropReport,
     validate_catalog_names,
     validate_interactions,
+    validate_interactions_lazy,
     validate_tracks,
 )
 from musicrec.split import compute_split
@@ -74,14 +75,15 @@ def _adapt(profile: Profile, paths: RunPaths, dropped: DropReport, notes: list[s
     label = f"{source} data in {raw}"
     tracks = validate_tracks(data.tracks, file=f"{label} (tracks)")
     names = validate_catalog_names(data.catalog_names, file=f"{label} (catalog names)")
-    interactions = validate_interactions(
-        data.interactions, track_ids=tracks.get_column(C.track_id), file=f"{label} (interactions)"
-    )
+    checks = validate_interactions_lazy if isinstance(data.interactions, pl.LazyFrame) else \
+        validate_interactions
+    interactions = checks(data.interactions, track_ids=tracks.get_column(C.track_id),
+                          file=f"{label} (interactions)")
     for reason, n in data.dropped.counts.items():
         dropped.add(reason, n)
     notes += data.notes
     written = {
-        write_parquet(interactions, paths.interactions),
+        write_parquet(interactions, paths.interactions),  # streams a lazy frame
         write_parquet(tracks, paths.tracks),
         write_parquet(names, paths.catalog_names),
     }

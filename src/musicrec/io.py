@@ -117,10 +117,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_parquet(df: pl.DataFrame, path: str | Path) -> Path:
-    """Write a polars frame to parquet atomically."""
+def write_parquet(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> Path:
+    """Write a polars frame to parquet atomically; a lazy frame is streamed (``sink_parquet``)."""
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
+        if isinstance(df, pl.LazyFrame):
+            df.sink_parquet(tmp, compression="zstd", statistics=True)
+        else:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
     return Path(path)
 
 

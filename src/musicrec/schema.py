@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 
@@ -172,14 +173,16 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
     return df.with_columns(converted.alias(column))
 
 
+def _reject_rows(df: pl.DataFrame, bad: pl.Series, file: str, column: str, problem: str) -> None:
+    """Raise when any row is ``bad``: the count, the problem and the first such rows."""
+    if bad.any():
+        raise DataContractError(file, column, f"{int(bad.sum())} {problem}",
+                                df.with_row_index("row").filter(bad))
+
+
 def check_not_null(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
     for column in columns:
-        nulls = df.get_column(column).is_null()
-        if nulls.any():
-            raise DataContractError(
-                file, column, f"{int(nulls.sum())} rows with a null id",
-                df.with_row_index("row").filter(nulls),
-            )
+        _reject_rows(df, df.get_column(column).is_null(), file, column, "rows with a null id")
 
 
 def check_unique(df: pl.DataFrame, columns: list[str], file: str, what: str) -> None:
@@ -256,12 +259,8 @@ def validate_interactions(
         first, last = date_range
         ts = interactions.get_column(C.started_at)
         outside = (ts < first) | (ts > last)
-        if outside.any():
-            raise DataContractError(
-                file, C.started_at,
-                f"{int(outside.sum())} dates fall outside the data's range {first} .. {last}",
-                interactions.with_row_index("row").filter(outside),
-            )
+        _reject_rows(interactions, outside, file, C.started_at,
+                     f"dates fall outside the data's range {first} .. {last}")
     if C.weight not in interactions.columns:
         interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
     interactions = check_dtype(interactions, C.weight, pl.Float32(), file)
@@ -269,12 +268,8 @@ def validate_interactions(
         check_unique(interactions, [C.user_id, C.track_id], file, "(user_id, track_id) pair")
     if track_ids is not None:
         unknown = ~interactions.get_column(C.track_id).is_in(track_ids.implode())
-        if unknown.any():
-            raise DataContractError(
-                file, C.track_id,
-                f"{int(unknown.sum())} interactions name track ids missing from tracks",
-                interactions.with_row_index("row").filter(unknown),
-            )
+        _reject_rows(interactions, unknown, file, C.track_id,
+                     "interactions name track ids missing from tracks")
     if C.track_seq not in interactions.columns:
         interactions = with_track_seq(interactions)
     else:
@@ -294,3 +289,77 @@ def with_track_seq(interactions: pl.DataFrame) -> pl.DataFrame:
             f"a user has {longest} listens, more than track_seq (int16) can number",
         )
     return out.with_columns(pl.col(C.track_seq).cast(pl.Int16))
+
+
+def validate_interactions_lazy(
+    interactions: pl.LazyFrame,
+    track_ids: pl.Series,
+    file: str = "interactions.parquet",
+    unique_pairs: bool = True,
+) -> pl.LazyFrame:
+    """The contract checks of :func:`validate_interactions` for sources too big for memory.
+
+    Types are checked from the schema, nulls, ranges and unknown track ids with
+    streaming aggregates, and repeated pairs by sorting one int64 key per row
+    (1.8 GB at 222M rows). Returns the canonical columns as a lazy frame for
+    ``sink_parquet``, so the full table is never held in memory. ``track_seq`` must be
+    present (the Yandex files have it); ``weight`` is 1.0 when absent.
+    """
+    schema = interactions.collect_schema()
+    check_columns(pl.DataFrame(schema=schema), INTERACTIONS_SCHEMA, file, optional=(C.weight,))
+    for column in (C.user_id, C.track_id, C.track_seq):
+        if not schema[column].is_integer():
+            raise DataContractError(file, column, f"wrong type {schema[column]}, expected integers",
+                                    interactions.select(column).head(N_EXAMPLES).collect())
+    if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
+        raise DataContractError(file, C.started_at, f"wrong type {schema[C.started_at]}, expected dates",
+                                interactions.select(C.started_at).head(N_EXAMPLES).collect())
+    if C.weight not in schema:
+        interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
+    limits = {C.user_id: (-(2**31), 2**31 - 1), C.track_id: (-(2**31), 2**31 - 1),
+              C.track_seq: (1, MAX_TRACK_SEQ)}
+    stats = interactions.select(
+        *[pl.col(c).null_count().alias(f"{c}_nulls") for c in (C.user_id, C.track_id, C.started_at)],
+        *[pl.col(c).min().alias(f"{c}_min") for c in limits],
+        *[pl.col(c).max().alias(f"{c}_max") for c in limits],
+    ).collect(engine="streaming").row(0, named=True)
+    with_row = interactions.with_row_index("row")
+    for column in (C.user_id, C.track_id, C.started_at):
+        if stats[f"{column}_nulls"]:
+            raise DataContractError(
+                file, column, f"{stats[f'{column}_nulls']} rows with a null value",
+                with_row.filter(pl.col(column).is_null()).head(N_EXAMPLES).collect())
+    for column, (low, high) in limits.items():
+        if stats[f"{column}_min"] is not None and not (
+                low <= stats[f"{column}_min"] and stats[f"{column}_max"] <= high):
+            raise DataContractError(
+                file, column, f"values outside {low} .. {high}",
+                with_row.filter(~pl.col(column).is_between(low, high)).head(N_EXAMPLES).collect())
+    used = interactions.select(pl.col(C.track_id).unique()).collect(engine="streaming").to_series()
+    unknown = used.filter(~used.is_in(track_ids.implode()))
+    if unknown.len():
+        raise DataContractError(
+            file, C.track_id, f"{unknown.len()} track ids missing from tracks",
+            with_row.filter(pl.col(C.track_id).is_in(unknown.head(N_EXAMPLES).implode()))
+            .head(N_EXAMPLES).collect())
+    if unique_pairs:
+        _check_unique_pairs_by_sorting(interactions, file)
+    return interactions.select(
+        [pl.col(c).cast(dtype) for c, dtype in INTERACTIONS_SCHEMA.items()]
+    )
+
+
+def _check_unique_pairs_by_sorting(interactions: pl.LazyFrame, file: str) -> None:
+    """Repeated (user, track) pairs, found by sorting one int64 key per row."""
+    key = (pl.col(C.user_id).cast(pl.Int64) * 2**32
+           + pl.col(C.track_id).cast(pl.UInt32).cast(pl.Int64))
+    keys = interactions.select(key.alias("key")).collect(engine="streaming").to_series().to_numpy()
+    keys = np.sort(keys)
+    repeats = keys[1:][keys[1:] == keys[:-1]]
+    if len(repeats):
+        first = np.unique(repeats)[:N_EXAMPLES]
+        examples = pl.DataFrame({C.user_id: (first >> 32).astype(np.int32),
+                                 C.track_id: (first & 0xFFFFFFFF).astype(np.uint32).astype(np.int32)})
+        raise DataContractError(
+            file, f"{C.user_id}, {C.track_id}",
+            f"{len(repeats)} rows repeat a (user_id, track_id) pair that must occur once", examples)

@@ -16,11 +16,12 @@ class SourceData:
 
     ``interactions`` has ``user_id``, ``track_id``, ``started_at`` and ``weight``
     (``track_seq`` is numbered by the contract checks when absent), one row per
-    (user, track) pair. ``extra`` holds further tables worth keeping beside the
-    data, such as id maps (written as ``data/<run>/<name>.parquet``).
+    (user, track) pair. A source too big for memory gives a lazy frame (with
+    ``track_seq``), which is checked and written by streaming. ``extra`` holds further
+    tables worth keeping beside the data, such as id maps (written as ``data/<run>/<name>.parquet``).
     """
 
-    interactions: pl.DataFrame
+    interactions: pl.DataFrame | pl.LazyFrame
     tracks: pl.DataFrame
     catalog_names: pl.DataFrame
     track_features: pl.DataFrame | None = None
@@ -61,7 +62,7 @@ def names_frame(ids: pl.Series, names: pl.Series, kind: str) -> pl.DataFrame:
     return pl.DataFrame({C.id: ids.cast(pl.Int32), C.type: kind, C.name: names.cast(pl.Utf8)})
 
 
-def aggregate_pairs(events: pl.DataFrame) -> pl.DataFrame:
+def aggregate_pairs(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
     """One row per (user, track): first time, summed weight."""
     return events.group_by([C.user_id, C.track_id]).agg(
         pl.col(C.started_at).min(), pl.col(C.weight).sum().cast(pl.Float32)

@@ -23,7 +23,6 @@ from musicrec.schema import (
     DataContractError,
     DropReport,
     check_columns,
-    check_dtype,
     validate_catalog_names,
     validate_tracks,
 )
@@ -51,37 +50,33 @@ def load(folder: Path, options: YandexConfig) -> SourceData:
     Returns
     -------
     SourceData
-        Interactions with ``weight = 1.0`` (the data records a listen, not its
-        strength); tracks with no artist or genre are kept and counted in ``notes``.
+        Interactions as a lazy frame (checked and written by streaming) with
+        ``weight = 1.0`` (the data records a listen, not its strength); tracks with no
+        artist or genre are kept (the data stage counts them).
     """
     folder = Path(folder)
     require_files(folder, SOURCE, TRACKS_FILE, NAMES_FILE, INTERACTIONS_FILE)
     dropped = DropReport()
-    notes: list[str] = []
 
     interactions = _read_interactions(folder / INTERACTIONS_FILE)
     if not options.unique_pairs:
-        before = interactions.height
-        interactions = aggregate_pairs(interactions)
+        before = interactions.select(pl.len()).collect().item()
+        pairs = interactions.drop(C.track_seq, strict=False)
+        interactions = aggregate_pairs(pairs).collect(engine="streaming")
         dropped.add(f"{INTERACTIONS_FILE}: repeat rows of a (user, track) pair merged "
                     "(first time, summed weight)", before - interactions.height)
+    elif C.track_seq not in interactions.collect_schema():
+        # without the published numbering, the checks number listens in memory
+        interactions = interactions.collect()
 
     tracks = _scan(folder / TRACKS_FILE, TRACKS_SCHEMA).select(list(TRACKS_SCHEMA)).collect()
     tracks = validate_tracks(tracks, TRACKS_FILE)
-    counts = tracks.select(
-        *(pl.col(c).list.len().eq(0).sum().alias(c) for c in (C.albums, C.artists, C.genres))
-    ).row(0, named=True)
-    notes.append(
-        f"{tracks.height} tracks kept, of which {counts[C.artists]} have no artist, "
-        f"{counts[C.genres]} no genre and {counts[C.albums]} no album"
-    )
-
     names = _scan(folder / NAMES_FILE, CATALOG_NAMES_SCHEMA).select(list(CATALOG_NAMES_SCHEMA))
     names = names.with_columns(pl.col(C.name).cast(pl.Utf8)).collect()
     names = validate_catalog_names(names, NAMES_FILE)
 
     return SourceData(interactions=interactions, tracks=tracks, catalog_names=names,
-                      dropped=dropped, notes=notes)
+                      dropped=dropped)
 
 
 def _scan(path: Path, expected: dict[str, pl.DataType],
@@ -96,13 +91,24 @@ def _scan(path: Path, expected: dict[str, pl.DataType],
     return frame
 
 
-def _read_interactions(path: Path) -> pl.DataFrame:
-    """Read only the canonical columns; cast in place (no copies when dtypes already match)."""
+def _read_interactions(path: Path) -> pl.LazyFrame:
+    """The canonical columns, lazily: 222M rows are checked and written by streaming.
+
+    Types are checked here from the file's footer, so a wrong type stops the load at
+    once; the remaining checks run in :func:`musicrec.schema.validate_interactions_lazy`.
+    """
     frame = _scan(path, INTERACTIONS_SCHEMA, optional=(C.track_seq, C.weight))
-    columns = [C.user_id, C.track_id, C.started_at]
-    if C.track_seq in frame.collect_schema().names():
-        columns.append(C.track_seq)
-    interactions = frame.select(columns).collect()
-    for column in columns:
-        interactions = check_dtype(interactions, column, INTERACTIONS_SCHEMA[column], path.name)
-    return interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
+    schema = frame.collect_schema()
+    for column in (C.user_id, C.track_id, C.track_seq):
+        if column in schema and not schema[column].is_integer():
+            raise DataContractError(path.name, column, f"wrong type {schema[column]}, expected integers",
+                                    frame.select(column).head(5).collect())
+    if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
+        raise DataContractError(path.name, C.started_at, f"wrong type {schema[C.started_at]}, "
+                                "expected dates", frame.select(C.started_at).head(5).collect())
+    seq = [pl.col(C.track_seq).cast(pl.Int16)] if C.track_seq in schema else []
+    return frame.select(
+        pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
+        pl.col(C.started_at).cast(INTERACTIONS_SCHEMA[C.started_at]),
+        *seq, pl.lit(1.0, dtype=pl.Float32).alias(C.weight),
+    )
