@@ -100,3 +100,13 @@ def calibration_ratios(table: pl.DataFrame):
     ax.set_title("Calibration against the real data")
     fig.tight_layout()
     return fig
+
+
+def table(df: pl.DataFrame | dict | list[dict], digits: int = 3):
+    """A small polars frame (or records) as a pandas frame for clean notebook and HTML display."""
+    if not isinstance(df, pl.DataFrame):
+        df = pl.DataFrame(df if isinstance(df, list) else [df])
+    frame = df.to_pandas()
+    floats = frame.select_dtypes("float").columns
+    frame[floats] = frame[floats].round(digits)
+    return frame

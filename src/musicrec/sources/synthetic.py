@@ -50,7 +50,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.special import ndtri
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
@@ -305,13 +305,15 @@ def intensity_cumulative(cfg: SyntheticConfig) -> np.ndarray:
     """Cumulative listening intensity at the start of each day (one more entry than days).
 
     Intensity rises linearly by ``activity_growth`` over the year and drops by
-    ``last_month_dip`` in the last 31 days, as monthly listens per active user do in
+    ``last_month_dip`` on average over the last 31 days, as monthly listens per active user do in
     the real data (about 18 in January, 30 in November, fewer in December).
     """
     n_days = (cfg.end_date - cfg.start_date).days + 1
     day = np.arange(n_days)
     intensity = 1.0 + cfg.activity_growth * day / max(n_days - 1, 1)
-    intensity[max(0, n_days - 31):] *= 1.0 - cfg.last_month_dip
+    last = day[max(0, n_days - 31):]
+    # a linear slide over the last month, averaging ``last_month_dip`` (no step on its first day)
+    intensity[last] *= 1.0 - 2 * cfg.last_month_dip * (last - last[0] + 1) / (len(last) + 1)
     return np.concatenate([[0.0], np.cumsum(intensity)])
 
 
