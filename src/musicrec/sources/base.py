@@ -50,7 +50,7 @@ def require_files(folder: Path, source: str, *names: str) -> None:
 
 
 def dense_ids(values: pl.Series, name: str) -> pl.DataFrame:
-    """Map arbitrary (string) ids to int32 ids 1..n in first-seen-sorted order; keep the map."""
+    """Map arbitrary (string) ids to int32 ids 1..n in sorted order; the frame is the map."""
     unique = values.drop_nulls().unique().sort()
     return pl.DataFrame(
         {"source_id": unique, name: pl.int_range(1, unique.len() + 1, eager=True).cast(pl.Int32)}

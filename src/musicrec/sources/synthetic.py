@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
+from musicrec.reference import YANDEX_MUSIC
 from musicrec.schema import INTERACTIONS_SCHEMA, C, validate_interactions
 
 #: Names of the leading real genres, most listened first; the rest are synthetic.
@@ -178,7 +179,7 @@ def _segment_cdf(segment: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return segment + np.minimum(within, 1.0 - 1e-12)
 
 
-def build_catalogue(cfg: SyntheticConfig, rng: np.random.Generator, n_listens: float) -> Catalogue:
+def build_catalogue(cfg: SyntheticConfig, rng: np.random.Generator) -> Catalogue:
     """Genres, artists, albums and tracks with their popularity (internal order)."""
     n_tracks = cfg.n_tracks
     n_artists = max(1, min(n_tracks, round(n_tracks * cfg.artists_per_track)))
@@ -201,12 +202,12 @@ def build_catalogue(cfg: SyntheticConfig, rng: np.random.Generator, n_listens: f
         position * albums_per_artist[track_artist] // artist_count[track_artist]
     )
 
-    mean_listens = n_listens / n_tracks
+    real_mean = YANDEX_MUSIC["listens"] / YANDEX_MUSIC["tracks"]
     weight = track_popularity(
         n_tracks,
-        median_to_mean=min(cfg.listens_per_track_median / 222.6, 0.9),
-        min_to_mean=5 / 222.6,
-        max_to_mean=max(cfg.max_track_share * n_listens / mean_listens / _TOP_CONCENTRATION, 2.0),
+        median_to_mean=min(cfg.listens_per_track_median / real_mean, 0.9),
+        min_to_mean=YANDEX_MUSIC["listens_per_track"]["min"] / real_mean,
+        max_to_mean=max(cfg.max_track_share * n_tracks / _TOP_CONCENTRATION, 2.0),
         rng=rng,
         skew=cfg.popularity_skew,
     )
@@ -261,6 +262,11 @@ def _draw_artist_in_genre(cat: Catalogue, genres: np.ndarray, rng: np.random.Gen
     return artists
 
 
+def activity_cap(cfg: SyntheticConfig) -> int:
+    """Most distinct tracks a user listens to: the configured maximum, at most a third of them."""
+    return min(cfg.max_tracks_per_user, max(1, cfg.n_tracks // 3))
+
+
 def draw_users(cfg: SyntheticConfig, n: int, cat: Catalogue, rng: np.random.Generator) -> Users:
     """Each user's active span, activity, favourite genres (more for heavier users) and artists."""
     n_days = (cfg.end_date - cfg.start_date).days + 1
@@ -281,8 +287,7 @@ def draw_users(cfg: SyntheticConfig, n: int, cat: Catalogue, rng: np.random.Gene
     span_rank = (np.argsort(np.argsort(span + rng.random(n))) + 0.5) / n
     rho = cfg.activity_span_correlation
     z = rho * ndtri(span_rank) + np.sqrt(1 - rho**2) * rng.standard_normal(n)
-    cap = min(cfg.max_tracks_per_user, max(1, cat.n_tracks // 3))
-    n_tracks = np.clip(np.round(np.exp(mu + sigma * z)), 1, cap).astype(np.int64)
+    n_tracks = np.clip(np.round(np.exp(mu + sigma * z)), 1, activity_cap(cfg)).astype(np.int64)
 
     # tastes: heavier users spread over more genres (one more per doubling above the median)
     k_max, f = cfg.genres_per_user + _EXTRA_GENRES, cfg.favourite_artists_per_user
@@ -464,8 +469,7 @@ def generate(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = Tr
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    expected_listens = cfg.n_users * cfg.tracks_per_user_mean
-    cat = build_catalogue(cfg, rng, expected_listens)
+    cat = build_catalogue(cfg, rng)
     users_rng = np.random.default_rng([seed, 1])
     users = draw_users(cfg, cfg.n_users, cat, users_rng)
     user_ids = np.arange(cfg.n_users, dtype=np.int32)
@@ -496,12 +500,12 @@ def generate(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = Tr
     files.update(_write_oracle(cfg, cat, users, user_ids, out_dir / "oracle"))
     notes = [
         f"{int((users.first_day >= users.first_day.max() - 30).sum()):,} users join in the last month",
-        f"user activity capped at {min(cfg.max_tracks_per_user, max(1, cat.n_tracks // 3)):,} tracks",
+        f"user activity capped at {activity_cap(cfg):,} tracks",
     ]
     return GeneratedData(files, rows, cfg.n_users, cat.n_tracks, notes)
 
 
-def _names(n: int, rng: np.random.Generator, words: int, prefix: str = "") -> pl.Series:
+def _names(n: int, rng: np.random.Generator, words: int) -> pl.Series:
     """Pronounceable pseudo-names, vectorised."""
     parts = []
     for w in range(words):
@@ -513,7 +517,7 @@ def _names(n: int, rng: np.random.Generator, words: int, prefix: str = "") -> pl
     out = parts[0]
     for p in parts[1:]:
         out = out + " " + p
-    return (prefix + out) if prefix else out
+    return out
 
 
 def _write_catalogue(cfg: SyntheticConfig, cat: Catalogue, out_dir: Path,
@@ -536,13 +540,12 @@ def _write_catalogue(cfg: SyntheticConfig, cat: Catalogue, out_dir: Path,
         arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[~empty], pa.int32()))
         return pl.Series(arr).cast(pl.List(pl.Int32))
 
-    genres_flat_first = np.where(no_genre, -1, genre)
     # genres: [main] or [main, second]; built from two columns then list-concatenated
     tracks = pl.DataFrame({
         C.track_id: cat.track_ids,
         C.albums: lists(album_ids[cat.track_album], no_album),
         C.artists: lists(artist_ids[cat.track_artist], no_artist),
-        "g1": lists(genre_ids[np.maximum(genres_flat_first, 0)], no_genre),
+        "g1": lists(genre_ids[genre], no_genre),
         "g2": lists(genre_ids[second], ~has_second | no_genre),
     }).with_columns(pl.concat_list("g1", "g2").alias(C.genres)).drop("g1", "g2")
     tracks = tracks.sort(C.track_id)
