@@ -17,7 +17,7 @@ PACKAGE := $(shell find src/musicrec -name '*.py' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda report lab test lint bench clean always
+.PHONY: help setup all data eda candidates report lab test lint bench clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -48,11 +48,16 @@ $(STAMPS)/02_eda: notebooks/02_eda.ipynb $(PARAMS) $(PACKAGE) $(STAMPS)/01_data 
 	$(STAGE) 02_eda
 	@touch $@
 
-outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda | $(READY)
+$(STAMPS)/03_candidates: notebooks/03_candidates.ipynb $(PARAMS) $(PACKAGE) $(STAMPS)/01_data | $(READY)
+	$(STAGE) 03_candidates
+	@touch $@
+
+outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda $(STAMPS)/03_candidates | $(READY)
 	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 data: $(STAMPS)/01_data ## generate or adapt the data, check it, split it (data/<run>/)
 eda: $(STAMPS)/02_eda ## exploratory analysis and calibration (plots/<run>/)
+candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history and on history + labels
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
 
 lab: $(READY) ## JupyterLab with the project's kernel

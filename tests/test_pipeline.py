@@ -78,7 +78,7 @@ def test_split_counts_add_up(project):
 
 def test_notebooks_plots_and_report(project):
     out = project / "outputs" / "tiny"
-    for stage in ("01_data", "02_eda"):
+    for stage in ("01_data", "02_eda", "03_candidates"):
         executed = json.loads((out / "notebooks" / f"{stage}.ipynb").read_text())
         injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and "params/tiny.yaml" in "".join(injected[0]["source"])
@@ -86,15 +86,15 @@ def test_notebooks_plots_and_report(project):
                        for o in c.get("outputs", []))
     plots = {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
     assert {"window_sizes", "listens_per_user", "listens_per_track", "events_over_time",
-            "genres", "artists", "calibration"} <= plots
+            "genres", "artists", "calibration", "candidate_recall", "candidates_times"} <= plots
     index = (out / "reports" / "index.html").read_text()
-    for page in ("01_data.html", "02_eda.html"):
+    for page in ("01_data.html", "02_eda.html", "03_candidates.html"):
         assert f'href="{page}"' in index
         report = (out / "reports" / page).read_text()
         assert "<img" in report or "image/png" in report
         assert "load_profile(" not in report, "reports carry no code"
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) == {"01_data", "02_eda"}
+    assert set(timings) == {"01_data", "02_eda", "03_candidates"}
 
 
 def test_second_run_runs_nothing_and_changes_rerun_stages(project):
@@ -144,8 +144,43 @@ def test_bench_records_time_and_memory_per_stage(project):
     result = make(project, "bench", "PARAMS=params/tiny.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
     bench = json.loads((project / "outputs" / "tiny" / "bench.json").read_text())
-    assert [row["stage"] for row in bench["stages"]] == ["01_data", "02_eda"]
+    assert [row["stage"] for row in bench["stages"]] == ["01_data", "02_eda", "03_candidates"]
     for row in bench["stages"]:
         assert row["seconds"] > 0
         assert row["peak_rss_mb"] > 50, "the kernel's memory, not the runner's"
     assert "peak RSS" in result.stdout
+
+
+USER_LISTS = ("personal_als", "i2i_history", "content", "audio", "random")
+SIMILAR_LISTS = ("similar", "content_similar", "audio_similar")
+
+
+@pytest.mark.parametrize("window", ["history", "history+labels"])
+def test_candidate_lists_keep_the_contract(project, window):
+    data, out = project / "data" / "tiny", project / "outputs" / "tiny" / "candidates"
+    folder = out / "history" if window == "history" else out
+    split = json.loads((data / "split.json").read_text())
+    end = split["label_start"] if window == "history" else split["test_start"]
+    inter = pl.read_parquet(data / "interactions.parquet").filter(
+        pl.col("started_at") < pl.lit(end).str.to_datetime().cast(pl.Datetime("ns")))
+    heard = inter.select("user_id", "track_id")
+    track_ids = pl.read_parquet(data / "tracks.parquet").get_column("track_id").implode()
+    popular = pl.read_parquet(folder / "top_popular.parquet")
+    assert popular.get_column("rank").to_list() == list(range(1, popular.height + 1))
+    for name in USER_LISTS:
+        lists = pl.read_parquet(folder / f"{name}.parquet")
+        assert lists.columns == ["user_id", "track_id", "score", "rank"], name
+        gaps = lists.group_by("user_id").agg((pl.col("rank").sort() == pl.int_range(1, pl.len() + 1)).all())
+        assert gaps.get_column("rank").all(), f"{name}: ranks 1..N without gaps"
+        assert lists.join(heard, on=["user_id", "track_id"]).height == 0, f"{name}: heard tracks"
+        assert lists.get_column("track_id").is_in(track_ids).all(), f"{name}: source track ids"
+        assert lists.get_column("user_id").is_in(heard.get_column("user_id").implode()).all()
+        # params/tiny.yaml asks for 200; content and i2i lists can be shorter (few shared tokens)
+        assert lists.get_column("rank").max() == 200 if name in ("personal_als", "random") else \
+            lists.get_column("rank").max() <= 200
+    for name in SIMILAR_LISTS:
+        near = pl.read_parquet(folder / f"{name}.parquet")
+        assert near.columns == ["track_id", "similar_track_id", "score", "rank"], name
+        assert near.filter(pl.col("track_id") == pl.col("similar_track_id")).height == 0, name
+        assert near.get_column("similar_track_id").is_in(track_ids).all()
+    assert (project / "outputs" / "tiny" / "models" / "als.npz").is_file()

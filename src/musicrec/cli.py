@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ import psutil
 
 from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
+from musicrec.monitor import PeakMemory
 
-STAGES = ("01_data", "02_eda")
+STAGES = ("01_data", "02_eda", "03_candidates")
 KERNEL = "musicrec"
 
 
@@ -47,33 +47,6 @@ class StageRun:
         return {"stage": self.stage, "seconds": round(self.seconds, 2),
                 "peak_rss_mb": round(self.peak_rss_mb, 1), "notebook": str(self.notebook),
                 "finished": dt.datetime.now().isoformat(timespec="seconds")}
-
-
-class PeakMemory:
-    """Samples the resident memory of this process's children (the kernel) in a thread."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for child in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _kernel_name() -> str:
@@ -116,7 +89,7 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
                   "root": str(root)}
     log = paths.notebooks / f"{stage}.log"
     start = time.perf_counter()
-    with PeakMemory() as memory, atomic_path(target) as tmp, _stderr_to(log):
+    with PeakMemory(children=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
         try:
             pm.execute_notebook(
                 str(source), str(tmp), parameters=parameters, kernel_name=_kernel_name(),
@@ -149,6 +122,15 @@ def _print_table(rows: list[dict]) -> None:
     print(f"{'stage':<12}{'wall time':>12}{'peak RSS':>14}")
     for r in rows:
         print(f"{r['stage']:<12}{r['seconds']:>10.1f} s{r['peak_rss_mb'] / 1024:>11.2f} GB")
+
+
+def _print_generators(runs: list[dict]) -> None:
+    if not runs:
+        return
+    print(f"\n{'generator':<14}{'window':<16}{'fit':>9}{'recommend':>11}{'similar':>9}{'peak RSS':>10}")
+    for r in runs:
+        print(f"{r['generator']:<14}{r['window']:<16}{r['fit_seconds']:>8.1f}s{r['recommend_seconds']:>10.1f}s"
+              f"{r['similar_seconds']:>8.1f}s{r['peak_rss_gb']:>8.2f} GB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             paths = RunPaths.for_profile(profile, args.root)
             machine = {"cpus": psutil.cpu_count(), "memory_gb": round(
                 psutil.virtual_memory().total / 2**30, 1)}
-            write_json({"profile": str(args.params), "machine": machine, "stages": rows},
-                       paths.outputs / "bench.json")
+            generators = [run for folder in (paths.candidates / "history", paths.candidates)
+                          if "03_candidates" in args.stages and (folder / "runs.json").is_file()
+                          for run in read_json(folder / "runs.json")]
+            write_json({"profile": str(args.params), "machine": machine, "stages": rows,
+                        "generators": generators}, paths.outputs / "bench.json")
             _print_table(rows)
+            _print_generators(generators)
             print(f"bench: {paths.outputs / 'bench.json'}")
     except (ProfileError, StageError, FileNotFoundError, ValueError) as exc:
         print(f"musicrec {args.command}: {exc}", file=sys.stderr)

@@ -171,6 +171,96 @@ def _boundary_date(boundary: Boundary, last_day: dt.date) -> dt.date:
     return last_day - dt.timedelta(days=boundary - 1)
 
 
+class TopPopularConfig(_Strict):
+    """Tracks by distinct listeners over the last ``days`` of the window (all days when unset)."""
+
+    days: PositiveInt | None = None
+    n: PositiveInt = 100
+
+
+class AlsConfig(_Strict):
+    """implicit's ALS on the users-by-tracks matrix.
+
+    Confidence of a pair is ``1 + alpha * w`` (``linear``) or ``1 + alpha * log1p(w)``
+    (``log``), where ``w`` is the summed weight, times ``0.5 ** (age / half_life_days)``
+    when a half-life is set (age in days before the end of the window).
+    """
+
+    factors: PositiveInt = 64
+    iterations: PositiveInt = 15
+    regularization: float = Field(0.05, ge=0)
+    alpha: float = Field(10.0, gt=0)
+    confidence: Literal["linear", "log"] = "linear"
+    half_life_days: float | None = Field(None, gt=0)
+    n_users: PositiveInt = 100
+    n_similar: PositiveInt = 10
+    item_pool: PositiveInt | None = Field(
+        None, description="only the most listened tracks can be recommended or similar; all when unset")
+    batch_users: PositiveInt = 20_000
+    batch_tracks: PositiveInt = 20_000
+
+
+class I2iHistoryConfig(_Strict):
+    """Candidates from the similar lists of a user's last ``last_k`` listens, summed."""
+
+    last_k: PositiveInt = 20
+    n: PositiveInt = 100
+
+
+class ContentConfig(_Strict):
+    """TF-IDF over genre, artist and album tokens; user profiles as weighted means."""
+
+    enabled: bool = True
+    n: PositiveInt = 100
+    n_similar: PositiveInt = 10
+    batch_users: PositiveInt = 5_000
+    max_postings: PositiveInt = Field(
+        200, description="a token (genre, artist, album) reaches only its this many tracks of "
+        "largest weight; scores stay exact, only candidates reached solely through the tail "
+        "of a bigger token are skipped. Exact when no token has more tracks")
+    max_pairs: PositiveInt = Field(
+        4_000_000, description="(user or track, candidate) pairs scored at once: bounds memory")
+
+
+class AudioConfig(_Strict):
+    """An autoencoder over standardised audio features; neighbours by cosine."""
+
+    enabled: bool = True
+    embedding_dim: PositiveInt = 8
+    hidden: PositiveInt = 32
+    max_iter: PositiveInt = 200
+    sample_tracks: PositiveInt = 200_000
+    recent_k: PositiveInt = 20
+    n: PositiveInt = 100
+    n_similar: PositiveInt = 10
+    activation: Literal["tanh", "relu", "logistic", "identity"] = "tanh"
+    batch_size: PositiveInt = 256
+    exact_max_tracks: PositiveInt = Field(
+        50_000, description="up to this many embedded tracks, brute-force (exact) cosine search")
+    cell_size: PositiveInt = Field(2_000, description="above it, tracks per k-means cell")
+    probe_cells: PositiveInt = Field(8, description="cells searched around a query's nearest cell")
+
+
+class RandomConfig(_Strict):
+    """Uniform over the tracks a user has not heard: the floor."""
+
+    n: PositiveInt = 100
+
+
+class CandidatesConfig(_Strict):
+    """The candidates stage: every generator, fitted on history and on history + labels."""
+
+    top_popular: TopPopularConfig = Field(default_factory=TopPopularConfig)
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    i2i_history: I2iHistoryConfig = Field(default_factory=I2iHistoryConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    random: RandomConfig = Field(default_factory=RandomConfig)
+    recall_at: list[PositiveInt] = Field(
+        default_factory=lambda: [10, 50, 100],
+        description="list lengths for candidate recall; a generator is measured at the lengths it has")
+
+
 class Profile(_Strict):
     """A whole run's configuration. Later stages add their own sections."""
 
@@ -178,6 +268,7 @@ class Profile(_Strict):
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
 
     @property
     def run(self) -> str:

@@ -85,6 +85,11 @@ class RunPaths:
         return self.outputs / "models"
 
     @property
+    def candidates(self) -> Path:
+        """Candidates of the generators fitted on history + labels (``history/``: on history)."""
+        return self.outputs / "candidates"
+
+    @property
     def timings(self) -> Path:
         return self.outputs / "timings.json"
 
@@ -125,6 +130,38 @@ def write_parquet(df: pl.DataFrame | pl.LazyFrame, path: str | Path) -> Path:
         else:
             df.write_parquet(tmp, compression="zstd", statistics=True)
     return Path(path)
+
+
+class ParquetStream:
+    """Write a parquet file batch by batch (one row group each), atomically on success.
+
+    >>> with ParquetStream(path, schema) as out:   # doctest: +SKIP
+    ...     for frame in batches:
+    ...         out.write(frame)
+    """
+
+    def __init__(self, path: str | Path, schema: dict[str, pl.DataType]):
+        self.path, self.schema, self.rows = Path(path), schema, 0
+
+    def __enter__(self) -> ParquetStream:
+        import pyarrow.parquet as pq
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
+        self._writer = pq.ParquetWriter(tmp, arrow_schema, compression="zstd")
+        self._arrow_schema = arrow_schema
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            table = frame.select(list(self.schema)).cast(self.schema).to_arrow()
+            self._writer.write_table(table.cast(self._arrow_schema))
+            self.rows += frame.height
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+        self._atomic.__exit__(*exc)
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -110,3 +110,37 @@ def table(df: pl.DataFrame | dict | list[dict], digits: int = 3):
     floats = frame.select_dtypes("float").columns
     frame[floats] = frame[floats].round(digits)
     return frame
+
+
+def stage_times(runs: pl.DataFrame):
+    """Seconds spent fitting, recommending and finding similar tracks, per generator and window."""
+    parts = ["fit_seconds", "recommend_seconds", "similar_seconds"]
+    labels = [f"{g}\n({w})" for g, w in zip(runs.get_column("generator"), runs.get_column("window"),
+                                            strict=True)]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * runs.height + 1.4))
+    left = np.zeros(runs.height)
+    for part, colour in zip(parts, ("#4c72b0", "#dd8452", "#55a868"), strict=True):
+        values = runs.get_column(part).to_numpy()
+        ax.barh(labels, values, left=left, color=colour, label=part.removesuffix("_seconds"))
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Where the candidates stage spends its time")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def candidate_recall(recall: pl.DataFrame):
+    """Recall of the labels window by list length, one line per generator (and their union)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name,), part in recall.sort("n").group_by("generator", maintain_order=True):
+        style = {"linewidth": 3, "color": "black"} if name == "union" else {}
+        ax.plot(part.get_column("n"), part.get_column("recall"), marker="o", label=name, **style)
+    ax.set_xlabel("candidates per user (N)")
+    ax.set_ylabel("share of labels-window listens found")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_title("Candidate recall")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

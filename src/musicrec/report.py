@@ -11,8 +11,9 @@ import yaml
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
 
-STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis"}
-KEY_FIGURES = ("events_over_time", "window_sizes", "listens_per_user", "calibration")
+STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates"}
+KEY_FIGURES = ("events_over_time", "window_sizes", "listens_per_user", "calibration",
+               "candidate_recall", "candidates_times")
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;

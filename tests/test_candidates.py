@@ -1,0 +1,144 @@
+"""Candidate generators: top-popular, random, ALS, i2i from history, recall; on toys with known answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from musicrec.candidates.als import AlsGenerator
+from musicrec.candidates.base import FitData, to_similar_frame, to_user_frame, top_n
+from musicrec.candidates.i2i import i2i_from_history, last_listens
+from musicrec.candidates.popular import top_popular
+from musicrec.candidates.random import RandomGenerator
+from musicrec.candidates.recall import candidate_recall
+from musicrec.config import AlsConfig
+
+DAY = dt.datetime(2022, 3, 1)
+
+
+def frame(pairs: list[tuple[int, int]], days: list[int] | None = None) -> pl.DataFrame:
+    days = days or [0] * len(pairs)
+    return pl.DataFrame({
+        "user_id": [u for u, _ in pairs], "track_id": [t for _, t in pairs],
+        "started_at": [DAY + dt.timedelta(days=d) for d in days],
+        "track_seq": list(range(1, len(pairs) + 1)), "weight": [1.0] * len(pairs),
+    }, schema_overrides={"user_id": pl.Int32, "track_id": pl.Int32, "track_seq": pl.Int16,
+                         "weight": pl.Float32, "started_at": pl.Datetime("ns")})
+
+
+def tracks(ids) -> pl.DataFrame:
+    ids = list(ids)
+    return pl.DataFrame({"track_id": ids, "albums": [[]] * len(ids), "artists": [[]] * len(ids),
+                         "genres": [[]] * len(ids)},
+                        schema={"track_id": pl.Int32, "albums": pl.List(pl.Int32),
+                                "artists": pl.List(pl.Int32), "genres": pl.List(pl.Int32)})
+
+
+def block_data(n_users: int = 60, n_tracks: int = 40, seed: int = 0) -> FitData:
+    """Two blocks: users 0..29 listen only to tracks 100..119, users 30..59 to 120..139."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for u in range(n_users):
+        block = 0 if u < n_users // 2 else 1
+        chosen = rng.choice(n_tracks // 2, 8, replace=False) + block * (n_tracks // 2)
+        pairs += [(u, 100 + int(t)) for t in chosen]
+    return FitData.build(frame(pairs), tracks(range(100, 100 + n_tracks)))
+
+
+def test_top_popular_counts_distinct_listeners_over_the_last_days():
+    # track 7: users 1, 2 (days 0, 9); track 8: users 1, 2, 3 but only user 3 in the last 2 days
+    data = frame([(1, 7), (2, 7), (1, 8), (2, 8), (3, 8), (4, 9)], days=[0, 9, 0, 0, 9, 8])
+    assert top_popular(data, n=3)["track_id"].to_list() == [8, 7, 9]
+    assert top_popular(data, n=3)["score"].to_list() == [3.0, 2.0, 1.0]
+    last_two = top_popular(data, n=3, days=2)  # days 8 and 9: track 7 (user 2), 8 (user 3), 9 (user 4)
+    assert last_two["track_id"].to_list() == [7, 8, 9] and last_two["rank"].to_list() == [1, 2, 3]
+
+
+def test_top_n_excludes_and_pads():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.2, 0.1, 0.4, 0.3]], dtype=np.float32)
+    exclude = FitData.build(frame([(0, 1), (1, 2)]), tracks(range(4))).matrix
+    cols, best = top_n(scores, 6, exclude)
+    assert cols[0].tolist() == [2, 3, 0, -1, -1, -1]  # column 1 heard by row 0
+    assert cols[1].tolist() == [3, 0, 1, -1, -1, -1]
+    assert np.isneginf(best[0, 3:]).all()
+
+
+def test_frames_map_back_to_source_ids():
+    cols = np.array([[1, 0, -1]])
+    out = to_user_frame(np.array([42]), cols, np.array([[0.9, 0.5, -np.inf]]), np.array([10, 20]))
+    assert out.rows() == [(42, 20, pytest.approx(0.9), 1), (42, 10, 0.5, 2)]
+    sim = to_similar_frame(np.array([0]), np.array([[1]]), np.array([[0.7]]), np.array([10, 20]))
+    assert sim.columns == ["track_id", "similar_track_id", "score", "rank"]
+    assert sim.rows()[0][:2] == (10, 20)
+
+
+def test_random_is_unheard_unique_and_seeded():
+    data = block_data()
+    rows = np.arange(len(data.user_ids))
+    cols, scores = RandomGenerator(seed=3).fit(data).recommend(rows, 25)
+    again, _ = RandomGenerator(seed=3).fit(data).recommend(rows, 25)
+    other, _ = RandomGenerator(seed=4).fit(data).recommend(rows, 25)
+    assert (cols == again).all() and (cols != other).any()
+    for r in rows:
+        picked = cols[r][cols[r] >= 0]
+        assert len(picked) == 25 and len(set(picked)) == 25
+        assert not set(picked) & set(data.matrix[r].indices)
+    # 40 tracks, 8 heard: only 32 exist, so asking for 35 pads the rest
+    short, _ = RandomGenerator(seed=3).fit(data).recommend(rows[:2], 35)
+    assert ((short >= 0).sum(1) == 32).all()
+
+
+def test_als_recovers_the_blocks():
+    data = block_data()
+    als = AlsGenerator(AlsConfig(factors=2, iterations=30, regularization=0.01, alpha=10.0), seed=1)
+    als.fit(data)
+    rows = np.arange(len(data.user_ids))
+    cols, _ = als.recommend(rows, 5)
+    block_of_col = (data.track_ids - 100) // 20
+    block_of_user = (data.user_ids >= 30).astype(int)
+    assert (block_of_col[cols] == block_of_user[:, None]).mean() > 0.95
+    for r in rows:
+        assert not set(cols[r]) & set(data.matrix[r].indices), "heard tracks are filtered"
+    track_cols = np.arange(len(data.track_ids))
+    near, _ = als.similar(track_cols, 5)
+    assert not (near == track_cols[:, None]).any(), "no track is similar to itself"
+    assert (block_of_col[near] == block_of_col[track_cols][:, None]).mean() > 0.95
+
+
+def test_als_is_deterministic_for_a_seed():
+    data = block_data()
+    cfg = AlsConfig(factors=8, iterations=5)
+    a = AlsGenerator(cfg, seed=5).fit(data).recommend(np.arange(10), 5)[0]
+    b = AlsGenerator(cfg, seed=5).fit(data).recommend(np.arange(10), 5)[0]
+    assert (a == b).all()
+
+
+def test_i2i_from_history_sums_similarity_and_skips_heard():
+    history = frame([(1, 10), (1, 11), (1, 12), (2, 10)], days=[0, 1, 2, 0])
+    recent = last_listens(history, k=2).collect()
+    assert recent.filter(pl.col("user_id") == 1)["track_id"].to_list() == [12, 11]
+    similar = pl.DataFrame({"track_id": [11, 11, 12, 12, 10],
+                            "similar_track_id": [13, 10, 13, 14, 15],
+                            "score": [0.5, 0.9, 0.25, 0.6, 0.8]})
+    out = i2i_from_history(recent, similar, n=5, heard=history)
+    # user 1: 13 <- 0.5 + 0.25 = 0.75, 14 <- 0.6; 10 was heard. user 2: 15 <- 0.8
+    assert out.filter(pl.col("user_id") == 1).select("track_id", "score", "rank").rows() == [
+        (13, 0.75, 1), (14, pytest.approx(0.6), 2)]
+    assert out.filter(pl.col("user_id") == 2)["track_id"].to_list() == [15]
+
+
+def test_candidate_recall_known_answer(tmp_path):
+    targets = pl.DataFrame({"user_id": [1, 1, 2, 2], "track_id": [10, 11, 10, 12]})
+    pl.DataFrame({"track_id": [12, 99], "score": [5.0, 4.0], "rank": [1, 2]}).write_parquet(
+        tmp_path / "top_popular.parquet")
+    pl.DataFrame({"user_id": [1, 1, 2, 2], "track_id": [10, 50, 51, 10], "score": [1.0] * 4,
+                  "rank": [1, 2, 1, 2]}).write_parquet(tmp_path / "personal_als.parquet")
+    recall = candidate_recall(tmp_path, targets, [1, 2])
+    got = {(r["generator"], r["n"]): r["found"] for r in recall.to_dicts()}
+    # n=1: popular {12} finds (2,12); ALS finds (1,10); union 2 of 4
+    # n=2: popular {12, 99}: 1; ALS adds (2,10): 2; union 3 of 4
+    assert got == {("top_popular", 1): 1, ("personal_als", 1): 1, ("union", 1): 2,
+                   ("top_popular", 2): 1, ("personal_als", 2): 2, ("union", 2): 3}
