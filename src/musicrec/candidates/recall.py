@@ -18,8 +18,8 @@ def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.D
     """Share of ``targets`` (``user_id, track_id`` listens) found in each generator's top ``n``.
 
     ``top_popular`` counts as the same list for every user. The ``union`` row is the
-    share found in at least one generator's top ``n`` (top-popular included). A
-    generator whose lists are shorter than ``n`` gets no row for that ``n``.
+    share found in at least one generator's top ``n`` (top-popular included). A list
+    shorter than ``n`` (i2i and content lists can be) counts in full.
     """
     targets = targets.select(C.user_id, C.track_id).unique()
     total = targets.height
@@ -27,24 +27,18 @@ def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.D
     for n in ns:
         found_any = targets.with_columns(pl.lit(False).alias("found"))
         popular_path = folder / "top_popular.parquet"
-        lists = []
         if popular_path.is_file():
             popular = pl.read_parquet(popular_path)
-            if popular.height >= n or popular.height == popular.get_column(C.rank).max():
-                top = popular.filter(pl.col(C.rank) <= n).get_column(C.track_id)
-                hit = targets.get_column(C.track_id).is_in(top.implode())
-                rows.append(_row("top_popular", n, int(hit.sum()), total))
-                found_any = found_any.with_columns((pl.col("found") | hit).alias("found"))
+            top = popular.filter(pl.col(C.rank) <= n).get_column(C.track_id)
+            hit = targets.get_column(C.track_id).is_in(top.implode())
+            rows.append(_row("top_popular", n, int(hit.sum()), total))
+            found_any = found_any.with_columns((pl.col("found") | hit).alias("found"))
         for name in USER_LISTS:
             path = folder / f"{name}.parquet"
             if not path.is_file():
                 continue
-            lf = pl.scan_parquet(path)
-            if lf.select(pl.col(C.rank).max()).collect().item() < n:
-                continue
-            lists.append(name)
-            pairs = lf.filter(pl.col(C.rank) <= n).select(C.user_id, C.track_id).with_columns(
-                pl.lit(True).alias(name))
+            pairs = (pl.scan_parquet(path).filter(pl.col(C.rank) <= n)
+                     .select(C.user_id, C.track_id, pl.lit(True).alias(name)))
             found_any = found_any.join(pairs.collect(), on=[C.user_id, C.track_id], how="left")
             hit = found_any.get_column(name).fill_null(False)
             rows.append(_row(name, n, int(hit.sum()), total))
