@@ -7,7 +7,8 @@ DATA_PATH ?=
 PYTHON    ?= $(shell command -v python3.11 || command -v python3)
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-READY     := $(VENV)/.installed
+# SKIP_SETUP=1 uses VENV as it is (the tests run make in a copy of the project this way)
+READY     := $(if $(filter 1,$(SKIP_SETUP)),,$(VENV)/.installed)
 
 # The run name: the profile's run_name, or its file name without .yaml
 RUN := $(shell sed -n 's/^run_name:[[:space:]]*["'\'']\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p' $(PARAMS) 2>/dev/null)
@@ -26,12 +27,14 @@ help: ## list the targets with one line each
 
 setup: $(READY) ## create .venv, install the project and register the Jupyter kernel
 
+ifneq ($(READY),)
 $(READY): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m ipykernel install --prefix $(VENV) --name musicrec --display-name "musicrec (.venv)" >/dev/null
 	@touch $@
+endif
 
 all: report ## set up if needed, then the whole pipeline, ending with the HTML reports
 

@@ -142,3 +142,17 @@ def test_candidate_recall_known_answer(tmp_path):
     # n=2: popular {12, 99}: 1; ALS adds (2,10): 2; union 3 of 4
     assert got == {("top_popular", 1): 1, ("personal_als", 1): 1, ("union", 1): 2,
                    ("top_popular", 2): 1, ("personal_als", 2): 2, ("union", 2): 3}
+
+
+def test_als_confidence_values_log_and_half_life():
+    # user 1 heard track 100 on day 0 and 101 on day 10 (the window's last day)
+    data = FitData.build(frame([(1, 100), (1, 101)], days=[0, 10]), tracks([100, 101]))
+    data.matrix.data[:] = [3.0, 1.0]  # summed weights of the two pairs
+    data.interactions = data.interactions.with_columns(pl.Series("weight", [3.0, 1.0]))
+    linear = AlsGenerator(AlsConfig()).confidence_matrix(data).toarray()
+    assert linear.tolist() == [[3.0, 1.0]]
+    log = AlsGenerator(AlsConfig(confidence="log")).confidence_matrix(data).toarray()
+    assert log[0] == pytest.approx(np.log1p([3.0, 1.0]))
+    decayed = AlsGenerator(AlsConfig(half_life_days=5)).confidence_matrix(data).toarray()
+    # 10 days old with a 5-day half-life: a quarter of its weight
+    assert decayed[0] == pytest.approx([3.0 * 0.25, 1.0])

@@ -32,7 +32,8 @@ def copy_project(dest: Path) -> Path:
 
 def make(project: Path, *args: str) -> subprocess.CompletedProcess:
     venv = Path(sys.prefix)
-    return subprocess.run(["make", *args, f"VENV={venv}"], cwd=project, capture_output=True,
+    # SKIP_SETUP: never reinstall the package into this environment from the copy
+    return subprocess.run(["make", *args, f"VENV={venv}", "SKIP_SETUP=1"], cwd=project, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -184,3 +185,9 @@ def test_candidate_lists_keep_the_contract(project, window):
         assert near.filter(pl.col("track_id") == pl.col("similar_track_id")).height == 0, name
         assert near.get_column("similar_track_id").is_in(track_ids).all()
     assert (project / "outputs" / "tiny" / "models" / "als.npz").is_file()
+
+
+def test_running_make_in_a_copy_leaves_this_environment_alone(project):
+    where = subprocess.run([sys.executable, "-c", "import musicrec; print(musicrec.__file__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).resolve().is_relative_to(ROOT), where
