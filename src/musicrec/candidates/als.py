@@ -52,7 +52,7 @@ class AlsGenerator:
         if cfg.confidence == "log":
             matrix = matrix.copy()
             matrix.data = np.log1p(matrix.data)
-        return matrix.astype(np.float32)
+        return matrix.astype(np.float32, copy=False)  # no second copy of a 200M-entry matrix
 
     def fit(self, data: FitData) -> AlsGenerator:
         cfg = self.config
