@@ -37,9 +37,11 @@ def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.D
             path = folder / f"{name}.parquet"
             if not path.is_file():
                 continue
-            pairs = (pl.scan_parquet(path).filter(pl.col(C.rank) <= n)
-                     .select(C.user_id, C.track_id, pl.lit(True).alias(name)))
-            found_any = found_any.join(pairs.collect(), on=[C.user_id, C.track_id], how="left")
+            # stream the lists past a hash of the (smaller) targets: memory stays flat at full scale
+            hits = (pl.scan_parquet(path).filter(pl.col(C.rank) <= n).select(C.user_id, C.track_id)
+                    .join(targets.lazy(), on=[C.user_id, C.track_id], how="inner")
+                    .unique().with_columns(pl.lit(True).alias(name)).collect(engine="streaming"))
+            found_any = found_any.join(hits, on=[C.user_id, C.track_id], how="left")
             hit = found_any.get_column(name).fill_null(False)
             rows.append(_row(name, n, int(hit.sum()), total))
             found_any = found_any.with_columns((pl.col("found") | hit).alias("found")).drop(name)
