@@ -291,6 +291,18 @@ def with_track_seq(interactions: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(pl.col(C.track_seq).cast(pl.Int16))
 
 
+def check_lazy_types(interactions: pl.LazyFrame, file: str) -> None:
+    """Integer ids and ``track_seq``, and dates, checked from the schema alone (no data read)."""
+    schema = interactions.collect_schema()
+    for column in (C.user_id, C.track_id, C.track_seq):
+        if column in schema and not schema[column].is_integer():
+            raise DataContractError(file, column, f"wrong type {schema[column]}, expected integers",
+                                    interactions.select(column).head(N_EXAMPLES).collect())
+    if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
+        raise DataContractError(file, C.started_at, f"wrong type {schema[C.started_at]}, expected dates",
+                                interactions.select(C.started_at).head(N_EXAMPLES).collect())
+
+
 def validate_interactions_lazy(
     interactions: pl.LazyFrame,
     track_ids: pl.Series,
@@ -307,13 +319,7 @@ def validate_interactions_lazy(
     """
     schema = interactions.collect_schema()
     check_columns(pl.DataFrame(schema=schema), INTERACTIONS_SCHEMA, file, optional=(C.weight,))
-    for column in (C.user_id, C.track_id, C.track_seq):
-        if not schema[column].is_integer():
-            raise DataContractError(file, column, f"wrong type {schema[column]}, expected integers",
-                                    interactions.select(column).head(N_EXAMPLES).collect())
-    if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
-        raise DataContractError(file, C.started_at, f"wrong type {schema[C.started_at]}, expected dates",
-                                interactions.select(C.started_at).head(N_EXAMPLES).collect())
+    check_lazy_types(interactions, file)
     if C.weight not in schema:
         interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
     limits = {C.user_id: (-(2**31), 2**31 - 1), C.track_id: (-(2**31), 2**31 - 1),

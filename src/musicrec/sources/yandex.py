@@ -23,6 +23,7 @@ from musicrec.schema import (
     DataContractError,
     DropReport,
     check_columns,
+    check_lazy_types,
     validate_catalog_names,
     validate_tracks,
 )
@@ -98,14 +99,8 @@ def _read_interactions(path: Path) -> pl.LazyFrame:
     once; the remaining checks run in :func:`musicrec.schema.validate_interactions_lazy`.
     """
     frame = _scan(path, INTERACTIONS_SCHEMA, optional=(C.track_seq, C.weight))
+    check_lazy_types(frame, path.name)
     schema = frame.collect_schema()
-    for column in (C.user_id, C.track_id, C.track_seq):
-        if column in schema and not schema[column].is_integer():
-            raise DataContractError(path.name, column, f"wrong type {schema[column]}, expected integers",
-                                    frame.select(column).head(5).collect())
-    if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
-        raise DataContractError(path.name, C.started_at, f"wrong type {schema[C.started_at]}, "
-                                "expected dates", frame.select(C.started_at).head(5).collect())
     seq = [pl.col(C.track_seq).cast(pl.Int16)] if C.track_seq in schema else []
     return frame.select(
         pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
