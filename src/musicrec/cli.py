@@ -28,7 +28,7 @@ from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
 
-STAGES = ("01_data", "02_eda", "03_candidates")
+STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking")
 KERNEL = "musicrec"
 
 
@@ -171,11 +171,20 @@ def main(argv: list[str] | None = None) -> int:
             paths = RunPaths.for_profile(profile, args.root)
             machine = {"cpus": psutil.cpu_count(), "memory_gb": round(
                 psutil.virtual_memory().total / 2**30, 1)}
+            # Stages benched in an earlier call keep their rows (each row says when it ran),
+            # so a long profile can be benched a stage at a time.
+            bench_file = paths.outputs / "bench.json"
+            earlier = read_json(bench_file) if bench_file.is_file() else {}
+            rerun = {row["stage"] for row in rows}
+            rows = sorted([r for r in earlier.get("stages", []) if r["stage"] not in rerun] + rows,
+                          key=lambda r: r["stage"])
             generators = [run for folder in (paths.candidates / "history", paths.candidates)
                           if "03_candidates" in args.stages and (folder / "runs.json").is_file()
                           for run in read_json(folder / "runs.json")]
+            if "03_candidates" not in args.stages:
+                generators = earlier.get("generators", [])
             write_json({"profile": str(args.params), "machine": machine, "stages": rows,
-                        "generators": generators}, paths.outputs / "bench.json")
+                        "generators": generators}, bench_file)
             _print_table(rows)
             _print_generators(generators)
             print(f"bench: {paths.outputs / 'bench.json'}")

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm")
 
@@ -261,6 +269,40 @@ class CandidatesConfig(_Strict):
         description="list lengths for candidate recall; a generator is measured at the lengths it has")
 
 
+class RankingConfig(_Strict):
+    """The ranking stage: CatBoost over the merged candidates of every generator.
+
+    ``candidates`` says how many of each generator's list (its top N) enter the union;
+    a generator missing from it, or with 0, is left out (random is the floor, not a
+    source of candidates).
+    """
+
+    candidates: dict[Literal["top_popular", "personal_als", "i2i_history", "content", "audio",
+                             "random"], NonNegativeInt] = Field(
+        default_factory=lambda: {"top_popular": 50, "personal_als": 100, "i2i_history": 50,
+                                 "content": 30, "audio": 30})
+    n: PositiveInt = Field(100, description="length of the final list per user")
+    recent_days: PositiveInt = Field(7, description="track popularity over the window's last days")
+    i2i_last_k: PositiveInt = Field(20, description="recent listens for the i2i-support feature")
+    loss: Literal["YetiRank", "Logloss"] = "YetiRank"
+    negatives_per_user: PositiveInt = Field(20, description="negatives sampled per training user")
+    train_users: PositiveInt | None = Field(
+        None, description="sample of users with labels to train on; all when unset")
+    validation_share: float = Field(0.2, gt=0, lt=1)
+    iterations: PositiveInt = 300
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    depth: PositiveInt = Field(6, le=16)
+    early_stopping_rounds: PositiveInt = 50
+    threads: PositiveInt = Field(2, description="CatBoost threads")
+    batch_users: PositiveInt = Field(20_000, description="users whose candidates are scored at once")
+
+    @model_validator(mode="after")
+    def _some_candidates(self) -> RankingConfig:
+        if not any(self.candidates.values()):
+            raise ValueError("candidates: at least one generator needs a positive count")
+        return self
+
+
 class Profile(_Strict):
     """A whole run's configuration. Later stages add their own sections."""
 
@@ -269,6 +311,7 @@ class Profile(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
 
     @property
     def run(self) -> str:

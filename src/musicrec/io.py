@@ -90,6 +90,16 @@ class RunPaths:
         return self.outputs / "candidates"
 
     @property
+    def ranking(self) -> Path:
+        """The ranking stage's reports: sampling, learning curves, importance, recall."""
+        return self.outputs / "ranking"
+
+    @property
+    def recommendations(self) -> Path:
+        """The final lists: ``user_id, track_id, score, rank, source``."""
+        return self.outputs / "recommendations.parquet"
+
+    @property
     def timings(self) -> Path:
         return self.outputs / "timings.json"
 

@@ -144,3 +144,39 @@ def candidate_recall(recall: pl.DataFrame):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(curves: pl.DataFrame, best_iteration: int | None = None):
+    """The ranker's metric by iteration on its training users and on held-out users."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    metric = curves.get_column("metric")[0] if curves.height else ""
+    for (which,), part in curves.filter(pl.col("metric") == metric).group_by("set", maintain_order=True):
+        ax.plot(part.get_column("iteration"), part.get_column("value"), label=which,
+                marker="o" if which == "learn" else None, markersize=3)
+    if best_iteration is not None:
+        ax.axvline(best_iteration, color="grey", linestyle="--", linewidth=1, label="best iteration")
+    ax.set_xlabel("iteration (trees)")
+    ax.set_ylabel(metric)
+    ax.set_title("Ranker learning curves")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(values: pl.DataFrame, label: str, value: str, title: str, highlight: str | None = None):
+    """Bars of ``value`` by ``label`` with the ``lower``/``upper`` interval where present."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 * values.height + 1.3))
+    y = values.get_column(value).to_numpy()
+    names = values.get_column(label).to_list()
+    colours = ["#dd8452" if n == highlight else "#4c72b0" for n in names]
+    err = None
+    if {"lower", "upper"} <= set(values.columns):
+        low = values.get_column("lower").fill_null(np.nan).to_numpy()
+        high = values.get_column("upper").fill_null(np.nan).to_numpy()
+        err = np.nan_to_num(np.vstack([y - low, high - y]))
+    ax.barh(names, y, xerr=err, color=colours, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel(value)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

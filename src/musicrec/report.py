@@ -11,9 +11,10 @@ import yaml
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
 
-STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates"}
+STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates",
+                "04_ranking": "Ranking"}
 KEY_FIGURES = ("events_over_time", "window_sizes", "listens_per_user", "calibration",
-               "candidate_recall", "candidates_times")
+               "candidate_recall", "candidates_times", "ranking_ndcg", "ranking_importance")
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;

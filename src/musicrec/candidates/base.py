@@ -57,14 +57,15 @@ class FitData:
 
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Matrix rows of external user ids; -1 for users not in the window."""
-        return _index_of(self.user_ids, np.asarray(user_ids))
+        return index_of(self.user_ids, np.asarray(user_ids))
 
     def track_columns(self, track_ids: np.ndarray) -> np.ndarray:
         """Matrix columns of external track ids; -1 for tracks not in the catalogue."""
-        return _index_of(self.track_ids, np.asarray(track_ids))
+        return index_of(self.track_ids, np.asarray(track_ids))
 
 
-def _index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of ``wanted`` ids in the sorted array ``sorted_ids``; -1 where absent."""
     pos = np.searchsorted(sorted_ids, wanted)
     pos = np.minimum(pos, len(sorted_ids) - 1)
     return np.where(sorted_ids[pos] == wanted, pos, -1) if len(sorted_ids) else -np.ones_like(wanted)

@@ -49,10 +49,7 @@ class ContentGenerator:
     def fit(self, data: FitData) -> ContentGenerator:
         self.data = data
         self.n_tracks = len(data.track_ids)
-        counts, self.token_type_sizes = track_token_counts(data.tracks, data.track_ids)
-        vectors = TfidfTransformer(norm="l2").fit_transform(counts)
-        self.vectors = sp.csr_matrix(vectors, dtype=np.float32)
-        self.vectors.sort_indices()
+        self.vectors, self.token_type_sizes = tfidf_vectors(data.tracks, data.track_ids)
         self._build_postings(self.config.max_postings)
         self.fit_report = {
             "tracks": self.n_tracks,
@@ -106,7 +103,7 @@ class ContentGenerator:
     def user_profiles(self, user_rows: np.ndarray) -> sp.csr_matrix:
         """Listening-weighted mean of the track vectors of each user, L2-normalised."""
         profiles = self.data.matrix[np.asarray(user_rows)] @ self.vectors
-        return _normalize_rows(sp.csr_matrix(profiles, dtype=np.float32))
+        return normalize_rows(sp.csr_matrix(profiles, dtype=np.float32))
 
     def recommend(self, user_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         user_rows = np.asarray(user_rows, dtype=np.int64)
@@ -154,6 +151,14 @@ class ContentGenerator:
 
 
 # ---------------------------------------------------------------- helpers
+def tfidf_vectors(tracks: pl.DataFrame, track_ids: np.ndarray) -> tuple[sp.csr_matrix, dict]:
+    """Tracks x tokens TF-IDF vectors (float32 CSR, rows L2-normalised, indices sorted)."""
+    counts, sizes = track_token_counts(tracks, track_ids)
+    vectors = sp.csr_matrix(TfidfTransformer(norm="l2").fit_transform(counts), dtype=np.float32)
+    vectors.sort_indices()
+    return vectors, sizes
+
+
 def track_token_counts(tracks: pl.DataFrame, track_ids: np.ndarray) -> tuple[sp.csr_matrix, dict]:
     """Tracks x tokens counts (rows in ``track_ids`` order); tokens are genres, artists, albums."""
     row_of = np.searchsorted(track_ids, tracks.get_column(C.track_id).to_numpy())
@@ -174,7 +179,7 @@ def track_token_counts(tracks: pl.DataFrame, track_ids: np.ndarray) -> tuple[sp.
     return counts, sizes
 
 
-def _normalize_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+def normalize_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ m, dtype=np.float32)

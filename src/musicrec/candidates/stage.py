@@ -66,13 +66,29 @@ def window_interactions(paths: RunPaths, window: str) -> pl.DataFrame:
 
 def labels_targets(paths: RunPaths) -> pl.DataFrame:
     """Listens in the labels window of users seen in history: what candidates should contain."""
+    return window_targets(paths, "labels")
+
+
+def window_targets(paths: RunPaths, window: str, warm: bool = True) -> pl.DataFrame:
+    """``user_id, track_id`` listens of the ``labels`` or ``test`` window.
+
+    ``warm=True``: of users seen before the window (what recommendations are judged
+    on); ``warm=False``: of the users first seen in it (the cold segment).
+    """
     split = read_json(paths.split)
-    label_start = pl.lit(dt.date.fromisoformat(split["label_start"])).cast(pl.Datetime("ns"))
-    test_start = pl.lit(dt.date.fromisoformat(split["test_start"])).cast(pl.Datetime("ns"))
+    bounds = {"labels": (split["label_start"], split["test_start"]), "test": (split["test_start"], None)}
+    if window not in bounds:
+        raise ValueError(f"window must be 'labels' or 'test', got {window!r}")
+    start, end = (None if b is None else pl.lit(dt.date.fromisoformat(b)).cast(pl.Datetime("ns"))
+                  for b in bounds[window])
     lf = pl.scan_parquet(paths.interactions)
-    warm = lf.filter(pl.col(C.started_at) < label_start).select(C.user_id).unique()
-    return (lf.filter((pl.col(C.started_at) >= label_start) & (pl.col(C.started_at) < test_start))
-            .select(C.user_id, C.track_id).join(warm, on=C.user_id).collect())
+    seen = lf.filter(pl.col(C.started_at) < start).select(C.user_id).unique()
+    inside = lf.filter(pl.col(C.started_at) >= start)
+    if end is not None:
+        inside = inside.filter(pl.col(C.started_at) < end)
+    return (inside.select(C.user_id, C.track_id)
+            .join(seen, on=C.user_id, how="semi" if warm else "anti")
+            .collect(engine="streaming"))
 
 
 def output_dir(paths: RunPaths, window: str) -> Path:

@@ -1,0 +1,174 @@
+"""The ranking stage: train on the history fit against labels, score the history + labels fit.
+
+``training_rows`` builds labelled, negative-sampled rows from the candidates of the
+generators fitted on ``history`` (features from history only); ``score_users`` ranks
+the candidates of the generators refitted on ``history + labels`` for every user of
+that window, batch by batch, streaming the top N to ``recommendations.parquet``;
+users first seen in the test window get the top-popular list, marked as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from musicrec.candidates.base import batches
+from musicrec.candidates.stage import window_targets
+from musicrec.config import Profile
+from musicrec.io import ParquetStream, RunPaths
+from musicrec.monitor import PeakMemory
+from musicrec.ranking.features import KEYS, FeatureBuilder
+from musicrec.ranking.ranker import (
+    RECOMMENDATIONS_SCHEMA,
+    SamplingReport,
+    TrainedRanker,
+    label_rows,
+    sample_training_rows,
+    top_n_by_score,
+)
+from musicrec.schema import C
+
+
+@dataclass
+class StepTimes:
+    """Wall time and peak memory of the stage's steps, for the notebook and the bench."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        """Time the block and record its peak memory under ``name``."""
+        start = time.perf_counter()
+        with PeakMemory() as memory:
+            yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        self.peak_rss_gb[name] = round(memory.peak_gb, 2)
+
+    def table(self) -> pl.DataFrame:
+        return pl.DataFrame({"step": list(self.seconds), "seconds": list(self.seconds.values()),
+                             "peak_rss_gb": [self.peak_rss_gb[s] for s in self.seconds]})
+
+
+def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
+    """Users with a labels-window listen (sorted), or a seeded sample of ``sample`` of them."""
+    users = np.unique(targets.get_column(C.user_id).to_numpy())
+    if sample is not None and sample < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
+    return users
+
+
+def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
+                  ) -> tuple[pl.DataFrame, SamplingReport, dict]:
+    """Labelled, sampled rows of the training users, with the labels-window recall of the union.
+
+    Returns the rows (sorted by user), the sampling report, and ``recall``: the share of
+    the training users' labels listens found among their merged candidates.
+    """
+    cfg = profile.ranking
+    builder = FeatureBuilder.for_window(profile, paths, "history")
+    targets = window_targets(paths, "labels")
+    users = training_users(targets, cfg.train_users, profile.seed)
+    parts, report, found = [], SamplingReport(), 0
+    for part in tqdm(list(batches(len(users), cfg.batch_users)), desc="training rows",
+                     disable=not progress):
+        chunk = users[part]
+        rows = builder.batch(chunk)
+        batch_targets = targets.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
+        labelled = label_rows(rows, batch_targets)
+        found += int(labelled.get_column("target").sum())
+        sampled, batch_report = sample_training_rows(labelled, cfg.negatives_per_user, profile.seed)
+        parts.append(sampled)
+        report = report.add(batch_report)
+    in_sample = targets.filter(pl.col(C.user_id).is_in(pl.Series(users).implode())).select(KEYS).unique()
+    recall = {"users": int(len(users)), "labels_listens": in_sample.height, "found": found,
+              "recall": found / in_sample.height if in_sample.height else float("nan")}
+    return pl.concat(parts) if parts else pl.DataFrame(), report, recall
+
+
+def cold_users(paths: RunPaths) -> np.ndarray:
+    """Users first seen in the test window, sorted."""
+    return np.unique(window_targets(paths, "test", warm=False).get_column(C.user_id).to_numpy())
+
+
+def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progress: bool = False
+                ) -> dict:
+    """Rank every user's candidates from the history + labels fit; top-popular for cold users.
+
+    Writes ``recommendations.parquet`` batch by batch. Alongside, counts how many test
+    listens of these users the merged candidates, the ranker's top 10 and its top N hold
+    (what the ranker keeps of the candidates' recall); the counts never feed the model.
+    """
+    cfg = profile.ranking
+    builder = FeatureBuilder.for_window(profile, paths, "history+labels")
+    users = builder.window_users()
+    test = window_targets(paths, "test")
+    counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
+    candidate_rows = 0
+    with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
+        for part in tqdm(list(batches(len(users), cfg.batch_users)), desc="scoring",
+                         disable=not progress):
+            chunk = users[part]
+            rows = builder.batch(chunk)
+            candidate_rows += rows.height
+            top = top_n_by_score(rows, ranker.predict(rows), cfg.n)
+            out.write(top)
+            hits = test.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
+            counts["candidates"] += rows.join(hits, on=list(KEYS), how="semi").height
+            in_top = top.join(hits, on=list(KEYS), how="semi")
+            counts["top_10"] += in_top.filter(pl.col(C.rank) <= 10).height
+            counts[f"top_{cfg.n}"] += in_top.height
+        cold = cold_users(paths)
+        popular = (pl.read_parquet(paths.candidates / "top_popular.parquet")
+                   .filter(pl.col(C.rank) <= cfg.n).sort(C.rank))
+        for part in batches(len(cold), cfg.batch_users):
+            out.write(pl.DataFrame({C.user_id: cold[part]}).join(popular, how="cross")
+                      .with_columns(pl.lit("top_popular").alias("source")))
+    warm_test = (test.join(pl.DataFrame({C.user_id: users}).cast(pl.Int32), on=C.user_id, how="semi")
+                 .select(KEYS).unique())  # distinct pairs, as the hits above count them
+    return {"warm_users": int(len(users)), "cold_users": int(len(cold)),
+            "candidate_rows": candidate_rows, "rows": out.rows,
+            "test_listens_of_warm_users": warm_test.height,
+            "recall": {k: v / warm_test.height if warm_test.height else float("nan")
+                       for k, v in counts.items()}}
+
+
+def sampling_table(report: SamplingReport) -> pl.DataFrame:
+    """The positive rate before and after sampling, and the users dropped, for display."""
+    row = asdict(report) | {"positive_rate": report.positive_rate,
+                            "sampled_positive_rate": report.sampled_positive_rate}
+    return pl.DataFrame([row])
+
+
+def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int = 0) -> pl.DataFrame:
+    """NDCG@k and recall@k on the test window: the final list beside every generator's list.
+
+    Users: those seen before the test window with a test listen (the cold users' top-popular
+    lists are left out, so every model is judged on the same users). A quick check for the
+    ranking notebook; the evaluation stage does the full comparison.
+    """
+    from musicrec.metrics import NDCG, Recall, evaluate
+
+    test = window_targets(paths, "test")
+    users = test.get_column(C.user_id).unique()
+    lists = {"final": paths.recommendations} | {
+        name: paths.candidates / f"{name}.parquet"
+        for name in ("personal_als", "i2i_history", "content", "audio", "random")
+        if (paths.candidates / f"{name}.parquet").is_file()}
+    rows = []
+    for name, path in lists.items():
+        recos = (pl.scan_parquet(path).filter(pl.col(C.rank) <= k)
+                 .select(C.user_id, C.track_id, C.rank).collect())
+        result = evaluate(recos, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=seed)
+        for row in result.iter_rows(named=True):
+            rows.append({"model": name} | row)
+    popular = pl.read_parquet(paths.candidates / "top_popular.parquet").filter(pl.col(C.rank) <= k)
+    recos = pl.DataFrame({C.user_id: users}).join(popular.select(C.track_id, C.rank), how="cross")
+    result = evaluate(recos, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=seed)
+    rows += [{"model": "top_popular"} | row for row in result.iter_rows(named=True)]
+    return pl.DataFrame(rows).sort(["metric", "value"], descending=[False, True])
