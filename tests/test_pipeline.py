@@ -152,6 +152,7 @@ def test_bench_records_time_and_memory_per_stage(project):
         assert row["seconds"] > 0
         assert row["peak_rss_mb"] > 50, "the kernel's memory, not the runner's"
     assert "peak RSS" in result.stdout
+    assert {"training rows", "fit", "scoring"} <= {step["step"] for step in bench["ranking_steps"]}
 
 
 USER_LISTS = ("personal_als", "i2i_history", "content", "audio", "random")

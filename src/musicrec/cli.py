@@ -183,10 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                           for run in read_json(folder / "runs.json")]
             if "03_candidates" not in args.stages:
                 generators = earlier.get("generators", [])
+            ranking_steps = earlier.get("ranking_steps", [])
+            if "04_ranking" in args.stages and (paths.ranking / "summary.json").is_file():
+                ranking_steps = read_json(paths.ranking / "summary.json")["steps"]
             write_json({"profile": str(args.params), "machine": machine, "stages": rows,
-                        "generators": generators}, bench_file)
+                        "generators": generators, "ranking_steps": ranking_steps}, bench_file)
             _print_table(rows)
             _print_generators(generators)
+            if ranking_steps:
+                print(f"\n{'ranking step':<16}{'wall time':>12}{'peak RSS':>12}")
+                for r in ranking_steps:
+                    print(f"{r['step']:<16}{r['seconds']:>10.1f} s{r['peak_rss_gb']:>9.2f} GB")
             print(f"bench: {paths.outputs / 'bench.json'}")
     except (ProfileError, StageError, FileNotFoundError, ValueError) as exc:
         print(f"musicrec {args.command}: {exc}", file=sys.stderr)

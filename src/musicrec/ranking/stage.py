@@ -172,3 +172,21 @@ def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int =
     result = evaluate(recos, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=seed)
     rows += [{"model": "top_popular"} | row for row in result.iter_rows(named=True)]
     return pl.DataFrame(rows).sort(["metric", "value"], descending=[False, True])
+
+
+def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -> pl.DataFrame:
+    """A user's final top ``k`` with each generator's rank of every track (null: not proposed)."""
+    final = (pl.scan_parquet(paths.recommendations)
+             .filter((pl.col(C.user_id) == user_id) & (pl.col(C.rank) <= k))
+             .select(C.rank, C.track_id, C.score).collect().sort(C.rank))
+    for name, n in profile.ranking.candidates.items():
+        path = paths.candidates / f"{name}.parquet"
+        if n <= 0 or not path.is_file():
+            continue
+        ranks = pl.scan_parquet(path)
+        if name != "top_popular":
+            ranks = ranks.filter(pl.col(C.user_id) == user_id)
+        ranks = (ranks.filter(pl.col(C.rank) <= n).select(C.track_id, pl.col(C.rank).alias(name))
+                 .collect())
+        final = final.join(ranks, on=C.track_id, how="left", maintain_order="left")
+    return final
