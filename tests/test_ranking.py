@@ -368,7 +368,9 @@ def write_run(root, interactions: pl.DataFrame) -> RunPaths:
     paths = RunPaths(root, "toy")
     paths.data.mkdir(parents=True)
     interactions.write_parquet(paths.interactions)
-    catalogue(FEATURE_TRACKS).write_parquet(paths.tracks)
+    # the catalogue holds every track the lists name (as the candidates stage guarantees)
+    unlisted = [(t, [], [], []) for t in (23, 24, 25, 26, 30, 31, 40, 41)]
+    catalogue(FEATURE_TRACKS + unlisted).write_parquet(paths.tracks)
     paths.split.write_text(json.dumps({"label_start": END.isoformat(), "test_start": "2022-03-14"}))
     folder = paths.candidates / "history"
     folder.mkdir(parents=True)
@@ -458,3 +460,12 @@ def test_score_users_recall_counts_distinct_pairs(tmp_path):
     # Same convention as training_rows and candidate_recall (unique pairs): 2/3, 1/3, 1/3
     assert result["recall"] == {"candidates": pytest.approx(2 / 3), "top_10": pytest.approx(1 / 3),
                                 "top_2": pytest.approx(1 / 3)}
+
+
+def test_candidates_outside_the_catalogue_are_refused(tmp_path):
+    builder = FeatureBuilder(RankingConfig(), listens([(1, 10, at(1))]).lazy(), END, tmp_path,
+                             catalogue(FEATURE_TRACKS), track_features(
+                                 listens([(1, 10, at(1))]).lazy(), catalogue(FEATURE_TRACKS), END, 3),
+                             similar=None)
+    with pytest.raises(ValueError, match="missing from the catalogue"):
+        builder.add_features(pairs([1], [99]), listens([(1, 10, at(1))]))

@@ -184,6 +184,30 @@ def pair_key(frame: pl.DataFrame) -> np.ndarray:
             | frame.get_column(C.track_id).to_numpy().astype(np.int64))
 
 
+@dataclass
+class TrackLists:
+    """A list column of the catalogue (genres, artists or albums) as CSR arrays over sorted tracks."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def build(cls, exploded: pl.DataFrame, column: str, track_ids: np.ndarray) -> TrackLists:
+        """From ``track_id, <column>`` rows (see :func:`_exploded`) and the sorted catalogue ids."""
+        pos = index_of(track_ids, exploded.get_column(C.track_id).to_numpy())
+        keep = pos >= 0
+        order = np.argsort(pos[keep], kind="stable")
+        counts = np.bincount(pos[keep], minlength=len(track_ids))
+        items = exploded.get_column(column).to_numpy()[keep][order].astype(np.int64)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items)
+
+    def of(self, track_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For catalogue positions ``track_pos``: (row of each item, the item), flattened."""
+        lengths = np.diff(self.indptr)[track_pos]
+        return (np.repeat(np.arange(len(track_pos)), lengths),
+                self.items[ragged_positions(self.indptr[track_pos], lengths)])
+
+
 class ContentSimilarity:
     """Cosine between a user's TF-IDF profile and a track's vector (see ``candidates.content``)."""
 
@@ -316,6 +340,11 @@ class FeatureBuilder:
         self.genres = _exploded(self.tracks, C.genres, "genre")
         self.artists = _exploded(self.tracks, C.artists, "artist")
         self.albums = _exploded(self.tracks, C.albums, "album")
+        self.track_table = self.track_table.sort(C.track_id)
+        self.track_ids = self.track_table.get_column(C.track_id).to_numpy()
+        self.track_lists = {name: TrackLists.build(frame, name, self.track_ids)
+                            for name, frame in (("genre", self.genres), ("artist", self.artists),
+                                                ("album", self.albums))}
 
     def add_features(self, rows: pl.DataFrame, listens: pl.DataFrame) -> pl.DataFrame:
         """Track, user and user-track features of candidate ``rows`` from the users' ``listens``."""
@@ -327,21 +356,28 @@ class FeatureBuilder:
         if len(keys) > 1 and not (np.diff(keys) > 0).all():
             order = np.argsort(keys, kind="stable")
             rows, keys = rows[order], keys[order]
-        pairs = rows.select(KEYS).with_row_index("_row")
+        track_pos = index_of(self.track_ids, rows.get_column(C.track_id).to_numpy())
+        if (track_pos < 0).any():
+            unknown = rows.filter(pl.Series(track_pos < 0)).head(3).rows()
+            raise ValueError(f"candidates name tracks missing from the catalogue, e.g. {unknown}")
+        row_users = rows.get_column(C.user_id).to_numpy()
 
-        def summed(items: pl.DataFrame, key: str, per_user: pl.DataFrame, value: str) -> np.ndarray:
-            """For every row, ``value`` summed over the track's ``key`` items (genres, artists, ...)."""
-            matched = (pairs.join(items, on=C.track_id).join(per_user, on=[C.user_id, key])
-                       .select("_row", value))
-            return np.bincount(matched.get_column("_row").to_numpy(),
-                               weights=matched.get_column(value).to_numpy(),
-                               minlength=pairs.height).astype(np.float32)
+        def summed(name: str, per_user: pl.DataFrame, value: str) -> np.ndarray:
+            """For every row, the user's ``value`` summed over the track's items (genres, ...)."""
+            pair_of, items = self.track_lists[name].of(track_pos)
+            table_keys = ((per_user.get_column(C.user_id).to_numpy().astype(np.int64) << 32)
+                          | per_user.get_column(name).to_numpy().astype(np.int64))
+            order = np.argsort(table_keys)
+            at = index_of(table_keys[order], (row_users[pair_of].astype(np.int64) << 32) | items)
+            hit = at >= 0
+            weights = per_user.get_column(value).to_numpy()[order][at[hit]]
+            return np.bincount(pair_of[hit], weights=weights, minlength=len(rows)).astype(np.float32)
 
-        out = (rows.with_columns(
-                   genre_affinity=summed(self.genres, "genre", user_genres, "genre_share"),
-                   artist_listens=summed(self.artists, "artist", user_artists, "artist_listens"),
-                   album_listens=summed(self.albums, "album", user_albums, "album_listens"))
-               .join(self.track_table, on=C.track_id, how="left")
+        out = (pl.concat([rows.with_columns(
+                   genre_affinity=summed("genre", user_genres, "genre_share"),
+                   artist_listens=summed("artist", user_artists, "artist_listens"),
+                   album_listens=summed("album", user_albums, "album_listens")),
+                   self.track_table[track_pos].drop(C.track_id)], how="horizontal")
                .join(users, on=C.user_id, how="left")
                .with_columns((pl.col("artist_listens") / pl.col("user_listens")).cast(pl.Float32)
                              .alias("artist_share")))

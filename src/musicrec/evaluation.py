@@ -1,0 +1,767 @@
+"""The evaluation stage: every model on the same test window, by user segment, with intervals.
+
+Every model, baselines included, is judged on the listens of the ``test`` window of
+the users seen before ``test_start`` (the *warm* users); the users first seen in the
+test window are the *cold* segment, served the top-popular list and measured
+separately. The pieces:
+
+* :func:`model_lists`: each model's top-k lists for the warm users (random,
+  top-popular made per user, ALS, i2i, content, audio, the final ranker's list);
+* :func:`oracle_lists`: on synthetic data, each user's best unheard tracks by the
+  generator's true preference, the ceiling;
+* :func:`user_segments`: warm users in terciles of history length, and the cold users;
+* :func:`evaluate_models`: precision, recall, NDCG, MAP, hit rate at several k and
+  coverage, novelty, genre diversity, per segment, with bootstrap intervals over users
+  (the metric definitions are :mod:`musicrec.metrics`'s);
+* :func:`paired_comparison`, :func:`compare_final`: the final list against the best
+  single generator, on the same users, with a paired bootstrap interval and a verdict;
+* :func:`sampled_protocol`: the biased "held-out item among 100 random unheard
+  tracks" protocol, as a secondary table;
+* :func:`write_metrics`: ``outputs/<run>/metrics.parquet`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from musicrec.candidates.stage import window_targets
+from musicrec.io import RunPaths, read_json, write_json, write_parquet
+from musicrec.metrics import (
+    MAP,
+    NDCG,
+    VALUE,
+    Coverage,
+    HitRate,
+    Hits,
+    IntraListDiversity,
+    ListMetric,
+    Metric,
+    Novelty,
+    Precision,
+    RankingMetric,
+    Recall,
+    TopLists,
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    evaluate_per_user,
+)
+from musicrec.schema import C
+
+#: Per-user candidate files of the generators, in the order the tables show them.
+GENERATORS = ("random", "top_popular", "personal_als", "i2i_history", "content", "audio")
+#: Segment names: the three terciles of history length, the cold users, and every warm user.
+LIGHT, MEDIUM, HEAVY, COLD, ALL = "light", "medium", "heavy", "cold", "all"
+SEGMENT_ORDER = (ALL, LIGHT, MEDIUM, HEAVY, COLD)
+#: Columns of :func:`evaluate_models` (and of ``metrics.parquet``).
+METRICS_SCHEMA = {"model": pl.Utf8, "k": pl.Int32, "metric": pl.Utf8, "segment": pl.Utf8,
+                  "value": pl.Float64, "lower": pl.Float64, "upper": pl.Float64}
+LISTS_SCHEMA = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.rank: pl.Int32}
+
+ListsLike = pl.DataFrame | pl.LazyFrame
+
+
+# --------------------------------------------------------------------------- inputs of a run
+
+
+def _test_start(paths: RunPaths) -> pl.Expr:
+    start = dt.date.fromisoformat(read_json(paths.split)["test_start"])
+    return pl.lit(start).cast(pl.Datetime("ns"))
+
+
+def history_pairs(paths: RunPaths) -> pl.LazyFrame:
+    """``user_id, track_id``: every listen before ``test_start`` (what "heard" means here)."""
+    return (pl.scan_parquet(paths.interactions)
+            .filter(pl.col(C.started_at) < _test_start(paths))
+            .select(C.user_id, C.track_id))
+
+
+def test_listens(paths: RunPaths) -> pl.DataFrame:
+    """``user_id, track_id``: the test window's listens, of warm and of cold users."""
+    return pl.concat([window_targets(paths, "test", warm=True), window_targets(paths, "test", warm=False)])
+
+
+def _users_frame(users: pl.Series | Iterable[int] | np.ndarray) -> pl.DataFrame:
+    if not isinstance(users, pl.Series):
+        users = pl.Series(np.asarray(users if isinstance(users, np.ndarray) else list(users), dtype=np.int64))
+    values = users
+    return pl.DataFrame({C.user_id: values.cast(pl.Int32, strict=True).unique().sort()})
+
+
+def warm_test_users(paths: RunPaths) -> pl.Series:
+    """Users seen before ``test_start`` with at least one test listen, sorted."""
+    return window_targets(paths, "test", warm=True).get_column(C.user_id).unique().sort()
+
+
+def popularity(paths: RunPaths) -> pl.DataFrame:
+    """``track_id, listeners``: distinct listeners before ``test_start`` of each catalogue track (0: none)."""
+    listeners = (history_pairs(paths).group_by(C.track_id)
+                 .agg(pl.col(C.user_id).n_unique().cast(pl.Int64).alias("listeners"))
+                 .collect(engine="streaming"))
+    catalogue = pl.read_parquet(paths.tracks, columns=[C.track_id])
+    return (catalogue.join(listeners, on=C.track_id, how="left")
+            .with_columns(pl.col("listeners").fill_null(0))
+            .sort(["listeners", C.track_id], descending=[True, False]))
+
+
+def cold_lists(paths: RunPaths) -> pl.LazyFrame:
+    """The cold users' lists: ``recommendations.parquet`` rows with ``source == "top_popular"``."""
+    return (pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "top_popular")
+            .select(C.user_id, C.track_id, pl.col(C.rank).cast(pl.Int32)))
+
+
+# --------------------------------------------------------------------------- the lists
+
+
+def _user_lists(path: Path, users: pl.DataFrame, k_max: int, source: str | None = None) -> pl.LazyFrame:
+    lf = pl.scan_parquet(path)
+    if source is not None:
+        lf = lf.filter(pl.col("source") == source)
+    return (lf.filter(pl.col(C.rank) <= k_max)
+            .join(users.lazy(), on=C.user_id, how="semi")
+            .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
+                    pl.col(C.rank).cast(pl.Int32)))
+
+
+def popular_order(paths: RunPaths) -> pl.DataFrame:
+    """``track_id, position``: the global top-popular order, over the whole catalogue.
+
+    The tracks of ``candidates/top_popular.parquet`` come first, in their rank order;
+    the rest of the catalogue follows by distinct listeners before ``test_start``
+    (ties by track id), so that a per-user list never runs short however many of the
+    top tracks the user has heard.
+    """
+    head = (pl.read_parquet(paths.candidates / "top_popular.parquet", columns=[C.track_id, C.rank])
+            .sort([C.rank, C.track_id]).get_column(C.track_id).cast(pl.Int32))
+    rest = popularity(paths).filter(~pl.col(C.track_id).is_in(head.implode())).get_column(C.track_id)
+    order = pl.concat([head, rest.cast(pl.Int32)])
+    return pl.DataFrame({C.track_id: order, "position": pl.int_range(1, len(order) + 1, eager=True)
+                         .cast(pl.Int32)})
+
+
+def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int) -> pl.LazyFrame:
+    """The global top-popular list made per user: heard tracks removed, ranks recomputed.
+
+    Heard = listened before ``test_start``. For each user only the first ``k_max + c``
+    positions of the global order (:func:`popular_order`) are expanded, where ``c`` is
+    the number of heard tracks among them (the heard tracks at positions ``h_1 < h_2 <
+    ...`` with ``h_j - j < k_max``); ``c`` is found from the heard tracks near the top
+    of the order only (the bound is doubled until it holds for every user). The
+    result is lazy: ``users × k_max`` rows when collected (streaming where polars can).
+
+    Returns
+    -------
+    ``user_id, track_id, rank`` (rank 1..k_max per user, sorted by user and rank).
+    """
+    users_df = _users_frame(users)
+    order = popular_order(paths)
+    n_catalogue = order.height
+    heard_positions = (history_pairs(paths).join(users_df.lazy(), on=C.user_id, how="semi")
+                       .join(order.lazy(), on=C.track_id)
+                       .select(pl.col(C.user_id).cast(pl.Int32), "position"))
+    bound = 2 * k_max
+    while True:
+        near = (heard_positions.filter(pl.col("position") <= bound).collect(engine="streaming")
+                .unique().sort([C.user_id, "position"]))
+        j = pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.user_id)
+        counted = near.filter(pl.col("position") - j < k_max)
+        before = counted.group_by(C.user_id).agg(pl.len().cast(pl.Int32).alias("c"))
+        need = k_max + (int(before.get_column("c").max()) if before.height else 0)
+        if need <= bound or bound >= n_catalogue:
+            break
+        bound = max(2 * bound, need)
+    span = (users_df.join(before, on=C.user_id, how="left")
+            .select(C.user_id, pl.min_horizontal(pl.col("c").fill_null(0) + k_max, pl.lit(n_catalogue))
+                    .cast(pl.Int32).alias("span")))
+    return (span.lazy()
+            .select(C.user_id, pl.int_ranges(1, pl.col("span") + 1, dtype=pl.Int32).alias("position"))
+            .explode("position")
+            .join(counted.lazy().select(C.user_id, "position"), on=[C.user_id, "position"], how="anti")
+            .join(order.lazy(), on="position")
+            .with_columns(pl.col("position").rank("ordinal").over(C.user_id).cast(pl.Int32).alias(C.rank))
+            .select(C.user_id, C.track_id, C.rank)
+            .sort([C.user_id, C.rank]))
+
+
+def model_lists(paths: RunPaths, k_max: int, users: pl.Series | Iterable[int] | None = None
+                ) -> dict[str, pl.LazyFrame]:
+    """Every model's top ``k_max`` for the warm users: ``{model: user_id, track_id, rank}``.
+
+    Models: ``random``, ``top_popular`` (:func:`top_popular_lists`), ``personal_als``,
+    ``i2i_history``, ``content`` and ``audio`` (when their files exist; every generator
+    fitted on history + labels, heard tracks already excluded) and ``final`` (the
+    ranker's rows of ``recommendations.parquet``). ``users`` defaults to the warm users
+    with a test listen (those the metrics average over). Frames are lazy; collect one
+    at a time at full scale.
+    """
+    users_df = _users_frame(warm_test_users(paths) if users is None else users)
+    out: dict[str, pl.LazyFrame] = {}
+    for name in GENERATORS:
+        if name == "top_popular":
+            out[name] = top_popular_lists(paths, users_df.get_column(C.user_id), k_max)
+        elif (paths.candidates / f"{name}.parquet").is_file():
+            out[name] = _user_lists(paths.candidates / f"{name}.parquet", users_df, k_max)
+    out["final"] = _user_lists(paths.recommendations, users_df, k_max, source="ranker")
+    return out
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
+    """Every per-user list of the run, whole: the generators' files and the ranker's list."""
+    sources = {name: pl.scan_parquet(paths.candidates / f"{name}.parquet")
+               for name in GENERATORS if name != "top_popular"
+               and (paths.candidates / f"{name}.parquet").is_file()}
+    if paths.recommendations.is_file():
+        sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "ranker")
+    return sources
+
+
+def _top_k_dense(users: np.ndarray, tracks: np.ndarray, scores: np.ndarray, k: int) -> pl.DataFrame:
+    """Top ``k`` columns of each row of ``scores`` (users × tracks), by score then track id."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    top_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((tracks[part], -top_scores), axis=1)  # last key first: score, then track id
+    part, top_scores = np.take_along_axis(part, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+    frame = pl.DataFrame({
+        C.user_id: np.repeat(users, k).astype(np.int32),
+        C.track_id: tracks[part].ravel().astype(np.int32),
+        C.score: top_scores.ravel(),
+        C.rank: np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+    })
+    return frame.filter(pl.col(C.score) > -np.inf)
+
+
+def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int = 100,
+                 candidate_pool: Mapping[str, ListsLike] | None = None, n_popular: int = 1000,
+                 max_exact_pairs: int = 100_000_000, batch_pairs: int = 2_000_000,
+                 block_users: int = 50_000) -> pl.DataFrame | None:
+    """Each user's top ``k_max`` unheard tracks by the synthetic generator's true preference.
+
+    The ceiling of what a recommender could know (the probability that a draw of the user
+    is the track, :func:`musicrec.sources.synthetic.true_preference`); only synthetic runs
+    have it: ``None`` when ``paths.oracle`` is absent (real sources). Heard = listened
+    before ``test_start``; heard tracks are never listed.
+
+    Exact when ``len(users) × catalogue ≤ max_exact_pairs`` (every unheard track scored).
+    Otherwise an **approximation**: each user's tracks are chosen from a pool, the union of
+    the user's candidate lists (``candidate_pool``: ``user_id, track_id`` frames, by
+    default every per-user list the run wrote, generators and ranker, at their whole
+    length) and the ``n_popular`` most popular tracks; a truly preferred track that no
+    generator proposed and that is not among the most popular is missed, so the pooled
+    oracle is a lower bound of the exact one. Users are scored in blocks of
+    ``block_users`` (one read of their history each) and batches of at most
+    ``batch_pairs`` (user, track) pairs, so memory stays bounded.
+
+    Returns
+    -------
+    ``user_id, track_id, score, rank`` (rank 1..k_max per user), or ``None``.
+    """
+    if not paths.oracle.is_dir():
+        return None
+    from musicrec.sources.synthetic import true_preference
+
+    user_ids = _users_frame(users).get_column(C.user_id).to_numpy()
+    catalogue = np.sort(pl.read_parquet(paths.tracks, columns=[C.track_id]).get_column(C.track_id)
+                        .to_numpy()).astype(np.int32)
+    exact = len(user_ids) * len(catalogue) <= max_exact_pairs
+    if not exact:
+        sources = dict(candidate_pool) if candidate_pool is not None else _candidate_pool_sources(paths)
+        popular = popularity(paths).head(n_popular).get_column(C.track_id).cast(pl.Int32)
+    parts: list[pl.DataFrame] = []
+    for lo in range(0, len(user_ids), block_users):
+        block = user_ids[lo:lo + block_users]
+        block_df = pl.DataFrame({C.user_id: block})
+        heard = (history_pairs(paths).join(block_df.lazy(), on=C.user_id, how="semi")
+                 .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+                 .collect(engine="streaming"))
+        if exact:
+            parts += _oracle_exact(paths.oracle, block, catalogue, heard, k_max, batch_pairs, true_preference)
+        else:
+            pool = pl.concat([lf.lazy().join(block_df.lazy(), on=C.user_id, how="semi")
+                              .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+                              for lf in sources.values()] + [block_df.lazy().join(
+                                  pl.DataFrame({C.track_id: popular}).lazy(), how="cross")])
+            pool = (pool.unique().join(heard.lazy(), on=[C.user_id, C.track_id], how="anti")
+                    .sort([C.user_id, C.track_id]).collect(engine="streaming"))
+            parts += _oracle_pool(paths.oracle, pool, k_max, batch_pairs, true_preference)
+    schema = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float64, C.rank: pl.Int32}
+    return pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)
+
+
+def _oracle_exact(oracle: Path, block: np.ndarray, catalogue: np.ndarray, heard: pl.DataFrame, k: int,
+                  batch_pairs: int, score: Callable) -> list[pl.DataFrame]:
+    per_batch = max(1, batch_pairs // len(catalogue))
+    heard_user = heard.get_column(C.user_id).to_numpy()
+    heard_col = np.searchsorted(catalogue, heard.get_column(C.track_id).to_numpy())
+    parts = []
+    for lo in range(0, len(block), per_batch):
+        users = block[lo:lo + per_batch]
+        scores = score(oracle, np.repeat(users, len(catalogue)), np.tile(catalogue, len(users)))
+        scores = np.asarray(scores, dtype=np.float64).reshape(len(users), len(catalogue))
+        inside = (heard_user >= users[0]) & (heard_user <= users[-1])
+        rows = np.searchsorted(users, heard_user[inside])
+        known = users[np.minimum(rows, len(users) - 1)] == heard_user[inside]
+        scores[rows[known], heard_col[inside][known]] = -np.inf
+        parts.append(_top_k_dense(users, catalogue, scores, k))
+    return parts
+
+
+def _oracle_pool(oracle: Path, pool: pl.DataFrame, k: int, batch_pairs: int,
+                 score: Callable) -> list[pl.DataFrame]:
+    """Score the pool (sorted by user) in batches of about ``batch_pairs`` rows, whole users each."""
+    users = pool.get_column(C.user_id).to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    first_of_batch = starts[np.r_[True, np.diff(starts // batch_pairs) > 0]] if len(starts) else starts
+    bounds = np.r_[first_of_batch, len(users)]
+    out = []
+    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
+        chunk = pool.slice(int(b0), int(b1 - b0))
+        values = score(oracle, chunk.get_column(C.user_id).to_numpy(),
+                       chunk.get_column(C.track_id).to_numpy())
+        out.append(chunk.with_columns(pl.Series(C.score, np.asarray(values, dtype=np.float64)))
+                   .sort([C.user_id, C.score, C.track_id], descending=[False, True, False])
+                   .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.user_id).alias(C.rank))
+                   .filter(pl.col(C.rank) <= k))
+    return out
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def history_terciles(history: pl.DataFrame) -> pl.DataFrame:
+    """``user_id, segment``: users split by ``n_history`` into ``light``, ``medium``, ``heavy``.
+
+    The bounds are the 1/3 and 2/3 quantiles of ``n_history`` (the "lower" quantile:
+    sorted values at positions ``floor(q (n - 1))``): light ≤ the first, medium ≤ the
+    second, heavy above. Users with the same history length are always in the same
+    segment, so with ties the segments are not exactly equal in size.
+
+    Examples
+    --------
+    >>> h = pl.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "n_history": [6, 5, 4, 3, 2, 1]})
+    >>> history_terciles(h)["segment"].to_list()
+    ['heavy', 'heavy', 'medium', 'medium', 'light', 'light']
+    """
+    values = np.sort(history.get_column("n_history").to_numpy())
+    if not len(values):
+        return pl.DataFrame(schema={C.user_id: pl.Int32, "segment": pl.Utf8})
+    low, high = (values[int(math.floor(q * (len(values) - 1)))] for q in (1 / 3, 2 / 3))
+    n = pl.col("n_history")
+    segment = (pl.when(n <= low).then(pl.lit(LIGHT)).when(n <= high).then(pl.lit(MEDIUM))
+               .otherwise(pl.lit(HEAVY)))
+    return history.select(pl.col(C.user_id).cast(pl.Int32), segment.alias("segment"))
+
+
+def user_segments(paths: RunPaths) -> pl.DataFrame:
+    """``user_id, segment`` for every test user: history-length terciles of the warm users, and cold.
+
+    Warm users (seen before ``test_start``, with a test listen) are split by their
+    number of listens before ``test_start`` (:func:`history_terciles`); users first seen
+    in the test window are ``cold``. The ``all`` segment (every warm user) is added by
+    :func:`evaluate_models`.
+    """
+    warm = warm_test_users(paths)
+    history = (history_pairs(paths).join(pl.DataFrame({C.user_id: warm}).lazy(), on=C.user_id, how="semi")
+               .group_by(C.user_id).agg(pl.len().alias("n_history")).collect(engine="streaming"))
+    cold = window_targets(paths, "test", warm=False).get_column(C.user_id).unique()
+    return pl.concat([
+        history_terciles(history),
+        pl.DataFrame({C.user_id: cold.cast(pl.Int32)}).with_columns(
+            pl.lit(COLD, dtype=pl.Utf8).alias("segment")),
+    ]).sort(C.user_id)
+
+
+# --------------------------------------------------------------------------- the metrics table
+
+
+def _collect_lists(lists: ListsLike, users: pl.DataFrame, max_k: int) -> pl.DataFrame:
+    return (lists.lazy().filter(pl.col(C.rank) <= max_k)
+            .join(users.lazy(), on=C.user_id, how="semi")
+            .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
+                    pl.col(C.rank).cast(pl.Int32))
+            .collect(engine="streaming"))
+
+
+def _segment_order(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [s for s in SEGMENT_ORDER if s in names] + sorted(names - set(SEGMENT_ORDER))
+
+
+def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups: dict[str, pl.Series],
+                     ranking: Sequence[RankingMetric], beyond: Sequence[ListMetric], beyond_k: int,
+                     n_boot: int, alpha: float, seed: int) -> list[dict]:
+    """Every metric of one model's lists, for each group of users, from one join of lists and test."""
+    max_k = max([m.k for m in ranking] + [beyond_k])
+    everyone = pl.concat(list(groups.values())).unique().sort()
+    top = TopLists.from_recos(recos, max_k).for_users(everyone)
+    per_user: list[tuple[Metric, pl.DataFrame]] = []
+    if ranking:
+        hits = Hits.compute(top, test, max(m.k for m in ranking), everyone)
+        per_user += [(m, m.from_hits(hits)) for m in ranking]
+    top_beyond = top.cut(beyond_k)
+    per_user += [(m, m.from_lists(top_beyond)) for m in beyond if m.per_user]
+    coverage = [m for m in beyond if not m.per_user]
+    rows = []
+    for segment, users in groups.items():
+        members = users.implode()
+        for m, frame in per_user:
+            values = frame.filter(pl.col(C.user_id).is_in(members)).get_column(VALUE).to_numpy()
+            value = float(values.mean()) if values.size else math.nan
+            low, high = bootstrap_ci(values, n_boot, alpha, seed)
+            rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
+                         "value": value, "lower": low, "upper": high})
+        for m in coverage:
+            value = float(m.from_lists(top_beyond.for_users(users)))
+            rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
+                         "value": value, "lower": None, "upper": None})
+    return rows
+
+
+def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
+                    ks: Sequence[int] = (5, 10, 100), beyond_k: int = 10, train: pl.DataFrame | None = None,
+                    tracks: pl.DataFrame | None = None, n_items: int | None = None,
+                    cold: ListsLike | None = None, cold_models: Sequence[str] = ("top_popular", "final"),
+                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pl.DataFrame:
+    """Every model's metrics on the test window, for all warm users and for each segment.
+
+    Parameters
+    ----------
+    lists
+        ``{model: user_id, track_id, rank}`` for the warm users (:func:`model_lists`,
+        plus ``oracle`` where there is one).
+    test
+        ``user_id, track_id``: the test-window listens (warm and cold users).
+    segments
+        ``user_id, segment`` (:func:`user_segments`). Every user not ``cold`` is warm;
+        segment ``all`` is every warm user.
+    ks
+        Cut-offs of precision, recall, NDCG, MAP and hit rate.
+    beyond_k
+        Cut-off of coverage, novelty and diversity.
+    train, tracks, n_items
+        The interactions before the test window (novelty: share of their users who
+        heard a track), the tracks with genres (intra-list diversity) and the catalogue
+        size (coverage; defaults to ``tracks``' height). A metric whose input is missing
+        is left out.
+    cold, cold_models
+        The cold users' lists (top-popular: :func:`cold_lists`); they are evaluated on
+        segment ``cold`` only, under each name of ``cold_models`` (the same list: the
+        cold users' final list *is* the top-popular list, which the table makes plain).
+
+    Returns
+    -------
+    ``model, k, metric, segment, value, lower, upper``: the mean over the segment's
+    users and its percentile bootstrap interval over users (:func:`musicrec.metrics.bootstrap_ci`,
+    the same seed everywhere); coverage has no interval. For the ranking metrics a
+    segment user without a list (or with a shorter one) counts as zero for what is
+    missing, never left out; users are those with a test listen. Novelty is averaged
+    over users with a list, diversity over users with two tracks with genres in their
+    top ``beyond_k`` (:mod:`musicrec.metrics`).
+    """
+    test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+    segments = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
+    with_test = segments.join(test.select(C.user_id).unique(), on=C.user_id, how="semi")
+    warm = with_test.filter(pl.col("segment") != COLD)
+    groups = {ALL: warm.get_column(C.user_id).sort()} | {
+        name: warm.filter(pl.col("segment") == name).get_column(C.user_id).sort()
+        for name in _segment_order(warm.get_column("segment").unique()) if name != ALL}
+    cold_users = with_test.filter(pl.col("segment") == COLD).get_column(C.user_id).sort()
+
+    ranking: list[RankingMetric] = [cls(k) for k in ks for cls in (Precision, Recall, NDCG, MAP, HitRate)]
+    if n_items is None and tracks is not None:
+        n_items = tracks.height
+    beyond: list[ListMetric] = []
+    if n_items:
+        beyond.append(Coverage(beyond_k, n_items=n_items))
+    if train is not None:
+        beyond.append(Novelty(beyond_k, train=train.select(C.user_id, C.track_id)))
+    if tracks is not None:
+        beyond.append(IntraListDiversity(beyond_k, tracks=tracks))
+    max_k = max([*ks, beyond_k])
+
+    rows: list[dict] = []
+    warm_df = pl.DataFrame({C.user_id: groups[ALL]})
+    for model, frame in lists.items():
+        recos = _collect_lists(frame, warm_df, max_k)
+        rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
+    if cold is not None and cold_users.len():
+        recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
+        for model in cold_models:
+            rows += _evaluate_groups(model, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k,
+                                     n_boot, alpha, seed)
+    out = pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
+    return sort_metrics(out)
+
+
+def sort_metrics(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows in reading order: models as given, then segment (all, light, medium, heavy, cold), metric, k."""
+    metric_order = ["precision", "recall", "ndcg", "map", "hitrate", "coverage", "novelty", "diversity",
+                    "sampled_recall"]
+    models = list(dict.fromkeys(frame.get_column("model").to_list()))
+    segments = _segment_order(frame.get_column("segment").unique().to_list())
+    metrics = metric_order + sorted(set(frame.get_column("metric").to_list()) - set(metric_order))
+    def position(column: str, order: list[str]) -> pl.Expr:
+        return pl.col(column).replace_strict(order, list(range(len(order))), return_dtype=pl.Int32)
+
+    return (frame.with_columns(position("model", models).alias("_m"),
+                               position("segment", segments).alias("_s"),
+                               position("metric", metrics).alias("_x"))
+            .sort(["_m", "_s", "_x", "k"]).drop("_m", "_s", "_x"))
+
+
+def headline(frame: pl.DataFrame, k: int = 10, segment: str = ALL,
+             metrics: Sequence[str] = ("ndcg", "recall")) -> pl.DataFrame:
+    """One row per model: ``metric@k`` values with their intervals, best NDCG first (for display)."""
+    part = frame.filter((pl.col("segment") == segment) & (pl.col("k") == k) & pl.col("metric").is_in(metrics))
+    wide = None
+    for m in metrics:
+        one = part.filter(pl.col("metric") == m).select(
+            "model", pl.col("value").alias(f"{m}@{k}"), pl.col("lower").alias(f"{m}@{k} lower"),
+            pl.col("upper").alias(f"{m}@{k} upper"))
+        wide = one if wide is None else wide.join(one, on="model", how="full", coalesce=True)
+    return wide.sort(f"{metrics[0]}@{k}", descending=True, nulls_last=True)
+
+
+# --------------------------------------------------------------------------- paired comparison
+
+
+def paired_comparison(per_user_a: pl.DataFrame, per_user_b: pl.DataFrame, n_boot: int = 1000,
+                      seed: int = 0, alpha: float = 0.05) -> dict:
+    """Mean difference ``a - b`` of a per-user metric, with a paired bootstrap interval.
+
+    ``per_user_a`` and ``per_user_b`` are ``user_id, value`` frames of the same metric
+    (:func:`musicrec.metrics.evaluate_per_user`). They are aligned on ``user_id``; a
+    user present on one side only counts as 0 on the other (for the ranking metrics,
+    which give every evaluated user a row, this only happens when the user sets differ).
+    Users are resampled together (:func:`musicrec.metrics.bootstrap_diff_ci`), so the
+    interval reflects the spread of the per-user differences, not of each mean.
+
+    Returns
+    -------
+    ``{"n_users", "mean_a", "mean_b", "diff", "lower", "upper"}``.
+    """
+    a = per_user_a.select(pl.col(C.user_id).cast(pl.Int64), pl.col(VALUE).cast(pl.Float64).alias("a"))
+    b = per_user_b.select(pl.col(C.user_id).cast(pl.Int64), pl.col(VALUE).cast(pl.Float64).alias("b"))
+    both = a.join(b, on=C.user_id, how="full", coalesce=True).fill_null(0.0)
+    va, vb = both.get_column("a").to_numpy(), both.get_column("b").to_numpy()
+    low, high = bootstrap_diff_ci(va, vb, n_boot, alpha, seed)
+    return {"n_users": int(both.height), "mean_a": _mean(va), "mean_b": _mean(vb), "diff": _mean(va - vb),
+            "lower": low, "upper": high}
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def verdict(model_a: str, model_b: str, metric: str, diff: float, lower: float, upper: float,
+            alpha: float = 0.05) -> str:
+    """One line from the interval of ``a - b``: a beats b, a is worse, or no significant difference."""
+    level = f"{100 * (1 - alpha):g}% CI"
+    interval = f"({level} {lower:+.4f} to {upper:+.4f})"
+    if lower > 0:
+        return f"{model_a} beats {model_b} on {metric} by {diff:+.4f} {interval}"
+    if upper < 0:
+        return f"{model_a} is worse than {model_b} on {metric} by {diff:+.4f} {interval}"
+    return f"no significant difference between {model_a} and {model_b} on {metric}: {diff:+.4f} {interval}"
+
+
+def best_generator(results: pl.DataFrame, k: int = 10, metric: str = "ndcg", segment: str = ALL,
+                   exclude: Iterable[str] = ("final", "oracle")) -> str:
+    """The model with the highest ``metric@k`` on ``segment`` in an :func:`evaluate_models` table."""
+    part = results.filter((pl.col("metric") == metric) & (pl.col("k") == k) & (pl.col("segment") == segment)
+                          & ~pl.col("model").is_in(list(exclude)) & pl.col("value").is_not_nan())
+    if not part.height:
+        raise ValueError(f"no model other than {list(exclude)} has {metric}@{k} on segment {segment!r}")
+    return part.sort(["value", "model"], descending=[True, False]).get_column("model")[0]
+
+
+def compare_final(lists: Mapping[str, ListsLike], test: pl.DataFrame, results: pl.DataFrame,
+                  users: pl.Series | Iterable[int] | None = None, k: int = 10,
+                  metrics: Sequence[str] = ("ndcg", "recall"), final: str = "final",
+                  exclude: Iterable[str] = ("oracle",), n_boot: int = 1000, alpha: float = 0.05,
+                  seed: int = 0) -> pl.DataFrame:
+    """The final list against the best single generator (by NDCG@k in ``results``), paired by user.
+
+    ``users``: the users compared (default: every user of ``test`` that has a list in
+    ``lists[final]``'s model set, i.e. the warm users of the ``all`` segment; pass
+    them explicitly). Both models are evaluated on exactly these users; a user
+    without a list scores 0.
+
+    Returns
+    -------
+    ``metric, k, model_a, model_b, n_users, mean_a, mean_b, diff, lower, upper, verdict``,
+    one row per metric.
+    """
+    best = best_generator(results, k, "ndcg", ALL, exclude=[final, *exclude])
+    if users is None:
+        users = test.get_column(C.user_id)
+    users_df = _users_frame(users)
+    classes = {"precision": Precision, "recall": Recall, "ndcg": NDCG, "map": MAP, "hitrate": HitRate}
+    metric_objects = [classes[m](k) for m in metrics]
+    test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+    per_model = {name: evaluate_per_user(_collect_lists(lists[name], users_df, k), test, metric_objects,
+                                         users=users_df.get_column(C.user_id))
+                 for name in (final, best)}
+    rows = []
+    for i, m in enumerate(metric_objects):
+        result = paired_comparison(per_model[final][i], per_model[best][i], n_boot, seed, alpha)
+        rows.append({"metric": m.name, "k": k, "model_a": final, "model_b": best} | result | {
+            "verdict": verdict(final, best, f"{m.name}@{k}", result["diff"], result["lower"], result["upper"],
+                               alpha)})
+    return pl.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- sampled protocol
+
+
+def _pair_key(user: str = C.user_id, track: str = C.track_id) -> pl.Expr:
+    return pl.col(user).cast(pl.Int64) * (1 << 32) + (pl.col(track).cast(pl.Int64) + (1 << 31))
+
+
+def sample_negatives(listens: pl.DataFrame, heard: ListsLike, catalogue: pl.Series | np.ndarray,
+                     n_negatives: int = 100, seed: int = 0, max_rounds: int = 50) -> pl.DataFrame:
+    """``listen, user_id, track_id``: ``n_negatives`` distinct tracks each user never heard, per listen.
+
+    ``listens``: ``listen`` (an id), ``user_id``. ``heard``: ``user_id, track_id`` pairs
+    that are never negatives (pass all of the users' listens, test window included).
+    Tracks are drawn uniformly from ``catalogue`` with the seed, rejected when heard or
+    already drawn for the listen, and drawn again until every listen has its
+    ``n_negatives`` (or ``max_rounds`` rounds; a user who heard nearly the whole
+    catalogue keeps fewer).
+    """
+    rng = np.random.default_rng(seed)
+    tracks = catalogue.to_numpy() if isinstance(catalogue, pl.Series) else catalogue
+    tracks = np.asarray(tracks, dtype=np.int32)
+    excluded = (heard.lazy().join(listens.lazy().select(C.user_id).unique(), on=C.user_id, how="semi")
+                .select(_pair_key().alias("key")).collect(engine="streaming").get_column("key"))
+    listen_ids = listens.get_column("listen").to_numpy()
+    listen_users = listens.get_column(C.user_id).cast(pl.Int32).to_numpy()
+    schema = {"listen": listens.schema["listen"], C.user_id: pl.Int32, C.track_id: pl.Int32}
+    have = pl.DataFrame(schema=schema)
+    missing = np.full(len(listen_ids), n_negatives, dtype=np.int64)
+    for _ in range(max_rounds):
+        todo = np.flatnonzero(missing > 0)
+        if not len(todo):
+            break
+        draws = np.ceil(missing[todo] * 1.2).astype(np.int64) + 4
+        rows = np.repeat(todo, draws)
+        drawn = pl.DataFrame({"listen": listen_ids[rows], C.user_id: listen_users[rows],
+                              C.track_id: tracks[rng.integers(0, len(tracks), size=len(rows))]},
+                             schema=have.schema)
+        drawn = drawn.filter(~_pair_key().is_in(excluded.implode()))
+        have = (pl.concat([have, drawn]).unique(["listen", C.track_id], keep="first", maintain_order=True)
+                .filter(pl.int_range(pl.len()).over("listen") < n_negatives))
+        counts = have.group_by("listen").len()
+        got = (pl.DataFrame({"listen": listen_ids})
+               .join(counts, on="listen", how="left", maintain_order="left")
+               .get_column("len").fill_null(0).to_numpy())
+        missing = n_negatives - got
+    return have.sort("listen", maintain_order=True)
+
+
+def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series | np.ndarray,
+                     lists: Mapping[str, ListsLike] | None = None,
+                     global_scores: Mapping[str, pl.DataFrame] | None = None,
+                     pair_scorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+                     n_negatives: int = 100, ks: Sequence[int] = (5, 10), max_listens: int = 200_000,
+                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pl.DataFrame:
+    """The sampled protocol of one seed report: the held-out track among 100 random unheard ones.
+
+    **Biased**, and shown only as a secondary table: random negatives are mostly obscure
+    tracks, so any popularity signal ranks the held-out track high, and the numbers
+    are far above (and order models differently from) the full-catalogue metrics.
+
+    For each test listen (at most ``max_listens``, sampled with the seed), the held-out
+    track and ``n_negatives`` tracks the user never heard (:func:`sample_negatives`;
+    ``heard`` should hold all the users' listens, test window included) are ranked by
+    each model; ``sampled_recall@k`` is the share of listens whose held-out track lands
+    in the top ``k`` of those ``n_negatives + 1``. Scores:
+
+    * ``lists``: per-user lists (``user_id, track_id, rank``): a track in the user's
+      list ranks by its list rank; tracks outside the list rank below every track in
+      it, in random order (ties broken at random with the seed).
+    * ``global_scores``: ``track_id, score`` (higher is better; a track absent scores
+      0), for example ``top_popular``: listeners before the test window
+      (:func:`popularity`); ties broken at random.
+    * ``pair_scorers``: functions of (user ids, track ids) arrays giving a score for any
+      pair (the oracle's true preference); ties broken at random.
+
+    Returns
+    -------
+    ``model, k, metric`` (``sampled_recall``), ``segment`` (``all``), ``value, lower,
+    upper``: the interval is a percentile bootstrap over the sampled listens (listens of
+    one user are not independent, so it is somewhat narrow).
+    """
+    listens = (test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).unique()
+               .sort([C.user_id, C.track_id]))
+    if listens.height > max_listens:
+        listens = listens.sample(max_listens, seed=seed).sort([C.user_id, C.track_id])
+    listens = listens.with_row_index("listen")
+    negatives = sample_negatives(listens.select("listen", C.user_id), heard, catalogue, n_negatives, seed)
+    rows = pl.concat([listens.with_columns(pl.lit(True).alias("positive")),
+                      negatives.with_columns(pl.lit(False).alias("positive"))])
+    rng = np.random.default_rng([seed, 1])
+    rows = rows.with_columns(pl.Series("tie", rng.random(rows.height))).sort("listen", maintain_order=True)
+    users = listens.select(C.user_id).unique()
+
+    out = []
+
+    def score_rows(name: str, primary: np.ndarray) -> None:
+        """``primary``: lower is better; ties broken by ``tie``. Adds the model's rows to ``out``."""
+        ranked = rows.select("listen", "positive", "tie", pl.Series("key", primary, dtype=pl.Float64))
+        pos = ranked.filter(pl.col("positive")).select("listen", pl.col("key").alias("pkey"),
+                                                        pl.col("tie").alias("ptie"))
+        key, pkey = pl.col("key"), pl.col("pkey")
+        before = (key < pkey) | ((key == pkey) & (pl.col("tie") < pl.col("ptie")))
+        ahead = (ranked.filter(~pl.col("positive")).join(pos, on="listen")
+                 .group_by("listen").agg(before.sum().alias("ahead")))
+        position = (pos.select("listen").join(ahead, on="listen", how="left")
+                    .get_column("ahead").fill_null(0).to_numpy() + 1)
+        for k in ks:
+            hit = (position <= k).astype(np.float64)
+            low, high = bootstrap_ci(hit, n_boot, alpha, seed)
+            out.append({"model": name, "k": k, "metric": "sampled_recall", "segment": ALL,
+                        "value": float(hit.mean()) if hit.size else math.nan, "lower": low, "upper": high})
+
+    for name, frame in (lists or {}).items():
+        ranks = (frame.lazy().join(users.lazy(), on=C.user_id, how="semi")
+                 .group_by(C.user_id, C.track_id).agg(pl.col(C.rank).min())
+                 .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
+                         pl.col(C.rank).cast(pl.Float64)).collect(engine="streaming"))
+        primary = (rows.join(ranks, on=[C.user_id, C.track_id], how="left", maintain_order="left")
+                   .get_column(C.rank).fill_null(math.inf).to_numpy())
+        score_rows(name, primary)
+    for name, table in (global_scores or {}).items():
+        table = table.select(pl.col(C.track_id).cast(pl.Int32), pl.col(C.score).cast(pl.Float64))
+        primary = -(rows.join(table, on=C.track_id, how="left", maintain_order="left")
+                    .get_column(C.score).fill_null(0.0).to_numpy())
+        score_rows(name, primary)
+    for name, scorer in (pair_scorers or {}).items():
+        values = scorer(rows.get_column(C.user_id).to_numpy(), rows.get_column(C.track_id).to_numpy())
+        primary = -np.asarray(values, dtype=np.float64)
+        score_rows(name, primary)
+    return pl.DataFrame(out, schema=METRICS_SCHEMA, orient="row").select(list(METRICS_SCHEMA))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_metrics(frame: pl.DataFrame, paths: RunPaths) -> tuple[Path, Path]:
+    """Write ``outputs/<run>/metrics.parquet`` and ``metrics.json`` (a list of row dicts), atomically.
+
+    NaN (a metric with no user to average over) becomes ``null`` in the JSON, which
+    has no NaN.
+    """
+    rows = [{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in row.items()}
+            for row in frame.iter_rows(named=True)]
+    return (write_parquet(frame, paths.outputs / "metrics.parquet"),
+            write_json(rows, paths.outputs / "metrics.json"))
