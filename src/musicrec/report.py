@@ -44,15 +44,18 @@ def render_notebook(notebook: Path, target: Path) -> Path:
     return target
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[dict], markup: tuple[str, ...] = ()) -> str:
+    """Rows as an HTML table; values of the ``markup`` columns are HTML already (links)."""
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
     body = ""
     for r in rows:
         cells = ""
-        for v in r.values():
-            if isinstance(v, int | float) and not isinstance(v, bool):
+        for k, v in r.items():
+            if k in markup:
+                cells += f"<td>{v}</td>"
+            elif isinstance(v, int | float) and not isinstance(v, bool):
                 text = f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
                 cells += f'<td class="num">{text}</td>'
             else:
@@ -85,8 +88,7 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
             round(t["peak_rss_mb"] / 1024, 2) if "peak_rss_mb" in t else "",
             "finished": t.get("finished", ""),
         })
-    stages_html = _table(stage_rows).replace("&lt;a href=&quot;", '<a href="').replace(
-        "&quot;&gt;", '">').replace("&lt;/a&gt;", "</a>")
+    stages_html = _table(stage_rows, markup=("stage",))
 
     summary = read_json(paths.data_summary) if paths.data_summary.is_file() else {}
     split = read_json(paths.split) if paths.split.is_file() else {}
