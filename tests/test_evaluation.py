@@ -248,11 +248,11 @@ def test_paired_comparison_identical_and_worse():
     assert (same["diff"], same["lower"], same["upper"]) == (0.0, 0.0, 0.0)
     assert verdict("final", "x", "recall@10", same["diff"], same["lower"], same["upper"]).startswith(
         "no significant difference between final and x")
-    # a user missing on one side counts as 0 there: b has user 4 at 0.9, a does not
     worse = paired_comparison(values.with_columns(pl.col("value") * 0), values, n_boot=200)
     assert worse["diff"] == pytest.approx(-0.5)
     assert verdict("final", "x", "m", worse["diff"], worse["lower"], worse["upper"]).startswith(
         "final is worse than x")
+    # a user missing on one side counts as 0 there: b has user 4 at 0.9, a does not
     extra = paired_comparison(values, pl.concat([values, pl.DataFrame({"user_id": [4], "value": [0.9]})]))
     assert extra["n_users"] == 4 and extra["diff"] == pytest.approx(-0.9 / 4)
 
@@ -291,6 +291,11 @@ def test_sample_negatives_never_heard_and_distinct():
     # only 29 tracks are left: asking for 29 takes every one of them
     neg = sample_negatives(listens.head(1), heard, np.arange(1, 41), n_negatives=29, seed=3)
     assert sorted(neg.get_column("track_id").to_list()) == list(range(12, 41))
+    # a user who heard all but two tracks keeps those two, however many are asked for
+    almost = pairs([(2, t) for t in range(1, 39)])
+    neg = sample_negatives(pl.DataFrame({"listen": [7], "user_id": [2]}), almost, np.arange(1, 41),
+                           n_negatives=5, seed=1)
+    assert sorted(neg.get_column("track_id").to_list()) == [39, 40]
 
 
 def test_sampled_protocol_known_positions():

@@ -1,0 +1,57 @@
+"""The README's results table, regenerated from the runs' ``metrics.json`` (nothing typed by hand).
+
+``python -m musicrec results default ium movielens lastfm`` (``make results``) reads
+``outputs/<run>/metrics.json`` of each run and rewrites the block between the
+``<!-- results:start -->`` and ``<!-- results:end -->`` markers of ``README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from musicrec.io import atomic_path, read_json
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE = (("ndcg", 10), ("recall", 10))
+
+
+def run_metrics(root: Path, run: str) -> pl.DataFrame:
+    """One run's metrics (segment ``all``), or a clear error naming the missing file."""
+    path = Path(root) / "outputs" / run / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics for run {run!r}; run `make evaluate` on its profile")
+    return pl.DataFrame(read_json(path)).filter(pl.col("segment") == "all")
+
+
+def results_table(runs: list[str], root: str | Path = ".") -> str:
+    """A markdown table: one row per model, NDCG@10 and recall@10 [95% interval] per run."""
+    cells: dict[str, dict[str, str]] = {}
+    for run in runs:
+        frame = run_metrics(Path(root), run)
+        for metric, k in HEADLINE:
+            part = frame.filter((pl.col("metric") == metric) & (pl.col("k") == k))
+            for row in part.iter_rows(named=True):
+                interval = ("" if row["lower"] is None else
+                            f" [{row['lower']:.3f}, {row['upper']:.3f}]")
+                cells.setdefault(row["model"], {})[f"{run} {metric}@{k}"] = f"{row['value']:.3f}{interval}"
+    columns = [f"{run} {metric}@{k}" for run in runs for metric, k in HEADLINE]
+    order = sorted(cells, key=lambda m: (m != "oracle", m != "final", m))
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for model in order:
+        lines.append(f"| {model} | " + " | ".join(cells[model].get(c, "") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, table: str) -> Path:
+    """Replace the block between the results markers of ``readme`` with ``table``."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme}: no {START} ... {END} block to replace")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+    return readme
