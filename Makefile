@@ -18,7 +18,7 @@ PACKAGE := $(shell find src/musicrec -name '*.py' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda candidates ranking report lab test lint bench clean always
+.PHONY: help setup all data eda candidates ranking evaluate report lab test lint bench clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -59,13 +59,18 @@ $(STAMPS)/04_ranking: notebooks/04_ranking.ipynb $(PARAMS) $(PACKAGE) $(STAMPS)/
 	$(STAGE) 04_ranking
 	@touch $@
 
-outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda $(STAMPS)/03_candidates $(STAMPS)/04_ranking | $(READY)
+$(STAMPS)/05_evaluation: notebooks/05_evaluation.ipynb $(PARAMS) $(PACKAGE) $(STAMPS)/04_ranking | $(READY)
+	$(STAGE) 05_evaluation
+	@touch $@
+
+outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda $(STAMPS)/03_candidates $(STAMPS)/04_ranking $(STAMPS)/05_evaluation | $(READY)
 	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 data: $(STAMPS)/01_data ## generate or adapt the data, check it, split it (data/<run>/)
 eda: $(STAMPS)/02_eda ## exploratory analysis and calibration (plots/<run>/)
 candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history and on history + labels
 ranking: $(STAMPS)/04_ranking ## CatBoost over the merged candidates: outputs/<run>/recommendations.parquet
+evaluate: $(STAMPS)/05_evaluation ## every model on the test window with intervals: outputs/<run>/metrics.parquet
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
 
 lab: $(READY) ## JupyterLab with the project's kernel

@@ -7,6 +7,7 @@ installed again; the data, outputs and plots land in the copy.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from musicrec.schema import CATALOG_NAMES_SCHEMA, INTERACTIONS_SCHEMA, TRACKS_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking")
+STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
 pytestmark = pytest.mark.slow
 
 
@@ -89,7 +90,9 @@ def test_notebooks_plots_and_report(project):
     plots = {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
     assert {"window_sizes", "listens_per_user", "listens_per_track", "events_over_time",
             "genres", "artists", "calibration", "candidate_recall", "candidates_times",
-            "ranking_curves", "ranking_importance", "ranking_recall", "ranking_ndcg"} <= plots
+            "ranking_curves", "ranking_importance", "ranking_recall", "ranking_ndcg", "evaluation_ndcg",
+            "evaluation_recall", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
+            "evaluation_candidate_recall"} <= plots
     index = (out / "reports" / "index.html").read_text()
     for page in (f"{stage}.html" for stage in STAGES):
         assert f'href="{page}"' in index
@@ -224,3 +227,24 @@ def test_recommendations_keep_the_contract(project):
     assert (out / "models" / "ranker.cbm").is_file()
     summary = json.loads((out / "ranking" / "summary.json").read_text())
     assert summary["scoring"]["cold_users"] == cold.get_column("user_id").n_unique()
+
+
+def test_metrics_and_the_index_page(project):
+    out = project / "outputs" / "tiny"
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    assert metrics.columns == ["model", "k", "metric", "segment", "value", "lower", "upper"]
+    assert pl.DataFrame(json.loads((out / "metrics.json").read_text())).height == metrics.height
+    models = set(metrics.get_column("model"))
+    assert {"random", "top_popular", "personal_als", "i2i_history", "final", "oracle"} <= models
+    assert {"all", "light", "medium", "heavy", "cold"} <= set(metrics.get_column("segment"))
+    ndcg = metrics.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10) & (pl.col("segment") == "all"))
+    assert (ndcg.get_column("lower") <= ndcg.get_column("value")).all()
+    assert (ndcg.get_column("value") <= ndcg.get_column("upper")).all()
+    index = (out / "reports" / "index.html").read_text()
+    assert "Results on the test window" in index and "ndcg@10" in index
+    for model in ndcg.get_column("model"):
+        assert f"<td>{model}</td>" in index, f"{model} missing from the headline table"
+    verdicts = json.loads((out / "evaluation.json").read_text())["verdicts"]
+    assert verdicts and all(v in index for v in verdicts)
+    for link in re.findall(r'href="([^"]+)"', index):
+        assert (out / "reports" / link).is_file(), f"broken link {link}"

@@ -28,7 +28,7 @@ from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
 
-STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking")
+STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
 KERNEL = "musicrec"
 
 

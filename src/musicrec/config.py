@@ -303,6 +303,21 @@ class RankingConfig(_Strict):
         return self
 
 
+class EvaluationConfig(_Strict):
+    """The evaluation stage: metrics at ``ks`` with bootstrap intervals, segments, the oracle."""
+
+    ks: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 100])
+    beyond_k: PositiveInt = Field(10, description="list length for coverage, novelty, diversity")
+    n_boot: PositiveInt = Field(1000, description="bootstrap resamples of users")
+    sampled_negatives: PositiveInt = Field(100, description="random unheard tracks per held-out listen")
+    sampled_max_listens: PositiveInt = Field(200_000, description="test listens in the sampled protocol")
+    oracle_n_popular: PositiveInt = Field(
+        1000, description="where the catalogue is too big to score exactly, the oracle ranks every "
+        "generator's candidates of the user plus these most popular tracks")
+    oracle_max_exact_pairs: PositiveInt = Field(
+        500_000_000, description="users x tracks up to which the oracle scores the whole catalogue")
+
+
 class Profile(_Strict):
     """A whole run's configuration. Later stages add their own sections."""
 
@@ -312,6 +327,7 @@ class Profile(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @property
     def run(self) -> str:

@@ -836,3 +836,60 @@ def write_metrics(frame: pl.DataFrame, paths: RunPaths) -> tuple[Path, Path]:
             for row in frame.iter_rows(named=True)]
     return (write_parquet(frame, paths.outputs / "metrics.parquet"),
             write_json(rows, paths.outputs / "metrics.json"))
+
+
+# --------------------------------------------------------------------------- figures' data
+
+#: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
+CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
+
+
+def metric_curves(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series,
+                  ks: Sequence[int] = CURVE_KS) -> pl.DataFrame:
+    """``model, k, metric, value``: mean recall@k and NDCG@k over ``users`` for every k (no intervals)."""
+    users_df = _users_frame(users)
+    test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+    metrics = [m(k) for k in ks for m in (Recall, NDCG)]
+    rows = []
+    for name, recos in lists.items():
+        per_user = evaluate_per_user(_collect_lists(recos, users_df, max(ks)), test, metrics,
+                                     users=users_df.get_column(C.user_id))
+        rows += [{"model": name, "k": m.k, "metric": m.name, "value": _mean(v.get_column(VALUE).to_numpy())}
+                 for m, v in zip(metrics, per_user, strict=True)]
+    return pl.DataFrame(rows)
+
+
+def popularity_bias(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series,
+                    listeners: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+    """``model, listeners``: the popularity (listeners before the test window) of every recommended
+    top-``k`` track, and under model ``"test listens"`` of what the users actually heard."""
+    users_df = _users_frame(users)
+    frames = [test.join(users_df, on=C.user_id, how="semi").select(C.track_id)
+              .with_columns(pl.lit("test listens").alias("model"))]
+    for name, recos in lists.items():
+        frames.append(_collect_lists(recos, users_df, k).filter(pl.col(C.rank) <= k).select(C.track_id)
+                      .with_columns(pl.lit(name).alias("model")))
+    return (pl.concat(frames).join(listeners, on=C.track_id, how="left")
+            .select("model", pl.col("listeners").fill_null(0)))
+
+
+def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike], test: pl.DataFrame,
+                            users: pl.Series, k_max: int) -> tuple[int, pl.DataFrame]:
+    """Each generator's candidate recall (labels window, from the candidates stage) beside its
+    recall on the test window at the same list length, and the final list's.
+
+    Returns ``(n, frame)``: the list length (the longest the candidates stage measured that
+    is at most ``k_max``, the length of ``lists``) and ``model, candidate recall (labels),
+    recall (test)``.
+    """
+    measured = pl.read_parquet(paths.candidates / "recall.parquet")
+    lengths = measured.get_column("n")
+    n = int(lengths.filter(lengths <= k_max).max() or lengths.min())
+    test_recall = metric_curves({m: f for m, f in lists.items() if m != "oracle"}, test, users, ks=[n])
+    frame = (measured.filter(pl.col("n") == n)
+             .select(pl.col("generator").alias("model"), pl.col("recall").alias("candidate recall (labels)"))
+             .join(test_recall.filter(pl.col("metric") == "recall")
+                   .select("model", pl.col("value").alias("recall (test)")), on="model", how="full",
+                   coalesce=True)
+             .sort("recall (test)", descending=True, nulls_last=True))
+    return n, frame

@@ -104,8 +104,10 @@ def calibration_ratios(table: pl.DataFrame):
 
 def table(df: pl.DataFrame | dict | list[dict], digits: int = 3):
     """A small polars frame (or records) as a pandas frame for clean notebook and HTML display."""
-    if not isinstance(df, pl.DataFrame):
-        df = pl.DataFrame(df if isinstance(df, list) else [df])
+    if isinstance(df, dict) and df and all(isinstance(v, list) for v in df.values()):
+        df = pl.DataFrame(df)  # columns
+    elif not isinstance(df, pl.DataFrame):
+        df = pl.DataFrame(df if isinstance(df, list) else [df])  # records, or one record
     frame = df.to_pandas()
     floats = frame.select_dtypes("float").columns
     frame[floats] = frame[floats].round(digits)
@@ -178,5 +180,71 @@ def metric_bars(values: pl.DataFrame, label: str, value: str, title: str, highli
     ax.invert_yaxis()
     ax.set_xlabel(value)
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_curves(curves: pl.DataFrame):
+    """Recall@k and NDCG@k against k, one line per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("recall", "ndcg"), strict=True):
+        part = curves.filter(pl.col("metric") == metric).sort("k")
+        for (name,), one in part.group_by("model", maintain_order=True):
+            style = {"linewidth": 3, "color": "black"} if name == "final" else \
+                {"linestyle": ":", "color": "grey"} if name == "oracle" else {}
+            ax.plot(one.get_column("k"), one.get_column("value"), label=name, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("k (list length)")
+        ax.set_title(f"{metric}@k")
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def popularity_bias(bias: pl.DataFrame):
+    """Box plots of the popularity of recommended tracks by model, beside what users heard."""
+    names = bias.get_column("model").unique(maintain_order=True).to_list()
+    data = [np.log10(1 + bias.filter(pl.col("model") == n).get_column("listeners").to_numpy()) for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.4))
+    box = ax.boxplot(data, vert=False, tick_labels=names, showfliers=False, patch_artist=True)
+    for patch, name in zip(box["boxes"], names, strict=True):
+        patch.set_facecolor("#dd8452" if name == "test listens" else "#c6d4e8")
+    ax.invert_yaxis()
+    ax.set_xlabel("log10(1 + listeners before the test window) of a recommended top-10 track")
+    ax.set_title("Popularity bias: what models recommend against what users heard")
+    fig.tight_layout()
+    return fig
+
+
+def coverage_against_ndcg(points: pl.DataFrame):
+    """Each model as a point: catalogue coverage of its top 10 against its NDCG@10."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in points.iter_rows(named=True):
+        colour = "#dd8452" if row["model"] == "final" else "#4c72b0"
+        ax.scatter(row["coverage"], row["ndcg"], s=40, color=colour)
+        ax.annotate(row["model"], (row["coverage"], row["ndcg"]), fontsize=8, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("catalogue coverage of the top 10 (log)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title("Accuracy against coverage")
+    fig.tight_layout()
+    return fig
+
+
+def recall_candidates_final(rows: pl.DataFrame):
+    """Grouped bars: each generator's candidate recall (labels window) beside its recall on test."""
+    names = rows.get_column("model").to_list()
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.4))
+    ax.barh(y - 0.2, rows.get_column("candidate recall (labels)").fill_null(0).to_numpy(), 0.4,
+            label="candidate recall, labels window (candidates stage)", color="#c6d4e8")
+    ax.barh(y + 0.2, rows.get_column("recall (test)").fill_null(0).to_numpy(), 0.4,
+            label="recall on the test window", color="#4c72b0")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_title("Candidate recall beside the final recall (at the same list length)")
     fig.tight_layout()
     return fig

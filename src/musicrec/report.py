@@ -6,15 +6,17 @@ import base64
 import html
 from pathlib import Path
 
+import polars as pl
 import yaml
 
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
 
 STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates",
-                "04_ranking": "Ranking"}
-KEY_FIGURES = ("events_over_time", "window_sizes", "listens_per_user", "calibration",
-               "candidate_recall", "candidates_times", "ranking_ndcg", "ranking_importance")
+                "04_ranking": "Ranking", "05_evaluation": "Evaluation"}
+KEY_FIGURES = ("evaluation_ndcg", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
+               "events_over_time", "window_sizes", "listens_per_user", "calibration",
+               "candidate_recall", "ranking_importance")
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;
@@ -69,6 +71,24 @@ def _figure(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
+    """Models by NDCG@k, with recall@k and coverage, each with its interval (segment: all warm users)."""
+    if not (paths.outputs / "metrics.json").is_file():
+        return []
+    metrics = ("ndcg", "recall", "coverage")
+    frame = (pl.DataFrame(read_json(paths.outputs / "metrics.json"))
+             .filter((pl.col("segment") == "all") & (pl.col("k") == k) & pl.col("metric").is_in(metrics)))
+    value = pl.col("value").round(4).cast(pl.String)
+    cell = (pl.when(pl.col("lower").is_null()).then(value)
+            .otherwise(pl.format("{} [{}, {}]", value, pl.col("lower").round(4), pl.col("upper").round(4))))
+    wide = (frame.with_columns(cell.alias("cell"))
+            .pivot(on="metric", index="model", values="cell")
+            .join(frame.filter(pl.col("metric") == "ndcg").select("model", "value"), on="model", how="left")
+            .sort("value", descending=True, nulls_last=True))
+    return [{"model": r["model"], **{f"{m}@{k}": r.get(m) or "" for m in metrics}}
+            for r in wide.iter_rows(named=True)]
+
+
 def build_report(params: str | Path, data_path: str | None = None, root: str | Path = ".") -> Path:
     """Render every executed notebook of the run and write ``reports/index.html``."""
     profile = load_profile(params, data_path=data_path)
@@ -100,11 +120,20 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     figures = "".join(_figure(paths.plot(name)) for name in KEY_FIGURES
                       if paths.plot(name).is_file())
     profile_yaml = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
+    headline = headline_rows(paths)
+    evaluation_file = paths.outputs / "evaluation.json"
+    evaluation = read_json(evaluation_file) if evaluation_file.is_file() else {}
+    verdicts = "".join(f"<li><strong>{html.escape(v)}</strong></li>" for v in evaluation.get("verdicts", []))
+    results_html = (f"""<h2>Results on the test window</h2>
+<p class="sub">Warm users (seen before the test window); 95% bootstrap intervals over users.
+Coverage: share of the catalogue in the top 10 lists.</p>{_table(headline)}
+{f"<ul>{verdicts}</ul>" if verdicts else ""}""" if headline else "")
 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>musicrec: {html.escape(paths.run)}</title><style>{_STYLE}</style></head><body>
 <h1>musicrec run <code>{html.escape(paths.run)}</code></h1>
 <p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}</p>
+{results_html}
 <h2>Stages</h2>{stages_html}
 <h2>Data</h2>{_table(data_rows)}
 <h3>Time windows</h3>{_table(window_rows)}

@@ -148,29 +148,21 @@ def sampling_table(report: SamplingReport) -> pl.DataFrame:
 def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int = 0) -> pl.DataFrame:
     """NDCG@k and recall@k on the test window: the final list beside every generator's list.
 
-    Users: those seen before the test window with a test listen (the cold users' top-popular
-    lists are left out, so every model is judged on the same users). A quick check for the
-    ranking notebook; the evaluation stage does the full comparison.
+    Users: those seen before the test window with a test listen; every model's lists come
+    from :func:`musicrec.evaluation.model_lists` (top-popular without the user's heard
+    tracks). A quick check for the ranking notebook; the evaluation stage does the full
+    comparison.
     """
+    from musicrec.evaluation import model_lists, warm_test_users
     from musicrec.metrics import NDCG, Recall, evaluate
 
-    test = window_targets(paths, "test")
-    users = test.get_column(C.user_id).unique()
-    lists = {"final": paths.recommendations} | {
-        name: paths.candidates / f"{name}.parquet"
-        for name in ("personal_als", "i2i_history", "content", "audio", "random")
-        if (paths.candidates / f"{name}.parquet").is_file()}
+    users = warm_test_users(paths)
+    test = window_targets(paths, "test").join(pl.DataFrame({C.user_id: users}), on=C.user_id, how="semi")
     rows = []
-    for name, path in lists.items():
-        recos = (pl.scan_parquet(path).filter(pl.col(C.rank) <= k)
-                 .select(C.user_id, C.track_id, C.rank).collect())
-        result = evaluate(recos, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=seed)
-        for row in result.iter_rows(named=True):
-            rows.append({"model": name} | row)
-    popular = pl.read_parquet(paths.candidates / "top_popular.parquet").filter(pl.col(C.rank) <= k)
-    recos = pl.DataFrame({C.user_id: users}).join(popular.select(C.track_id, C.rank), how="cross")
-    result = evaluate(recos, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=seed)
-    rows += [{"model": "top_popular"} | row for row in result.iter_rows(named=True)]
+    for name, lists in model_lists(paths, k, users=users).items():
+        result = evaluate(lists.collect(engine="streaming"), test, [NDCG(k), Recall(k)], users=users,
+                          n_boot=n_boot, seed=seed)
+        rows += [{"model": name} | row for row in result.iter_rows(named=True)]
     return pl.DataFrame(rows).sort(["metric", "value"], descending=[False, True])
 
 
