@@ -18,7 +18,7 @@ PACKAGE := $(shell find src/musicrec -name '*.py' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda candidates ranking evaluate report lab test lint bench clean always
+.PHONY: help setup all data eda candidates ranking evaluate results report screenshot lab test lint bench clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -72,6 +72,13 @@ candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history 
 ranking: $(STAMPS)/04_ranking ## CatBoost over the merged candidates: outputs/<run>/recommendations.parquet
 evaluate: $(STAMPS)/05_evaluation ## every model on the test window with intervals: outputs/<run>/metrics.parquet
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
+
+RESULT_RUNS ?= default ium movielens lastfm
+results: $(READY) ## rewrite the README's results table from outputs/<run>/metrics.json (RESULT_RUNS)
+	$(PY) -m musicrec results $(RESULT_RUNS)
+
+screenshot: outputs/$(RUN)/reports/index.html ## the index page as headless Chromium renders it: reports/index.png
+	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)" --screenshot
 
 lab: $(READY) ## JupyterLab with the project's kernel
 	$(VENV)/bin/jupyter lab --notebook-dir=.

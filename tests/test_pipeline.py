@@ -248,3 +248,12 @@ def test_metrics_and_the_index_page(project):
     assert verdicts and all(v in index for v in verdicts)
     for link in re.findall(r'href="([^"]+)"', index):
         assert (out / "reports" / link).is_file(), f"broken link {link}"
+
+
+def test_index_page_screenshot(project):
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    result = make(project, "screenshot", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    png = project / "outputs" / "tiny" / "reports" / "index.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

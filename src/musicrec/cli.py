@@ -6,6 +6,7 @@
 ``musicrec report``       renders the executed notebooks to HTML with an index page.
 ``musicrec bench``        runs stages afresh and writes ``outputs/<run>/bench.json``.
 ``musicrec run-name``     prints the run name of a profile.
+``musicrec results RUN..`` rewrites the README's results table from the runs' metrics.
 
 A failing stage prints one paragraph (the error and where the full traceback is),
 not a traceback.
@@ -142,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
     stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
     stage.add_argument("name", choices=STAGES)
-    sub.add_parser("report", parents=[common], help="render the HTML reports")
+    report = sub.add_parser("report", parents=[common], help="render the HTML reports")
+    report.add_argument("--screenshot", action="store_true",
+                        help="also save reports/index.png as headless Chromium renders it")
     bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
     bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     sub.add_parser("run-name", parents=[common], help="print the profile's run name")
+    results = sub.add_parser("results", help="rewrite the README's results table from runs' metrics.json")
+    results.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.json)")
+    results.add_argument("--readme", default="README.md")
+    results.add_argument("--root", default=".")
     args = parser.parse_args(argv)
 
     try:
@@ -161,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
 
             index = build_report(args.params, args.data_path or None, args.root)
             print(f"report: {index}")
+            if args.screenshot:
+                from musicrec.report import screenshot
+
+                print(f"report: {screenshot(index)}")
+        elif args.command == "results":
+            from musicrec.results import results_table, update_readme
+
+            print(f"results: {update_readme(args.readme, results_table(args.runs, args.root))}")
         elif args.command == "bench":
             rows = []
             for name in args.stages:

@@ -6,7 +6,6 @@ import base64
 import html
 from pathlib import Path
 
-import polars as pl
 import yaml
 
 from musicrec.config import load_profile
@@ -76,17 +75,17 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
     if not (paths.outputs / "metrics.json").is_file():
         return []
     metrics = ("ndcg", "recall", "coverage")
-    frame = (pl.DataFrame(read_json(paths.outputs / "metrics.json"))
-             .filter((pl.col("segment") == "all") & (pl.col("k") == k) & pl.col("metric").is_in(metrics)))
-    value = pl.col("value").round(4).cast(pl.String)
-    cell = (pl.when(pl.col("lower").is_null()).then(value)
-            .otherwise(pl.format("{} [{}, {}]", value, pl.col("lower").round(4), pl.col("upper").round(4))))
-    wide = (frame.with_columns(cell.alias("cell"))
-            .pivot(on="metric", index="model", values="cell")
-            .join(frame.filter(pl.col("metric") == "ndcg").select("model", "value"), on="model", how="left")
-            .sort("value", descending=True, nulls_last=True))
-    return [{"model": r["model"], **{f"{m}@{k}": r.get(m) or "" for m in metrics}}
-            for r in wide.iter_rows(named=True)]
+    cells: dict[str, dict[str, str]] = {}
+    ndcg: dict[str, float] = {}
+    for r in read_json(paths.outputs / "metrics.json"):
+        if r["segment"] != "all" or r["k"] != k or r["metric"] not in metrics or r["value"] is None:
+            continue
+        interval = "" if r["lower"] is None else f" [{r['lower']:.4f}, {r['upper']:.4f}]"
+        cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = f"{r['value']:.4f}{interval}"
+        if r["metric"] == "ndcg":
+            ndcg[r["model"]] = r["value"]
+    return [{"model": model, **{f"{m}@{k}": cells[model].get(f"{m}@{k}", "") for m in metrics}}
+            for model in sorted(cells, key=lambda model: -ndcg.get(model, 0.0))]
 
 
 def build_report(params: str | Path, data_path: str | None = None, root: str | Path = ".") -> Path:
@@ -147,3 +146,26 @@ Coverage: share of the catalogue in the top 10 lists.</p>{_table(headline)}
     with atomic_path(index) as tmp:
         tmp.write_text(page)
     return index
+
+
+def screenshot(page: Path, target: Path | None = None, width: int = 1200, height: int = 3000) -> Path:
+    """A PNG of ``page`` as headless Chromium renders it (Debian's ``chromium`` package).
+
+    Raises ``FileNotFoundError`` with the install command when Chromium is missing.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise FileNotFoundError("no Chromium to take the screenshot with: `sudo apt-get install chromium` "
+                                "(Debian) or any Chrome on PATH")
+    target = target or page.with_suffix(".png")
+    with tempfile.TemporaryDirectory() as profile, atomic_path(target) as tmp:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={tmp}", page.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+    return target
