@@ -14,11 +14,12 @@ READY     := $(if $(filter 1,$(SKIP_SETUP)),,$(VENV)/.installed)
 RUN := $(shell sed -n 's/^run_name:[[:space:]]*["'\'']\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p' $(PARAMS) 2>/dev/null)
 RUN := $(if $(RUN),$(RUN),$(basename $(notdir $(PARAMS))))
 STAMPS := outputs/$(RUN)/.stamps
-PACKAGE := $(shell find src/musicrec -name '*.py' 2>/dev/null)
+# the stages' code: the service does not feed the pipeline, so editing it reruns no stage
+PACKAGE := $(shell find src/musicrec -name '*.py' -not -path 'src/musicrec/service/*' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda candidates ranking evaluate results report screenshot lab test lint bench clean always
+.PHONY: help setup all data eda candidates ranking evaluate results report screenshot serve bench-service lab test lint bench clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -72,6 +73,16 @@ candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history 
 ranking: $(STAMPS)/04_ranking ## CatBoost over the merged candidates: outputs/<run>/recommendations.parquet
 evaluate: $(STAMPS)/05_evaluation ## every model on the test window with intervals: outputs/<run>/metrics.parquet
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
+
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+WORKERS ?= 1
+serve: | $(READY) ## serve the run's recommendations on $(HOST):$(PORT) (API docs at /docs)
+	$(PY) -m musicrec.service --params $(PARAMS) --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+bench-service: | $(READY) ## load-test a running service (make serve first): 32 clients for 30 s
+	$(PY) -m musicrec.service.loadtest --params $(PARAMS) --url http://$(HOST):$(PORT) --seconds 30 \
+		--concurrency 32 --out outputs/$(RUN)/service/bench.json
 
 RESULT_RUNS ?= default ium movielens lastfm
 results: $(READY) ## rewrite the README's results table from outputs/<run>/metrics.json (RESULT_RUNS)

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from musicrec.service.settings import ServiceConfig
+
 SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm")
 
 
@@ -328,6 +330,7 @@ class Profile(_Strict):
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @property
     def run(self) -> str:

@@ -1,0 +1,246 @@
+"""The service's store: listen events and the log of served recommendations, in SQLite.
+
+One file (``outputs/<run>/service/events.sqlite`` by default) in WAL mode, so readers
+never block the writer and several threads or worker processes can write at once: each
+thread has its own connection, every write is one transaction that waits up to
+``busy_timeout_ms`` for the lock (``BEGIN IMMEDIATE``: the lock is taken before anything is
+read, so a writer never has to give up half-way). With ``synchronous=NORMAL`` a committed
+write survives a crash of the service; ``FULL`` also survives a power loss.
+
+Times are stored as integer microseconds since the epoch, UTC; naive datetimes are taken
+as UTC.
+
+Tables
+------
+``events(id, user_id, track_id, ts, received_at)``
+    One listen each; ``ts`` is when it happened (given by the client or the arrival time).
+``recommendations(rec_id, served_at, user_id, experiment, variant, k, tracks)``
+    Every served list; ``tracks`` is a JSON array of track ids in served order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    track_id INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts);
+CREATE INDEX IF NOT EXISTS events_user_track_ts ON events (user_id, track_id, ts);
+CREATE TABLE IF NOT EXISTS recommendations (
+    rec_id TEXT PRIMARY KEY,
+    served_at INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    experiment TEXT,
+    variant TEXT,
+    k INTEGER NOT NULL,
+    tracks TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recommendations_experiment ON recommendations (experiment, variant);
+"""
+
+_INSERT_EVENT = "INSERT INTO events (user_id, track_id, ts, received_at) VALUES (?, ?, ?, ?) RETURNING id"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def to_micros(when: dt.datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=int(micros))
+
+
+def now_micros() -> int:
+    return to_micros(dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    user_id: int
+    track_id: int
+    ts: int
+
+    @property
+    def timestamp(self) -> dt.datetime:
+        return from_micros(self.ts)
+
+
+@dataclass(frozen=True)
+class LoggedRecommendation:
+    rec_id: str
+    served_at: int
+    user_id: int
+    experiment: str | None
+    variant: str | None
+    tracks: list[int]
+
+
+class EventStore:
+    """Events and the recommendation log in one SQLite file; safe across threads and processes.
+
+    >>> store = EventStore(tmp_path / "events.sqlite")           # doctest: +SKIP
+    >>> store.add_events([(7, 42, None)])                        # doctest: +SKIP
+    [1]
+    >>> [e.track_id for e in store.latest(7, 10)]                # doctest: +SKIP
+    [42]
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        with self.transaction() as conn:
+            for statement in filter(None, (s.strip() for s in SCHEMA.split(";"))):
+                conn.execute(statement)
+
+    # connections -----------------------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock from its start (``BEGIN IMMEDIATE``).
+
+        Writers of this process queue on a Python lock first: SQLite's own busy handler
+        sleeps in steps of milliseconds, which under many threads costs far more than the
+        write itself; it is left to arbitrate between processes only.
+        """
+        conn = self.connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown)."""
+        with self._all_lock:
+            for conn in self._all:
+                with suppress(sqlite3.Error):  # closing is best effort
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # events ----------------------------------------------------------------------------
+
+    def add_events(self, events: Sequence[tuple[int, int, int | None]]) -> list[int]:
+        """Store ``(user_id, track_id, ts in microseconds or None for now)`` in one transaction.
+
+        Returns the new events' ids, in order.
+        """
+        received = now_micros()
+        with self.transaction() as conn:
+            return [conn.execute(_INSERT_EVENT, (int(u), int(t), received if ts is None else int(ts),
+                                                 received)).fetchone()[0]
+                    for u, t, ts in events]
+
+    def latest(self, user_id: int, k: int, until: int | None = None) -> list[Event]:
+        """The user's ``k`` latest events (by time, then arrival), newest first; ``until``: ts <= it."""
+        sql = "SELECT id, user_id, track_id, ts FROM events WHERE user_id = ?"
+        args: list = [int(user_id)]
+        if until is not None:
+            sql += " AND ts <= ?"
+            args.append(int(until))
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        args.append(int(k))
+        return [Event(*row) for row in self.connection().execute(sql, args)]
+
+    def user_tracks(self, user_id: int, until: int | None = None) -> list[int]:
+        """Every track of the user's events (ts <= ``until``), newest first, each once."""
+        sql = "SELECT track_id, max(ts) AS last FROM events WHERE user_id = ?"
+        args: list = [int(user_id)]
+        if until is not None:
+            sql += " AND ts <= ?"
+            args.append(int(until))
+        sql += " GROUP BY track_id ORDER BY last DESC, max(id) DESC"
+        return [row[0] for row in self.connection().execute(sql, args)]
+
+    def count_events(self) -> int:
+        return self.connection().execute("SELECT count(*) FROM events").fetchone()[0]
+
+    # recommendation log ----------------------------------------------------------------
+
+    def log_recommendation(self, rec_id: str, served_at: int, user_id: int, experiment: str | None,
+                           variant: str | None, tracks: Iterable[int], k: int) -> None:
+        tracks = [int(t) for t in tracks]
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO recommendations (rec_id, served_at, user_id, experiment, variant, k, "
+                         "tracks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (rec_id, int(served_at), int(user_id), experiment, variant, int(k),
+                          json.dumps(tracks, separators=(",", ":"))))
+
+    def recommendations(self, experiment: str | None = None) -> list[LoggedRecommendation]:
+        """The logged lists (of one experiment when given), oldest first."""
+        sql = "SELECT rec_id, served_at, user_id, experiment, variant, tracks FROM recommendations"
+        args: tuple = ()
+        if experiment is not None:
+            sql += " WHERE experiment = ?"
+            args = (experiment,)
+        rows = self.connection().execute(sql + " ORDER BY served_at, rowid", args)
+        return [LoggedRecommendation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def outcomes(self, experiment: str, window_us: int) -> list[tuple[str, int, bool, int]]:
+        """``(variant, user_id, success, served_at)`` for each logged list of ``experiment``.
+
+        Success: an event of the same user on one of the list's tracks with
+        ``served_at <= ts <= served_at + window_us``.
+        """
+        sql = """
+            SELECT r.variant, r.user_id,
+                   EXISTS (SELECT 1 FROM json_each(r.tracks) AS j
+                           JOIN events AS e ON e.user_id = r.user_id AND e.track_id = j.value
+                           WHERE e.ts >= r.served_at AND e.ts <= r.served_at + ?) AS success,
+                   r.served_at
+            FROM recommendations AS r WHERE r.experiment = ?"""
+        return [(v, u, bool(s), t) for v, u, s, t in self.connection().execute(sql, (int(window_us),
+                                                                                       experiment))]
+
+    def experiments(self) -> dict[str, int]:
+        """Logged lists per experiment name."""
+        rows = self.connection().execute("SELECT experiment, count(*) FROM recommendations "
+                                         "WHERE experiment IS NOT NULL GROUP BY experiment")
+        return dict(rows.fetchall())
+
+    def clear_experiment(self, experiment: str) -> int:
+        """Delete the log of ``experiment``; the number of lists deleted."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM recommendations WHERE experiment = ?", (experiment,)).rowcount
