@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from musicrec import evaluation as ev
 from musicrec.config import SyntheticConfig
 from musicrec.evaluation import (
     compare_final,
@@ -418,3 +419,15 @@ def test_write_metrics(tmp_path, table):
     assert len(rows) == frame.height and set(rows[0]) == set(frame.columns)
     assert rows[-1]["value"] is None  # NaN is not JSON
     assert not list(paths.outputs.glob(".*tmp*"))
+
+
+def test_expectation_checks_say_yes_and_no():
+    ndcg = pl.DataFrame({"model": ["random", "top_popular", "personal_als", "final", "oracle"],
+                         "value": [0.01, 0.05, 0.10, 0.20, 0.15]})
+    ordered, oracle = ev.expectation_checks(ndcg)
+    assert "**yes**" in ordered  # 0.01 < 0.05 < 0.10
+    assert "**no**" in oracle  # final 0.20 is above the oracle's 0.15
+    swapped = ndcg.with_columns(pl.Series("value", [0.06, 0.05, 0.10, 0.20, 0.30]))
+    ordered, oracle = ev.expectation_checks(swapped)
+    assert "**no**" in ordered and "**yes**" in oracle
+    assert ev.expectation_checks(pl.DataFrame({"model": ["final"], "value": [0.2]})) == []

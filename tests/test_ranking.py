@@ -469,3 +469,16 @@ def test_candidates_outside_the_catalogue_are_refused(tmp_path):
                              similar=None)
     with pytest.raises(ValueError, match="missing from the catalogue"):
         builder.add_features(pairs([1], [99]), listens([(1, 10, at(1))]))
+
+
+def test_final_against_best_reads_the_intervals():
+    from musicrec.ranking.stage import final_against_best
+
+    def ndcg(final: tuple[float, float, float]) -> pl.DataFrame:
+        return pl.DataFrame({"model": ["final", "personal_als", "random"],
+                             "value": [final[0], 0.10, 0.0], "lower": [final[1], 0.09, 0.0],
+                             "upper": [final[2], 0.11, 0.0]})
+
+    assert "beats the best single generator, **personal_als**" in final_against_best(ndcg((0.2, 0.19, 0.21)))
+    assert "is below" in final_against_best(ndcg((0.05, 0.04, 0.06)))
+    assert "is within the interval of" in final_against_best(ndcg((0.105, 0.1, 0.115)))

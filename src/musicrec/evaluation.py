@@ -50,6 +50,8 @@ from musicrec.metrics import (
     bootstrap_ci,
     bootstrap_diff_ci,
     evaluate_per_user,
+    pair_key,
+    pair_keys,
 )
 from musicrec.schema import C
 
@@ -83,7 +85,7 @@ def history_pairs(paths: RunPaths) -> pl.LazyFrame:
 def held_out_listens(paths: RunPaths) -> pl.DataFrame:
     """``user_id, track_id``: the test window's listens, of warm and of cold users (``test`` of
     :func:`evaluate_models`)."""
-    return pl.concat([window_targets(paths, "test", warm=True), window_targets(paths, "test", warm=False)])
+    return window_targets(paths, "test", warm=None)
 
 
 def _users_frame(users: pl.Series | Iterable[int] | np.ndarray) -> pl.DataFrame:
@@ -631,11 +633,6 @@ def compare_final(lists: Mapping[str, ListsLike], test: pl.DataFrame, results: p
 # --------------------------------------------------------------------------- sampled protocol
 
 
-def _pair_keys(users: np.ndarray, tracks: np.ndarray) -> np.ndarray:
-    """One int64 per (user, track) pair."""
-    return users.astype(np.int64) * (1 << 32) + (tracks.astype(np.int64) + (1 << 31))
-
-
 def _negative_matrix(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray, n_negatives: int,
                      rng: np.random.Generator, max_rounds: int, chunk: int = 20_000) -> np.ndarray:
     """``len(users) × n_negatives`` distinct unheard tracks per row (``heard_keys`` sorted); -1 pads.
@@ -658,7 +655,7 @@ def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray
         if not len(todo):
             break
         drawn = tracks[rng.integers(0, len(tracks), size=(len(todo), width))].astype(np.int64)
-        keys = _pair_keys(np.repeat(users[todo], width).reshape(len(todo), width), drawn)
+        keys = pair_keys(np.repeat(users[todo], width).reshape(len(todo), width), drawn)
         at = np.minimum(np.searchsorted(heard_keys, keys), max(len(heard_keys) - 1, 0))
         valid = heard_keys[at] != keys if len(heard_keys) else np.ones(keys.shape, dtype=bool)
         # a track drawn twice for one row: keep its first draw
@@ -675,7 +672,7 @@ def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray
         todo, width = todo[~enough], width * 2
     if len(todo):  # users who heard almost everything: every unheard track, as many as there are
         for row in todo:  # a handful of rows at most, after max_rounds doublings
-            keys = _pair_keys(np.full(len(tracks), users[row]), tracks)
+            keys = pair_keys(np.full(len(tracks), users[row]), tracks)
             at = np.minimum(np.searchsorted(heard_keys, keys), max(len(heard_keys) - 1, 0))
             free = tracks[heard_keys[at] != keys] if len(heard_keys) else tracks
             free = rng.permutation(free)[:n_negatives]
@@ -688,7 +685,7 @@ def _heard_keys(heard: ListsLike, users: np.ndarray) -> np.ndarray:
     frame = (heard.lazy().join(pl.DataFrame({C.user_id: np.unique(users).astype(np.int32)}).lazy(),
                                on=C.user_id, how="semi")
              .select(pl.col(C.user_id), pl.col(C.track_id)).collect(engine="streaming"))
-    keys = _pair_keys(frame.get_column(C.user_id).to_numpy(), frame.get_column(C.track_id).to_numpy())
+    keys = pair_keys(frame.get_column(C.user_id).to_numpy(), frame.get_column(C.track_id).to_numpy())
     return np.sort(keys)
 
 
@@ -711,11 +708,6 @@ def sample_negatives(listens: pl.DataFrame, heard: ListsLike, catalogue: pl.Seri
                           C.user_id: np.repeat(users, n_negatives).astype(np.int32),
                           C.track_id: matrix.ravel()})
     return frame.filter(pl.col(C.track_id) >= 0).with_columns(pl.col(C.track_id).cast(pl.Int32))
-
-
-def _pair_key(user: str = C.user_id, track: str = C.track_id) -> pl.Expr:
-    """:func:`_pair_keys` as a polars expression."""
-    return pl.col(user).cast(pl.Int64) * (1 << 32) + (pl.col(track).cast(pl.Int64) + (1 << 31))
 
 
 def _lookup(sorted_keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, missing: float) -> np.ndarray:
@@ -786,7 +778,7 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     ties[pad] = 2.0  # a pad is never ahead of the held-out track
     flat_users = np.repeat(users, width).astype(np.int32)
     flat_tracks = grid.ravel().astype(np.int32)
-    cell_keys = _pair_keys(flat_users, flat_tracks)
+    cell_keys = pair_keys(flat_users, flat_tracks)
     sampled_users = pl.DataFrame({C.user_id: np.unique(users)})
 
     out = []
@@ -804,7 +796,7 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
 
     for name, frame in (lists or {}).items():
         ranks = (frame.lazy().join(sampled_users.lazy(), on=C.user_id, how="semi")
-                 .select(_pair_key().alias("key"), pl.col(C.rank).cast(pl.Float64))
+                 .select(pair_key().alias("key"), pl.col(C.rank).cast(pl.Float64))
                  .group_by("key").agg(pl.col(C.rank).min()).sort("key").collect(engine="streaming"))
         add(name, _lookup(ranks.get_column("key").to_numpy(), ranks.get_column(C.rank).to_numpy(), cell_keys,
                           math.inf))
@@ -893,3 +885,19 @@ def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike], tes
                    coalesce=True)
              .sort("recall (test)", descending=True, nulls_last=True))
     return n, frame
+
+
+def expectation_checks(ndcg: pl.DataFrame) -> list[str]:
+    """Sentences checking what must hold on NDCG@10 (``model, value``): random < top-popular < ALS,
+    and the oracle, where there is one, above every model."""
+    value = dict(zip(ndcg.get_column("model"), ndcg.get_column("value"), strict=True))
+    checks = []
+    if {"random", "top_popular", "personal_als"} <= set(value):
+        ordered = value["random"] < value["top_popular"] < value["personal_als"]
+        checks.append(f"random < top-popular < ALS on NDCG@10: **{'yes' if ordered else 'no'}** "
+                      f"({value['random']:.4f}, {value['top_popular']:.4f}, {value['personal_als']:.4f}).")
+    if "oracle" in value:
+        above = all(value["oracle"] > v for m, v in value.items() if m != "oracle")
+        checks.append(f"The oracle ({value['oracle']:.4f}) is above every model on NDCG@10: "
+                      f"**{'yes' if above else 'no'}**.")
+    return checks

@@ -90,9 +90,17 @@ def _ids(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
     )
 
 
-def _pair_key(user: str = C.user_id, track: str = C.track_id) -> pl.Expr:
-    """One int64 per (user, track) pair, so that joins and lookups use a single key."""
+def pair_key(user: str = C.user_id, track: str = C.track_id) -> pl.Expr:
+    """One int64 per (user, track) pair, so that joins and lookups use a single key.
+
+    Keys sort like the pairs (user, then track); :func:`pair_keys` is the numpy twin.
+    """
     return pl.col(user).cast(pl.Int64) * (1 << 32) + (pl.col(track).cast(pl.Int64) + (1 << 31))
+
+
+def pair_keys(users: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    """:func:`pair_key` for numpy arrays of user and track ids."""
+    return np.asarray(users).astype(np.int64) * (1 << 32) + (np.asarray(tracks).astype(np.int64) + (1 << 31))
 
 
 def _user_set(users: pl.Series | Iterable[int] | None) -> pl.Series | None:
@@ -198,7 +206,7 @@ class Hits:
         lists = _lists(recos, max_k)
         _check_k(max_k, lists.max_k)
         _require(relevant, [C.user_id, C.track_id], "relevant")
-        keys = _ids(relevant, [C.user_id, C.track_id]).select(_pair_key().alias("key")).unique()
+        keys = _ids(relevant, [C.user_id, C.track_id]).select(pair_key().alias("key")).unique()
         key_user = (pl.col("key") // (1 << 32)).cast(pl.Int32).alias(C.user_id)
         user_set = _user_set(users)
         if user_set is not None:
@@ -206,7 +214,7 @@ class Hits:
         n_rel = keys.group_by(key_user).agg(pl.len().cast(pl.Int64).alias("n_relevant")).sort(C.user_id)
         hits = (
             lists.top(max_k).lazy()
-            .join(keys.lazy(), left_on=_pair_key(), right_on="key", how="semi")
+            .join(keys.lazy(), left_on=pair_key(), right_on="key", how="semi")
             .collect()
             .sort([C.user_id, POSITION])
             .unique([C.user_id, C.track_id], keep="first", maintain_order=True)

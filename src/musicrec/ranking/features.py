@@ -37,6 +37,7 @@ from musicrec.candidates.base import FitData, index_of
 from musicrec.candidates.content import normalize_rows, ragged_positions, tfidf_vectors
 from musicrec.candidates.i2i import last_listens
 from musicrec.config import Profile, RankingConfig
+from musicrec.metrics import pair_keys
 from musicrec.schema import C
 
 #: Generators whose lists are per user (top-popular is one global list).
@@ -162,7 +163,7 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
     # the union through one int64 key per pair, sorted (rows come out sorted by user, then
     # track; np.sort and a neighbour test, as numpy 2's hash-based np.unique is slower here);
     # each list's values land at their positions in it
-    part_keys = [pair_key(part) for _, part in parts]
+    part_keys = [frame_pair_keys(part) for _, part in parts]
     keys = np.sort(np.concatenate(part_keys))
     keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
     columns, proposed = {}, np.zeros(len(keys), dtype=np.int8)
@@ -174,14 +175,13 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
             columns[f"{name}_{column}"] = pl.Series(values).fill_nan(None).cast(dtype)
         proposed[at] += 1
     return pl.DataFrame({C.user_id: (keys >> 32).astype(np.int32),
-                         C.track_id: (keys & 0xFFFFFFFF).astype(np.int32), **columns,
+                         C.track_id: ((keys & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), **columns,
                          "n_generators": proposed})
 
 
-def pair_key(frame: pl.DataFrame) -> np.ndarray:
-    """One int64 per (user_id, track_id) row that sorts like the pair (ids are non-negative int32)."""
-    return ((frame.get_column(C.user_id).to_numpy().astype(np.int64) << 32)
-            | frame.get_column(C.track_id).to_numpy().astype(np.int64))
+def frame_pair_keys(frame: pl.DataFrame) -> np.ndarray:
+    """:func:`musicrec.metrics.pair_keys` of a frame's ``user_id, track_id`` rows."""
+    return pair_keys(frame.get_column(C.user_id).to_numpy(), frame.get_column(C.track_id).to_numpy())
 
 
 @dataclass
@@ -262,6 +262,20 @@ class AudioSimilarity:
         self.track_ids, self.embeddings = model.data.track_ids, model.embeddings
         self.recent_k = profile.candidates.audio.recent_k
 
+    _cache: dict[tuple, AudioSimilarity] = {}
+
+    @classmethod
+    def cached(cls, profile: Profile, paths, tracks: pl.DataFrame) -> AudioSimilarity:
+        """One fitted model per run, features file and audio settings: the embeddings depend on the
+        static track features only, so training and scoring (two windows) share one fit."""
+        files = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size)
+                      for f in (paths.track_features, paths.tracks))
+        key = (files, profile.seed, profile.candidates.audio.model_dump_json())
+        if key not in cls._cache:
+            cls._cache.clear()  # keep one model: a full-scale one is about 40 MB
+            cls._cache[key] = cls(profile, tracks, pl.read_parquet(paths.track_features))
+        return cls._cache[key]
+
     def __call__(self, listens: pl.DataFrame, pairs: pl.DataFrame) -> np.ndarray:
         recent = last_listens(listens, self.recent_k).collect()
         users = np.unique(recent.get_column(C.user_id).to_numpy())
@@ -313,7 +327,7 @@ class FeatureBuilder:
         runs = {r["generator"]: r for r in read_json(folder / "runs.json")} \
             if (folder / "runs.json").is_file() else {}
         content = ContentSimilarity(tracks) if runs.get("content", {}).get("files") else None
-        audio = (AudioSimilarity(profile, tracks, pl.read_parquet(paths.track_features))
+        audio = (AudioSimilarity.cached(profile, paths, tracks)
                  if runs.get("audio", {}).get("files") and paths.track_features.is_file() else None)
         return cls(profile.ranking, listens, end, folder, tracks,
                    track_features(listens, tracks, end, profile.ranking.recent_days),
@@ -352,7 +366,7 @@ class FeatureBuilder:
                                                          self.window_end)
         user_albums = (listens.select(C.user_id, C.track_id).join(self.albums, on=C.track_id)
                        .group_by(C.user_id, "album").agg(pl.len().cast(pl.Float32).alias("album_listens")))
-        keys = pair_key(rows)
+        keys = frame_pair_keys(rows)
         if len(keys) > 1 and not (np.diff(keys) > 0).all():
             order = np.argsort(keys, kind="stable")
             rows, keys = rows[order], keys[order]
@@ -365,10 +379,10 @@ class FeatureBuilder:
         def summed(name: str, per_user: pl.DataFrame, value: str) -> np.ndarray:
             """For every row, the user's ``value`` summed over the track's items (genres, ...)."""
             pair_of, items = self.track_lists[name].of(track_pos)
-            table_keys = ((per_user.get_column(C.user_id).to_numpy().astype(np.int64) << 32)
-                          | per_user.get_column(name).to_numpy().astype(np.int64))
+            table_keys = pair_keys(per_user.get_column(C.user_id).to_numpy(),
+                                   per_user.get_column(name).to_numpy())
             order = np.argsort(table_keys)
-            at = index_of(table_keys[order], (row_users[pair_of].astype(np.int64) << 32) | items)
+            at = index_of(table_keys[order], pair_keys(row_users[pair_of], items))
             hit = at >= 0
             weights = per_user.get_column(value).to_numpy()[order][at[hit]]
             return np.bincount(pair_of[hit], weights=weights, minlength=len(rows)).astype(np.float32)
@@ -388,7 +402,7 @@ class FeatureBuilder:
                        .agg(pl.len().cast(pl.Float32).alias("i2i_support"),
                             pl.col(C.score).sum().cast(pl.Float32).alias("i2i_similarity"))
                        .rename({C.similar_track_id: C.track_id}).collect())
-            out = out.with_columns(**_lookup(keys, pair_key(support), support,
+            out = out.with_columns(**_lookup(keys, frame_pair_keys(support), support,
                                              ["i2i_support", "i2i_similarity"]))
         if self.content is not None:
             out = out.with_columns(pl.Series("content_similarity", self.content(listens, out.select(KEYS))))

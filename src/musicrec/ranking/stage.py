@@ -153,11 +153,11 @@ def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int =
     tracks). A quick check for the ranking notebook; the evaluation stage does the full
     comparison.
     """
-    from musicrec.evaluation import model_lists, warm_test_users
+    from musicrec.evaluation import model_lists
     from musicrec.metrics import NDCG, Recall, evaluate
 
-    users = warm_test_users(paths)
-    test = window_targets(paths, "test").join(pl.DataFrame({C.user_id: users}), on=C.user_id, how="semi")
+    test = window_targets(paths, "test")  # of warm users
+    users = test.get_column(C.user_id).unique().sort()
     rows = []
     for name, lists in model_lists(paths, k, users=users).items():
         result = evaluate(lists.collect(engine="streaming"), test, [NDCG(k), Recall(k)], users=users,
@@ -182,3 +182,15 @@ def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -
                  .collect())
         final = final.join(ranks, on=C.track_id, how="left", maintain_order="left")
     return final
+
+
+def final_against_best(ndcg: pl.DataFrame) -> str:
+    """One sentence: the final list's NDCG (``model, value, lower, upper`` rows, best first)
+    against the best single generator's, judged by whether the two intervals overlap."""
+    best = ndcg.filter(pl.col("model") != "final").sort("value", descending=True).row(0, named=True)
+    final = ndcg.filter(pl.col("model") == "final").row(0, named=True)
+    verdict = ("beats" if final["lower"] > best["upper"] else
+               "is below" if final["upper"] < best["lower"] else "is within the interval of")
+    return (f"The ranked list reaches NDCG@10 **{final['value']:.4f}** [{final['lower']:.4f}, "
+            f"{final['upper']:.4f}] and {verdict} the best single generator, **{best['model']}** "
+            f"({best['value']:.4f} [{best['lower']:.4f}, {best['upper']:.4f}]).")
