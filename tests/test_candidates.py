@@ -130,6 +130,25 @@ def test_i2i_from_history_sums_similarity_and_skips_heard():
     assert out.filter(pl.col("user_id") == 2)["track_id"].to_list() == [15]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_i2i_one_user_path_equals_the_polars_query(seed):
+    """The service's single-user numpy path ranks exactly as the stage's polars query."""
+    rng = np.random.default_rng(seed)
+    n_tracks = 40
+    pairs = {(int(a), int(b)) for a, b in rng.integers(0, n_tracks, (300, 2)) if a != b}
+    source, neighbour = map(list, zip(*sorted(pairs), strict=True))
+    # scores on a 1/8 grid: sums are exact in float32, and ties are frequent
+    similar = pl.DataFrame({"track_id": source, "similar_track_id": neighbour,
+                            "score": rng.integers(1, 9, len(source)) / 8})
+    recent = pl.DataFrame({"user_id": [7] * 8, "track_id": rng.integers(0, n_tracks, 8)})  # with repeats
+    heard = pl.DataFrame({"user_id": [7] * 5 + [8] * 5, "track_id": rng.integers(0, n_tracks, 10)})
+    for kwargs in ({}, {"heard": heard}):
+        fast = i2i_from_history(recent, similar, n=15, **kwargs)
+        query = i2i_from_history(recent.lazy(), similar, n=15, **kwargs)  # lazy input: the query path
+        assert fast.schema == query.schema
+        assert fast.rows() == query.rows()
+
+
 def test_candidate_recall_known_answer(tmp_path):
     targets = pl.DataFrame({"user_id": [1, 1, 2, 2], "track_id": [10, 11, 10, 12]})
     pl.DataFrame({"track_id": [12, 99], "score": [5.0, 4.0], "rank": [1, 2]}).write_parquet(

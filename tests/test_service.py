@@ -16,10 +16,13 @@ The hand-made run ``hand`` (test window from 2022-12-16):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,7 +40,7 @@ from pydantic import ValidationError
 from musicrec.candidates.base import GLOBAL_SCHEMA, SIMILAR_SCHEMA, USER_RECS_SCHEMA
 from musicrec.config import Profile
 from musicrec.schema import CATALOG_NAMES_SCHEMA, INTERACTIONS_SCHEMA, TRACKS_SCHEMA
-from musicrec.service import ab, create_app
+from musicrec.service import ab, create_app, loadtest
 from musicrec.service.blending import Ranked, blend, count_sources, online_slots, served_by
 from musicrec.service.events import EventStore, to_micros
 from musicrec.service.settings import BlendingConfig, ExperimentConfig, ServiceConfig
@@ -373,6 +376,48 @@ def test_concurrent_posts_through_the_app_are_all_stored(client):
                for w in range(8))
 
 
+def test_buffered_log_is_written_by_the_flusher_on_reads_and_on_close(tmp_path):
+    db = tmp_path / "buffered.sqlite"
+    store = EventStore(db, log_flush_ms=50)
+    other = sqlite3.connect(db)  # another process's view: only what has been committed
+
+    def committed() -> int:
+        return other.execute("SELECT count(*) FROM recommendations").fetchone()[0]
+
+    store.log_recommendation("a", 1, 7, "exp", "x", [1, 2], 2)
+    deadline = time.monotonic() + 10
+    while committed() == 0 and time.monotonic() < deadline:  # the flusher, with no read asking
+        time.sleep(0.01)
+    assert committed() == 1
+    store._closing.set()  # the flusher stops: what follows stays buffered until a read or close
+    store._flusher.join()
+    store.log_recommendation("b", 2, 7, "exp", "y", [3], 1)
+    assert committed() == 1
+    assert [r.rec_id for r in store.recommendations("exp")] == ["a", "b"]  # a read flushes first
+    store.log_recommendation("c", 3, 8, "exp", "y", [4], 1)
+    store.close()
+    assert committed() == 3
+    assert [r.rec_id for r in EventStore(db).recommendations()] == ["a", "b", "c"]
+
+
+def test_a_failed_flush_keeps_the_lists_for_the_next(tmp_path, monkeypatch):
+    store = EventStore(tmp_path / "s.sqlite", log_flush_ms=60_000)  # the flusher never fires in this test
+    store.log_recommendation("a", 1, 7, None, None, [1], 1)
+    store.log_recommendation("b", 2, 7, None, None, [2], 1)
+
+    def locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "transaction", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        store.flush()
+    monkeypatch.undo()
+    store.log_recommendation("c", 3, 7, None, None, [3], 1)
+    assert store.flush() == 3
+    assert [r.rec_id for r in store.recommendations()] == ["a", "b", "c"]
+    store.close()
+
+
 WRITER = """
 import sys, time
 from pathlib import Path
@@ -622,32 +667,69 @@ def test_wilson_and_z_test_edge_cases():
 # running ------------------------------------------------------------------------------------------
 
 
-def test_python_m_musicrec_service_binds_to_loopback(run_root, tmp_path):
+@contextlib.contextmanager
+def live_service(run_root, tmp_path, *extra: str):
+    """``python -m musicrec.service`` over the hand-made run on a free loopback port; yields its URL."""
     params = tmp_path / "params" / "hand.yaml"
-    params.parent.mkdir()
+    params.parent.mkdir(exist_ok=True)
     params.write_text("run_name: hand\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "musicrec.service", "--params", str(params), "--root",
                              str(run_root), "--port", str(port), "--db-path", str(tmp_path / "e.sqlite"),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--log-level", "warning", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline, ready = time.time() + 30, None
+        deadline, ready = time.time() + 60, None
         while time.time() < deadline and proc.poll() is None:
             try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1)
+                ready = httpx.get(f"{url}/ready", timeout=1)
                 if ready.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         assert ready is not None and ready.status_code == 200, proc.poll()
-        r = httpx.get(f"http://127.0.0.1:{port}/recommendations/1", params={"k": 2})
-        assert [t["track_id"] for t in r.json()["tracks"]] == [10, 11]
+        yield url, params
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_python_m_musicrec_service_binds_to_loopback(run_root, tmp_path):
+    with live_service(run_root, tmp_path) as (url, _):
+        assert url.startswith("http://127.0.0.1:")
+        r = httpx.get(f"{url}/recommendations/1", params={"k": 2})
+        assert [t["track_id"] for t in r.json()["tracks"]] == [10, 11]
+
+
+@pytest.mark.parametrize("client, workers", [("python", 1), ("python", 2), ("wrk", 2)])
+def test_load_generator_counts_requests_and_every_event_is_stored(run_root, tmp_path, client, workers):
+    if client == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (Debian's package wrk); the Python client is tested instead")
+    with live_service(run_root, tmp_path, "--workers", str(workers)) as (url, params):
+        out = tmp_path / "bench.json"
+        code = loadtest.main(["--params", str(params), "--root", str(run_root), "--url", url,
+                              "--seconds", "2", "--concurrency", "4", "--client", client, "--out", str(out)])
+        result = json.loads(out.read_text())
+    assert code == 0 and result["client"] == client
+    assert result["requests"] > 0 and result["errors"] == 0 and result["failures"] == {}
+    assert result["events_acknowledged"] > 0 and result["events_lost"] == 0
+    # every acknowledged post is in the store; wrk may stop after the service stored a post (one per
+    # connection at most), the Python client waits for every answer
+    slack = 4 if client == "wrk" else 0
+    assert result["events_acknowledged"] <= result["events_stored"] <= result["events_acknowledged"] + slack
+    lat = result["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+
+
+def test_wrk_script_follows_the_mix():
+    mix = {"warm": 2, "cold": 1, "online": 1, "event": 0}
+    script = loadtest.wrk_script([1, 2], [900], [3], [10, 11], mix)
+    assert "local warm = {1,2}" in script and "local cold = {900}" in script
+    assert "local cumulative = {0.500000,0.750000,1.000000}" in script  # shares normalised: no posts at all
 
 
 def test_python_m_musicrec_service_bad_profile(tmp_path):

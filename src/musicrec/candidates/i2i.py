@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from musicrec.candidates.base import USER_RECS_SCHEMA
@@ -37,6 +38,12 @@ def i2i_from_history(recent: pl.DataFrame | pl.LazyFrame, similar: pl.DataFrame 
     -------
     ``user_id, track_id, score, rank`` with rank 1 the best; ties broken by track id.
 
+    Notes
+    -----
+    Eager input of a single user (what the service passes per request) is scored with
+    numpy instead of a polars query: the same result in tens of microseconds rather than
+    a millisecond of query planning. A test holds the two paths equal.
+
     Examples
     --------
     >>> recent = pl.DataFrame({"user_id": [1, 1], "track_id": [10, 11]})
@@ -45,6 +52,9 @@ def i2i_from_history(recent: pl.DataFrame | pl.LazyFrame, similar: pl.DataFrame 
     >>> i2i_from_history(recent, similar, n=2)["track_id"].to_list()
     [12, 13]
     """
+    if isinstance(recent, pl.DataFrame) and _one_user(recent) and not isinstance(similar, pl.LazyFrame) \
+            and not isinstance(heard, pl.LazyFrame):
+        return _i2i_one_user(recent, similar, n, heard)
     recent = recent.lazy().select(C.user_id, C.track_id)
     exclude = recent if heard is None else pl.concat([recent, heard.lazy().select(C.user_id, C.track_id)])
     candidates = (
@@ -57,3 +67,35 @@ def i2i_from_history(recent: pl.DataFrame | pl.LazyFrame, similar: pl.DataFrame 
         .with_columns(pl.int_range(1, pl.len() + 1).over(C.user_id).alias(C.rank))
     )
     return candidates.collect().cast(USER_RECS_SCHEMA)
+
+
+def _one_user(frame: pl.DataFrame) -> bool:
+    users = frame.get_column(C.user_id)
+    return frame.height > 0 and frame.height <= 10_000 and users.min() == users.max()
+
+
+def _i2i_one_user(recent: pl.DataFrame, similar: pl.DataFrame, n: int,
+                  heard: pl.DataFrame | None) -> pl.DataFrame:
+    """:func:`i2i_from_history` for one user's recent tracks, in numpy (the same join, sums and order)."""
+    user = recent.get_column(C.user_id)[0]
+    recent_tracks = recent.get_column(C.track_id).to_numpy()
+    source = similar.get_column(C.track_id).to_numpy()
+    by_source = np.argsort(source, kind="stable")
+    first = np.searchsorted(source[by_source], recent_tracks, "left")
+    last = np.searchsorted(source[by_source], recent_tracks, "right")
+    # every recent listen brings its track's whole similar list, as the join does
+    rows = by_source[np.concatenate([np.arange(a, b) for a, b in zip(first, last, strict=True)])]
+    tracks, inverse = np.unique(similar.get_column(C.similar_track_id).to_numpy()[rows], return_inverse=True)
+    scores = np.bincount(inverse, weights=similar.get_column(C.score).to_numpy()[rows], minlength=len(tracks))
+    excluded = recent_tracks
+    if heard is not None:
+        heard_tracks = heard.get_column(C.track_id).to_numpy()
+        mine = heard.get_column(C.user_id).to_numpy() == user
+        excluded = np.concatenate([recent_tracks, heard_tracks[mine]])
+    keep = ~np.isin(tracks, excluded)
+    tracks, scores = tracks[keep], scores[keep].astype(np.float32)
+    order = np.lexsort((tracks, -scores))[:n]
+    columns = {C.user_id: np.full(len(order), user), C.track_id: tracks[order], C.score: scores[order],
+               C.rank: np.arange(1, len(order) + 1)}
+    return pl.DataFrame([pl.Series(name, values, dtype=USER_RECS_SCHEMA[name], strict=False)
+                         for name, values in columns.items()])

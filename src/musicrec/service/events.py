@@ -16,18 +16,28 @@ Tables
     One listen each; ``ts`` is when it happened (given by the client or the arrival time).
 ``recommendations(rec_id, served_at, user_id, experiment, variant, k, tracks)``
     Every served list; ``tracks`` is a JSON array of track ids in served order.
+
+Served lists can be written in batches (``log_flush_ms > 0``): a request only appends its
+row to a buffer, and a background thread writes the buffer in one transaction every
+``log_flush_ms``. That takes a write transaction (and the lock the worker processes share)
+off every ``GET /recommendations``. Reads of the log through the store flush first, and
+closing the store flushes; a crash of the process loses at most the last interval's lists.
+Events are always written before ``POST /events`` answers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("musicrec.service")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -52,6 +62,8 @@ CREATE INDEX IF NOT EXISTS recommendations_experiment ON recommendations (experi
 """
 
 _INSERT_EVENT = "INSERT INTO events (user_id, track_id, ts, received_at) VALUES (?, ?, ?, ?) RETURNING id"
+_INSERT_RECOMMENDATION = ("INSERT INTO recommendations (rec_id, served_at, user_id, experiment, variant, k, "
+                          "tracks) VALUES (?, ?, ?, ?, ?, ?, ?)")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -102,7 +114,8 @@ class EventStore:
     [42]
     """
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, synchronous: str = "NORMAL",
+                 log_flush_ms: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
@@ -114,6 +127,15 @@ class EventStore:
         with self.transaction() as conn:
             for statement in filter(None, (s.strip() for s in SCHEMA.split(";"))):
                 conn.execute(statement)
+        self.log_flush_ms = log_flush_ms
+        self._pending: list[tuple] = []
+        self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if log_flush_ms > 0:
+            self._flusher = threading.Thread(target=self._flush_every, name="musicrec-log-flush", daemon=True)
+            self._flusher.start()
 
     # connections -----------------------------------------------------------------------
 
@@ -152,7 +174,12 @@ class EventStore:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every thread's connection (at shutdown)."""
+        """Write the buffered lists, then close every thread's connection (at shutdown)."""
+        self._closing.set()
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        self.flush()
         with self._all_lock:
             for conn in self._all:
                 with suppress(sqlite3.Error):  # closing is best effort
@@ -201,15 +228,41 @@ class EventStore:
 
     def log_recommendation(self, rec_id: str, served_at: int, user_id: int, experiment: str | None,
                            variant: str | None, tracks: Iterable[int], k: int) -> None:
-        tracks = [int(t) for t in tracks]
-        with self.transaction() as conn:
-            conn.execute("INSERT INTO recommendations (rec_id, served_at, user_id, experiment, variant, k, "
-                         "tracks) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (rec_id, int(served_at), int(user_id), experiment, variant, int(k),
-                          json.dumps(tracks, separators=(",", ":"))))
+        """Log a served list: at once, or into the buffer the flusher writes (``log_flush_ms > 0``)."""
+        row = (rec_id, int(served_at), int(user_id), experiment, variant, int(k),
+               json.dumps([int(t) for t in tracks], separators=(",", ":")))
+        if self._flusher is None:
+            with self.transaction() as conn:
+                conn.execute(_INSERT_RECOMMENDATION, row)
+            return
+        with self._pending_lock:
+            self._pending.append(row)
+
+    def flush(self) -> int:
+        """Write the buffered lists in one transaction; how many were written."""
+        with self._flush_lock:  # a reader that flushes also waits for a flush in progress
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
+            if rows:
+                try:
+                    with self.transaction() as conn:
+                        conn.executemany(_INSERT_RECOMMENDATION, rows)
+                except BaseException:
+                    with self._pending_lock:  # kept for the next flush, in order
+                        self._pending[:0] = rows
+                    raise
+            return len(rows)
+
+    def _flush_every(self) -> None:
+        while not self._closing.wait(self.log_flush_ms / 1000):
+            try:
+                self.flush()
+            except sqlite3.Error:  # the rows stay buffered; the next interval tries again
+                log.exception("writing the recommendation log failed")
 
     def recommendations(self, experiment: str | None = None) -> list[LoggedRecommendation]:
         """The logged lists (of one experiment when given), oldest first."""
+        self.flush()
         sql = "SELECT rec_id, served_at, user_id, experiment, variant, tracks FROM recommendations"
         args: tuple = ()
         if experiment is not None:
@@ -224,6 +277,7 @@ class EventStore:
         Success: an event of the same user on one of the list's tracks with
         ``served_at <= ts <= served_at + window_us``.
         """
+        self.flush()
         sql = """
             SELECT r.variant, r.user_id,
                    EXISTS (SELECT 1 FROM json_each(r.tracks) AS j
@@ -236,11 +290,13 @@ class EventStore:
 
     def experiments(self) -> dict[str, int]:
         """Logged lists per experiment name."""
+        self.flush()
         rows = self.connection().execute("SELECT experiment, count(*) FROM recommendations "
                                          "WHERE experiment IS NOT NULL GROUP BY experiment")
         return dict(rows.fetchall())
 
     def clear_experiment(self, experiment: str) -> int:
         """Delete the log of ``experiment``; the number of lists deleted."""
+        self.flush()
         with self.transaction() as conn:
             return conn.execute("DELETE FROM recommendations WHERE experiment = ?", (experiment,)).rowcount
