@@ -16,10 +16,12 @@ RUN := $(if $(RUN),$(RUN),$(basename $(notdir $(PARAMS))))
 STAMPS := outputs/$(RUN)/.stamps
 # the stages' code: the service does not feed the pipeline, so editing it reruns no stage
 PACKAGE := $(shell find src/musicrec -name '*.py' -not -path 'src/musicrec/service/*' 2>/dev/null)
+# the A/B replay (06_ab_test) drives the service, so its code counts there
+SERVICE := $(shell find src/musicrec/service -name '*.py' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda candidates ranking evaluate results report screenshot serve bench-service lab test lint bench clean always
+.PHONY: help setup all data eda candidates ranking evaluate abtest results report screenshot serve bench-service lab test lint bench clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -64,6 +66,13 @@ $(STAMPS)/05_evaluation: notebooks/05_evaluation.ipynb $(PARAMS) $(PACKAGE) $(ST
 	$(STAGE) 05_evaluation
 	@touch $@
 
+# On demand only, not part of `all`: the test window replayed through the service as an A/B test.
+# Its HTML report is rendered with the others (the index page shows its table and verdict).
+$(STAMPS)/06_ab_test: notebooks/06_ab_test.ipynb $(PARAMS) $(PACKAGE) $(SERVICE) $(STAMPS)/04_ranking | $(READY)
+	$(STAGE) 06_ab_test
+	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
+	@touch $@
+
 outputs/$(RUN)/reports/index.html: $(STAMPS)/01_data $(STAMPS)/02_eda $(STAMPS)/03_candidates $(STAMPS)/04_ranking $(STAMPS)/05_evaluation | $(READY)
 	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
 
@@ -72,6 +81,7 @@ eda: $(STAMPS)/02_eda ## exploratory analysis and calibration (plots/<run>/)
 candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history and on history + labels
 ranking: $(STAMPS)/04_ranking ## CatBoost over the merged candidates: outputs/<run>/recommendations.parquet
 evaluate: $(STAMPS)/05_evaluation ## every model on the test window with intervals: outputs/<run>/metrics.parquet
+abtest: $(STAMPS)/06_ab_test ## replay the test window through the service as an A/B test (not in `all`)
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
 
 HOST    ?= 127.0.0.1

@@ -257,3 +257,34 @@ def test_index_page_screenshot(project):
     assert result.returncode == 0, result.stdout + result.stderr
     png = project / "outputs" / "tiny" / "reports" / "index.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_abtest_replays_the_test_window_on_demand(project):
+    out = project / "outputs" / "tiny"
+    assert not (out / "notebooks" / "06_ab_test.ipynb").exists(), "make all does not run the A/B replay"
+    result = make(project, "abtest", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    executed = json.loads((out / "notebooks" / "06_ab_test.ipynb").read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "params/tiny.yaml" in "".join(injected[0]["source"])
+    assert not any(o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", []))
+    abtest = json.loads((out / "service" / "abtest.json").read_text())
+    test_window = json.loads((project / "data" / "tiny" / "split.json").read_text())["windows"]["test"]
+    replay = abtest["replay"]
+    # tiny has fewer test-window users than the notebook's max_users: every one is replayed
+    assert (replay["users"], replay["events_posted"]) == (test_window["users"], test_window["rows"])
+    assert replay["requests"] == replay["sessions"] == sum(v["recommendations"]
+                                                           for v in abtest["results"]["variants"])
+    assert [v["variant"] for v in abtest["results"]["variants"]] == ["blended", "offline"]
+    assert abtest["verdict"].startswith("At 95% confidence")
+    assert {"ab_success", "ab_success_by_day"} <= {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
+    report = (out / "reports" / "06_ab_test.html").read_text()
+    assert "image/png" in report and "replay(" not in report, "the report carries figures, no code"
+    assert report.count("session/s") == 1, "the progress bar's last state only"
+    index = (out / "reports" / "index.html").read_text()
+    assert 'href="06_ab_test.html"' in index and abtest["verdict"] in index
+    assert "06_ab_test" in json.loads((out / "timings.json").read_text())
+    dry = make(project, "-n", "abtest", "PARAMS=params/tiny.yaml")
+    assert dry.returncode == 0 and "musicrec stage" not in dry.stdout, dry.stdout
+    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
+    assert "06_ab_test" not in dry.stdout

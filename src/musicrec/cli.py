@@ -2,7 +2,8 @@
 
 ``musicrec stage NAME``   runs ``notebooks/NAME.ipynb`` with papermill on a profile,
                           writes the executed notebook to ``outputs/<run>/notebooks/``
-                          and records its wall time and peak memory.
+                          and records its wall time and peak memory. NAME is a pipeline
+                          stage (STAGES) or an on-demand one (ON_DEMAND: the A/B replay).
 ``musicrec report``       renders the executed notebooks to HTML with an index page.
 ``musicrec bench``        runs stages afresh and writes ``outputs/<run>/bench.json``.
 ``musicrec run-name``     prints the run name of a profile.
@@ -30,6 +31,9 @@ from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
 
 STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
+# Run only when asked (`make abtest`), never by `make all` nor by default in `bench`: the A/B
+# replay drives the service through the whole test window (minutes on default, hours at full).
+ON_DEMAND = ("06_ab_test",)
 KERNEL = "musicrec"
 
 
@@ -142,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--data-path", default="", help="raw data folder of a real source")
     common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
     stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
-    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("name", choices=STAGES + ON_DEMAND)
     report = sub.add_parser("report", parents=[common], help="render the HTML reports")
     report.add_argument("--screenshot", action="store_true",
                         help="also save reports/index.png as headless Chromium renders it")
     bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
-    bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES + ON_DEMAND)
     sub.add_parser("run-name", parents=[common], help="print the profile's run name")
     results = sub.add_parser("results", help="rewrite the README's results table from runs' metrics.json")
     results.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.json)")

@@ -248,3 +248,58 @@ def recall_candidates_final(rows: pl.DataFrame):
     ax.set_title("Candidate recall beside the final recall (at the same list length)")
     fig.tight_layout()
     return fig
+
+
+AB_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+
+
+def ab_success(table: pl.DataFrame, title: str = "A/B replay: success by variant"):
+    """Success rate per variant with its interval: of lists (left) and of users (right).
+
+    ``table``: :func:`musicrec.service.replay.variant_table` (``success_rate, lower, upper``,
+    ``user_success_rate, user_lower, user_upper`` by ``variant``).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * table.height + 2.2))
+    names = table.get_column("variant").to_list()
+    colours = [AB_COLOURS[i % len(AB_COLOURS)] for i in range(len(names))]
+    panels = (("success_rate", "lower", "upper", "lists that led to a listen"),
+              ("user_success_rate", "user_lower", "user_upper", "users with a successful list"))
+    for ax, (value, low, high, label) in zip(axes, panels, strict=True):
+        y = table.get_column(value).fill_null(np.nan).to_numpy()
+        err = np.nan_to_num(np.vstack([y - table.get_column(low).fill_null(np.nan).to_numpy(),
+                                       table.get_column(high).fill_null(np.nan).to_numpy() - y]))
+        ax.barh(names, np.nan_to_num(y), xerr=err, color=colours, capsize=4)
+        for i, v in enumerate(y):
+            if not np.isnan(v):
+                ax.text(v + err[1, i], i, f"  {v:.1%}", va="center", fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlim(0, min(1.0, np.nanmax(np.append(y + err[1], 0.01)) * 1.25))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.set_title(label, fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def ab_success_by_day(by_day: pl.DataFrame, order: list[str] | None = None,
+                      title: str = "A/B replay: share of successful lists by day"):
+    """One line per variant over the days, with the interval as a band (``day, variant, success_rate,
+    lower, upper``: :func:`musicrec.service.replay.success_by_day`); ``order``: the variants' colours
+    in :func:`ab_success`'s order."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    names = order or sorted(by_day.get_column("variant").unique().to_list())
+    for i, name in enumerate(names):
+        part = by_day.filter(pl.col("variant") == name).sort("day")
+        days = part.get_column("day").to_list()
+        colour = AB_COLOURS[i % len(AB_COLOURS)]
+        ax.plot(days, part.get_column("success_rate").to_numpy(), marker="o", markersize=3, color=colour,
+                label=name)
+        ax.fill_between(days, part.get_column("lower").to_numpy(), part.get_column("upper").to_numpy(),
+                        color=colour, alpha=0.2, linewidth=0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("successful lists")
+    ax.legend(frameon=False)
+    ax.set_title(title)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

@@ -12,10 +12,11 @@ from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
 
 STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates",
-                "04_ranking": "Ranking", "05_evaluation": "Evaluation"}
+                "04_ranking": "Ranking", "05_evaluation": "Evaluation",
+                "06_ab_test": "A/B test (the test window replayed through the service)"}
 KEY_FIGURES = ("evaluation_ndcg", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
                "events_over_time", "window_sizes", "listens_per_user", "calibration",
-               "candidate_recall", "ranking_importance")
+               "candidate_recall", "ranking_importance", "ab_success")
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;
@@ -33,11 +34,14 @@ a{color:#0969da}
 
 
 def render_notebook(notebook: Path, target: Path) -> Path:
-    """One executed notebook as HTML without code cells."""
+    """One executed notebook as HTML without code cells; a progress bar shows its last state only."""
     import nbformat
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+    config = Config()
+    config.CoalesceStreamsPreprocessor.enabled = True  # merges a cell's stream outputs, applies \r
+    exporter = HTMLExporter(config=config, exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     with atomic_path(target) as tmp:
@@ -88,6 +92,32 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
             for model in sorted(cells, key=lambda model: -ndcg.get(model, 0.0))]
 
 
+def ab_rows(abtest: dict) -> list[dict]:
+    """Per variant of an A/B replay (``outputs/<run>/service/abtest.json``): users, lists, success rates."""
+    def rate(value: float | None, low: float | None, high: float | None) -> str:
+        return "" if value is None else f"{value:.1%} [{low:.1%}, {high:.1%}]"
+
+    return [{"variant": r["variant"], "users": r["users"], "lists": r["lists"],
+             "successful lists": rate(r["success_rate"], r["lower"], r["upper"]),
+             "users with a successful list": rate(r["user_success_rate"], r["user_lower"], r["user_upper"])}
+            for r in abtest.get("table", [])]
+
+
+def ab_section(paths: RunPaths) -> str:
+    """The index page's A/B section, from the run's last replay (empty when there is none)."""
+    file = paths.outputs / "service" / "abtest.json"
+    if not file.is_file():
+        return ""
+    abtest = read_json(file)
+    exp, counts = abtest["experiment"], abtest["replay"]
+    return f"""<h2>A/B test: the test window replayed through the service</h2>
+<p class="sub">Experiment <code>{html.escape(exp["name"])}</code>: {counts["users"]:,} users,
+{counts["sessions"]:,} sessions ({html.escape(abtest["session_rule"])}). A list succeeds when its user
+listens to one of its tracks within {exp["success_window_hours"]:g} h; {exp["confidence"]:.0%} Wilson
+intervals.</p>{_table(ab_rows(abtest))}
+<ul><li><strong>{html.escape(abtest["verdict"])}</strong></li></ul>"""
+
+
 def build_report(params: str | Path, data_path: str | None = None, root: str | Path = ".") -> Path:
     """Render every executed notebook of the run and write ``reports/index.html``."""
     profile = load_profile(params, data_path=data_path)
@@ -127,12 +157,14 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
 <p class="sub">Warm users (seen before the test window); 95% bootstrap intervals over users.
 Coverage: share of the catalogue in the top 10 lists.</p>{_table(headline)}
 {f"<ul>{verdicts}</ul>" if verdicts else ""}""" if headline else "")
+    ab_html = ab_section(paths)
 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>musicrec: {html.escape(paths.run)}</title><style>{_STYLE}</style></head><body>
 <h1>musicrec run <code>{html.escape(paths.run)}</code></h1>
 <p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}</p>
 {results_html}
+{ab_html}
 <h2>Stages</h2>{stages_html}
 <h2>Data</h2>{_table(data_rows)}
 <h3>Time windows</h3>{_table(window_rows)}

@@ -69,11 +69,13 @@ def labels_targets(paths: RunPaths) -> pl.DataFrame:
     return window_targets(paths, "labels")
 
 
-def window_targets(paths: RunPaths, window: str, warm: bool | None = True) -> pl.DataFrame:
+def window_targets(paths: RunPaths, window: str, warm: bool | None = True,
+                   timestamps: bool = False) -> pl.DataFrame:
     """``user_id, track_id`` listens of the ``labels`` or ``test`` window.
 
     ``warm=True``: of users seen before the window (what recommendations are judged
     on); ``warm=False``: of the users first seen in it (the cold segment); ``None``: all.
+    ``timestamps=True`` adds ``started_at`` (the A/B replay needs when each listen happened).
     """
     split = read_json(paths.split)
     bounds = {"labels": (split["label_start"], split["test_start"]), "test": (split["test_start"], None)}
@@ -86,7 +88,7 @@ def window_targets(paths: RunPaths, window: str, warm: bool | None = True) -> pl
     inside = lf.filter(pl.col(C.started_at) >= start)
     if end is not None:
         inside = inside.filter(pl.col(C.started_at) < end)
-    inside = inside.select(C.user_id, C.track_id)
+    inside = inside.select(C.user_id, C.track_id, *([C.started_at] if timestamps else []))
     if warm is not None:
         inside = inside.join(seen, on=C.user_id, how="semi" if warm else "anti")
     return inside.collect(engine="streaming")
