@@ -90,9 +90,10 @@ WORKERS ?= 1
 serve: | $(READY) ## serve the run's recommendations on $(HOST):$(PORT) (API docs at /docs)
 	$(PY) -m musicrec.service --params $(PARAMS) --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-bench-service: | $(READY) ## load-test a running service (make serve first): 32 clients for 30 s
+CLIENT  ?= auto
+bench-service: | $(READY) ## load-test a running service (make serve first): 32 connections for 30 s (CLIENT=wrk|python)
 	$(PY) -m musicrec.service.loadtest --params $(PARAMS) --url http://$(HOST):$(PORT) --seconds 30 \
-		--concurrency 32 --out outputs/$(RUN)/service/bench.json
+		--concurrency 32 --client $(CLIENT) --out outputs/$(RUN)/service/bench.json
 
 RESULT_RUNS ?= default ium movielens lastfm
 results: $(READY) ## rewrite the README's results table from outputs/<run>/metrics.json (RESULT_RUNS)
