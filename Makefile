@@ -68,8 +68,10 @@ $(STAMPS)/05_evaluation: notebooks/05_evaluation.ipynb $(PARAMS) $(PACKAGE) $(ST
 
 # On demand only, not part of `all`: the test window replayed through the service as an A/B test.
 # Its HTML report is rendered with the others (the index page shows its table and verdict).
-$(STAMPS)/06_ab_test: notebooks/06_ab_test.ipynb $(PARAMS) $(PACKAGE) $(SERVICE) $(STAMPS)/04_ranking | $(READY)
-	$(STAGE) 06_ab_test
+# ABTEST="max_users=null seed=7" sets names of the notebook's parameters cell (and always reruns it).
+ABTEST ?=
+$(STAMPS)/06_ab_test: notebooks/06_ab_test.ipynb $(PARAMS) $(PACKAGE) $(SERVICE) $(STAMPS)/04_ranking $(if $(ABTEST),always) | $(READY)
+	$(STAGE) 06_ab_test $(foreach p,$(ABTEST),--param '$(p)')
 	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
 	@touch $@
 
@@ -81,7 +83,7 @@ eda: $(STAMPS)/02_eda ## exploratory analysis and calibration (plots/<run>/)
 candidates: $(STAMPS)/03_candidates ## fit every candidate generator on history and on history + labels
 ranking: $(STAMPS)/04_ranking ## CatBoost over the merged candidates: outputs/<run>/recommendations.parquet
 evaluate: $(STAMPS)/05_evaluation ## every model on the test window with intervals: outputs/<run>/metrics.parquet
-abtest: $(STAMPS)/06_ab_test ## replay the test window through the service as an A/B test (not in `all`)
+abtest: $(STAMPS)/06_ab_test ## replay the test window through the service as an A/B test (ABTEST="max_users=null")
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
 
 HOST    ?= 127.0.0.1

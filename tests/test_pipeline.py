@@ -288,3 +288,11 @@ def test_abtest_replays_the_test_window_on_demand(project):
     assert dry.returncode == 0 and "musicrec stage" not in dry.stdout, dry.stdout
     dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
     assert "06_ab_test" not in dry.stdout
+    # ABTEST sets the notebook's parameters from make, and reruns it though nothing changed
+    result = make(project, "abtest", "PARAMS=params/tiny.yaml", "ABTEST=max_users=3 seed=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    replay = json.loads((out / "service" / "abtest.json").read_text())["replay"]
+    assert (replay["users"], replay["max_users"], replay["seed"]) == (3, 3, 1)
+    result = make(project, "abtest", "PARAMS=params/tiny.yaml", "ABTEST=max_user=3")
+    assert result.returncode != 0
+    assert "max_user: not a parameter of 06_ab_test.ipynb" in result.stderr and "max_users" in result.stderr

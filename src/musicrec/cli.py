@@ -1,6 +1,7 @@
 """Command line of the pipeline, called by the Makefile.
 
-``musicrec stage NAME``   runs ``notebooks/NAME.ipynb`` with papermill on a profile,
+``musicrec stage NAME``   runs ``notebooks/NAME.ipynb`` with papermill on a profile (``--param
+                          NAME=VALUE`` sets other names of its parameters cell),
                           writes the executed notebook to ``outputs/<run>/notebooks/``
                           and records its wall time and peak memory. NAME is a pipeline
                           stage (STAGES) or an on-demand one (ON_DEMAND: the A/B replay).
@@ -23,8 +24,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
+import yaml
 
 from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
@@ -76,9 +79,42 @@ def _stderr_to(log: Path):
             os.close(saved)
 
 
+RESERVED = ("params_path", "data_path", "root")  # set from the command line's own options
+
+
+def notebook_parameters(notebook: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked against the names in the notebook's ``parameters`` cell."""
+    import papermill as pm
+
+    known = set(pm.inspect_notebook(str(notebook))) - set(RESERVED)
+    reserved = sorted(set(given) & set(RESERVED))
+    if reserved:
+        raise StageError(f"--param {', '.join(reserved)}: set these with --params, --data-path and --root")
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise StageError(f"--param {', '.join(unknown)}: not a parameter of {notebook.name} "
+                         f"(its parameters: {', '.join(sorted(known)) or 'none'})")
+    return given
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as YAML (``5000``, ``null``, ``{a: 1}``, text)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, for example max_users=20000")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({exc})") from None
+
+
 def run_stage(stage: str, params: str | Path, data_path: str | None = None,
-              root: str | Path = ".", progress: bool = False) -> StageRun:
-    """Execute one stage notebook on a profile; raise :class:`StageError` on failure."""
+              root: str | Path = ".", progress: bool = False,
+              overrides: dict[str, Any] | None = None) -> StageRun:
+    """Execute one stage notebook on a profile; raise :class:`StageError` on failure.
+
+    ``overrides``: values for other names of the notebook's ``parameters`` cell.
+    """
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
@@ -91,7 +127,7 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
     target = paths.notebooks / f"{stage}.ipynb"
     failed = paths.notebooks / f"{stage}.failed.ipynb"
     parameters = {"params_path": str(Path(params).resolve()), "data_path": data_path or "",
-                  "root": str(root)}
+                  "root": str(root), **notebook_parameters(source, overrides or {})}
     log = paths.notebooks / f"{stage}.log"
     start = time.perf_counter()
     with PeakMemory(children=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
@@ -147,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
     stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
     stage.add_argument("name", choices=STAGES + ON_DEMAND)
+    stage.add_argument("--param", dest="overrides", action="append", type=parse_param, default=[],
+                       metavar="NAME=VALUE", help="set a name of the notebook's parameters cell (VALUE as "
+                       "YAML), for example --param max_users=20000; repeatable")
     report = sub.add_parser("report", parents=[common], help="render the HTML reports")
     report.add_argument("--screenshot", action="store_true",
                         help="also save reports/index.png as headless Chromium renders it")
@@ -164,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(load_profile(args.params).run)
         elif args.command == "stage":
             run = run_stage(args.name, args.params, args.data_path or None, args.root,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), overrides=dict(args.overrides))
             print(f"{args.name}: done in {run.seconds:.1f} s, peak memory "
                   f"{run.peak_rss_mb / 1024:.2f} GB -> {run.notebook}")
         elif args.command == "report":
