@@ -510,6 +510,26 @@ def test_reload_while_serving(client):
     assert client.get("/stats").json()["reloads"] == 3
 
 
+def test_a_reload_asked_of_one_worker_reaches_the_others(run_root, tmp_path):
+    """Workers share the store: a reload asked of one is seen by the others' watchers."""
+    db = tmp_path / "shared.sqlite"
+    with TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as asked, \
+            TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as other, \
+            TestClient(make_app(run_root, db, reload_poll_seconds=0)) as deaf:
+        assert [c.get("/ready").json()["version"] for c in (asked, other, deaf)] == [1, 1, 1]
+        assert asked.post("/admin/reload", headers={"X-Admin-Token": TOKEN}).json()["version"] == 2
+        deadline = time.monotonic() + 10
+        while other.get("/ready").json()["version"] == 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert other.get("/ready").json()["version"] == 2
+        assert other.get("/stats").json()["reloads"] == 1
+        time.sleep(0.3)  # several polls: the worker asked does not load a second time, nor the other
+        assert [c.get("/ready").json()["version"] for c in (asked, other, deaf)] == [2, 2, 1]
+    with TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as restarted:
+        time.sleep(0.3)  # a new worker starts at the store's generation: nothing to follow
+        assert restarted.get("/ready").json()["version"] == 1
+
+
 def test_admin_refused_without_the_token(run_root, tmp_path, monkeypatch):
     monkeypatch.delenv("MUSICREC_ADMIN_TOKEN", raising=False)
     with TestClient(make_app(run_root, tmp_path / "a.sqlite")) as c:
@@ -723,6 +743,25 @@ def test_load_generator_counts_requests_and_every_event_is_stored(run_root, tmp_
     assert result["events_acknowledged"] <= result["events_stored"] <= result["events_acknowledged"] + slack
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+
+
+def test_wrk_output_is_read_with_its_errors():
+    output = "\n".join([
+        "Running 2s test @ http://127.0.0.1:8000",
+        "  Socket errors: connect 0, read 2, write 0, timeout 1",
+        "Requests/sec:   1000.00",
+        "musicrec created=5 ok=10 failed=3 last_failure=503",
+        "musicrec p50=1.500",
+        "musicrec p90=2.000",
+        "musicrec p99=9.250",
+        "musicrec max=12.000 requests=18 seconds=2.000"])
+    result = loadtest._wrk_result(output, "http://x", 4, loadtest.DEFAULT_MIX, events_stored=4)
+    assert (result["requests"], result["requests_per_second"], result["errors"]) == (18, 9.0, 6)
+    assert result["failures"] == {"read": 2, "timeout": 1, "non-2xx (last: 503)": 3}
+    assert result["latency_ms"] == {"p50": 1.5, "p90": 2.0, "p99": 9.25, "max": 12.0}
+    assert (result["events_acknowledged"], result["events_stored"], result["events_lost"]) == (5, 4, 1)
+    with pytest.raises(RuntimeError, match="wrk printed no summary"):
+        loadtest._wrk_result("Running 2s test", "http://x", 4, loadtest.DEFAULT_MIX, events_stored=0)
 
 
 def test_wrk_script_follows_the_mix():

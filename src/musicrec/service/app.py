@@ -198,6 +198,7 @@ class ServiceState:
         self.load_error: str | None = None
         self.stats = Stats()
         self._reload_lock = threading.Lock()
+        self.reload_seen = 0  # the store's reload generation these artefacts answer
         self._cache_lock = threading.Lock()
         self._online_cache: OrderedDict[tuple, Ranked] = OrderedDict()
         experiment = config.experiment
@@ -307,17 +308,26 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.store = await asyncio.to_thread(EventStore, db, config.busy_timeout_ms, config.synchronous,
                                               config.log_flush_ms)
+        state.reload_seen = await asyncio.to_thread(state.store.reload_generation)
         loader = None
         if background_load:
             loader = threading.Thread(target=_load_quietly, args=(state,), name="musicrec-load", daemon=True)
             loader.start()
         else:
             await asyncio.to_thread(_load_quietly, state)
+        stop = threading.Event()
+        watcher = None
+        if config.reload_poll_seconds > 0:
+            watcher = threading.Thread(target=_follow_reloads, args=(state, stop), name="musicrec-reloads",
+                                       daemon=True)
+            watcher.start()
         try:
             yield
         finally:
-            if loader is not None:
-                await asyncio.to_thread(loader.join)
+            stop.set()
+            for thread in (loader, watcher):
+                if thread is not None:
+                    await asyncio.to_thread(thread.join)
             state.store.close()
 
     app = FastAPI(title="musicrec", lifespan=lifespan,
@@ -488,6 +498,7 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
     def reload() -> dict:
         """Load the run's artefacts again and swap them in; requests in flight are not disturbed."""
         try:
+            state.reload_seen = state.require_store().ask_reload()  # the other workers follow
             artefacts = state.load()
         except Exception as exc:
             serving = state.artefacts.version if state.artefacts else None
@@ -503,6 +514,23 @@ def _load_quietly(state: ServiceState) -> None:
     """Load at start-up; a failure is kept for ``/ready`` (the service stays up for ``/admin/reload``)."""
     with contextlib.suppress(Exception):
         state.load()
+
+
+def _follow_reloads(state: ServiceState, stop: threading.Event) -> None:
+    """Reload when another worker was asked to (the store's reload generation moved on)."""
+    while not stop.wait(state.config.reload_poll_seconds):
+        try:
+            generation = state.store.reload_generation()
+        except Exception:  # the store busy or closing: look again next time
+            log.exception("reading the reload generation failed")
+            continue
+        if generation > state.reload_seen:
+            state.reload_seen = generation
+            try:
+                state.load()
+            except Exception:  # logged by load(); the previous artefacts keep serving
+                continue
+            state.stats.reloaded()
 
 
 def _tracks_json(artefacts: Artefacts, picks: list, names: bool) -> list[dict[str, Any]]:
@@ -522,7 +550,9 @@ _ENV = "MUSICREC_SERVICE_ARGS"
 def app_from_env() -> FastAPI:
     """Factory for uvicorn's worker processes (``serve(workers=n)``): arguments from the environment."""
     args = json.loads(os.environ[_ENV])
-    return create_app(args["params"], root=args["root"], db_path=args["db_path"], background_load=True)
+    # each worker loads before it takes a connection: the kernel hands connections only to workers
+    # that accept, so none of them answers 503 while another is already serving
+    return create_app(args["params"], root=args["root"], db_path=args["db_path"])
 
 
 def serve(params: str | Path = "params/default.yaml", host: str | None = None, port: int | None = None,
@@ -530,8 +560,11 @@ def serve(params: str | Path = "params/default.yaml", host: str | None = None, p
           log_level: str = "info") -> None:
     """Run the service with uvicorn, bound to ``127.0.0.1:8000`` unless told otherwise.
 
-    ``workers > 1`` starts that many processes (each loads its own copy of the artefacts;
-    they share the SQLite store; ``/stats`` counters are per process).
+    ``workers > 1`` starts that many processes (each loads its own copy of the artefacts
+    before it accepts connections; they share the SQLite store, and a reload asked of one
+    reaches the others within ``service.reload_poll_seconds``; ``/stats`` counters are per
+    process). With one worker, ``/health`` answers at once and ``/ready`` says 503 until
+    the artefacts are loaded.
     """
     import uvicorn
 

@@ -16,6 +16,9 @@ Tables
     One listen each; ``ts`` is when it happened (given by the client or the arrival time).
 ``recommendations(rec_id, served_at, user_id, experiment, variant, k, tracks)``
     Every served list; ``tracks`` is a JSON array of track ids in served order.
+``service_state(key, value)``
+    What the worker processes share: ``reload``, the number of reloads asked for, so that
+    a reload asked of one worker reaches the others.
 
 Served lists can be written in batches (``log_flush_ms > 0``): a request only appends its
 row to a buffer, and a background thread writes the buffer in one transaction every
@@ -59,6 +62,10 @@ CREATE TABLE IF NOT EXISTS recommendations (
     tracks TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS recommendations_experiment ON recommendations (experiment, variant);
+CREATE TABLE IF NOT EXISTS service_state (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 _INSERT_EVENT = "INSERT INTO events (user_id, track_id, ts, received_at) VALUES (?, ?, ?, ?) RETURNING id"
@@ -220,6 +227,18 @@ class EventStore:
             args.append(int(until))
         sql += " GROUP BY track_id ORDER BY last DESC, max(id) DESC"
         return [row[0] for row in self.connection().execute(sql, args)]
+
+    def reload_generation(self) -> int:
+        """How many reloads have been asked for (``POST /admin/reload`` on any worker)."""
+        row = self.connection().execute("SELECT value FROM service_state WHERE key = 'reload'").fetchone()
+        return row[0] if row else 0
+
+    def ask_reload(self) -> int:
+        """Count one more reload asked for; the new generation, which every worker will load."""
+        with self.transaction() as conn:
+            row = conn.execute("INSERT INTO service_state (key, value) VALUES ('reload', 1) "
+                               "ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value").fetchone()
+        return row[0]
 
     def count_events(self) -> int:
         return self.connection().execute("SELECT count(*) FROM events").fetchone()[0]

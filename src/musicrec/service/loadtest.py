@@ -134,7 +134,7 @@ end
 
 function init(args)
   math.randomseed(%(seed)d + id)
-  created, ok, failed = 0, 0, 0
+  created, ok, failed, last_failure = 0, 0, 0, 0
 end
 
 local function pick(list) return list[math.random(#list)] end
@@ -151,15 +151,16 @@ end
 function response(status, headers, body)
   if status == 201 then created = created + 1
   elseif status == 200 then ok = ok + 1
-  else failed = failed + 1 end
+  else failed = failed + 1; last_failure = status end
 end
 
 function done(summary, latency, requests)
-  local c, o, f = 0, 0, 0
+  local c, o, f, last = 0, 0, 0, 0
   for _, thread in ipairs(threads) do
     c = c + thread:get("created"); o = o + thread:get("ok"); f = f + thread:get("failed")
+    if thread:get("last_failure") > 0 then last = thread:get("last_failure") end
   end
-  io.write(string.format("musicrec created=%%d ok=%%d failed=%%d\\n", c, o, f))
+  io.write(string.format("musicrec created=%%d ok=%%d failed=%%d last_failure=%%d\\n", c, o, f, last))
   for _, q in ipairs({50, 90, 99}) do
     io.write(string.format("musicrec p%%d=%%.3f\\n", q, latency:percentile(q) / 1000))
   end
@@ -217,8 +218,8 @@ def _wrk_result(output: str, url: str, concurrency: int, mix: dict[str, float], 
     socket_errors = {k: int(v) for k, v in re.findall(r"(connect|read|write|timeout) (\d+)", "\n".join(
         line for line in output.splitlines() if "Socket errors" in line))}
     failures = {k: v for k, v in socket_errors.items() if v}
-    if values["failed"]:
-        failures["non-2xx"] = int(values["failed"])
+    if values["failed"]:  # the status of the last one (wrk's script keeps no more per thread)
+        failures[f"non-2xx (last: {int(values['last_failure'])})"] = int(values["failed"])
     acknowledged = int(values["created"])
     return {"client": "wrk", "url": url, "seconds": round(values["seconds"], 2), "concurrency": concurrency,
             "mix": mix, "requests": int(values["requests"]),

@@ -91,6 +91,9 @@ class ServiceConfig(_Strict):
                                    "in memory until their events change (0: no cache)")
     log_recommendations: bool = Field(True, description="log every served list (id, time, user, "
                                       "experiment, variant, tracks) in the store")
+    reload_poll_seconds: float = Field(1.0, ge=0, description="how often a worker looks whether another "
+                                       "was asked to reload (POST /admin/reload reaches every worker "
+                                       "through the store); 0: never, only the worker asked reloads")
     log_flush_ms: int = Field(100, ge=0, description="write the log of served lists in batches every this "
                               "many ms (0: one transaction per request); reading the log flushes first")
     busy_timeout_ms: PositiveInt = Field(10_000, description="how long a writer waits for SQLite's lock")
