@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +136,18 @@ def test_true_preference_ranks_future_listens_above_random_tracks(generated):
 def test_true_preference_rejects_unknown_ids(generated):
     with pytest.raises(KeyError, match="track_id"):
         true_preference(generated / "oracle", np.array([0]), np.array([10**8]))
+
+
+def test_true_preference_reads_the_oracle_again_when_it_changes(generated, tmp_path):
+    oracle = tmp_path / "oracle"
+    shutil.copytree(generated / "oracle", oracle)
+    users = pl.read_parquet(oracle / "user_taste.parquet").get_column("user_id").to_numpy()[:50]
+    tracks = pl.read_parquet(oracle / "track_prior.parquet").get_column("track_id").to_numpy()[:50]
+    before = true_preference(oracle, users, tracks)
+    assert np.array_equal(true_preference(oracle, users, tracks), before)  # the cached tables
+    params = json.loads((oracle / "params.json").read_text())
+    params["exploration_share"] = params["exploration_share"] + 0.1
+    (oracle / "params.json").write_text(json.dumps(params))
+    os.utime(oracle / "params.json", ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, surely
+    after = true_preference(oracle, users, tracks)
+    assert not np.allclose(after, before)

@@ -622,36 +622,71 @@ def true_preference(oracle_dir: Path, user_ids, track_ids) -> np.ndarray:
 
     ``user_ids`` and ``track_ids`` are equal-length arrays of external ids. Higher
     means the user truly prefers the track more; ranking all unheard tracks by it
-    gives the oracle ceiling.
+    gives the oracle ceiling. The oracle's tables are read once per folder (and again
+    when its files change), not on every call: the evaluation scores millions of pairs
+    in batches.
     """
-    oracle_dir = Path(oracle_dir)
-    params = json.loads((oracle_dir / "params.json").read_text())
-    fav_share, explore_share = params["favourite_artist_share"], params["exploration_share"]
-    taste = pl.read_parquet(oracle_dir / "user_taste.parquet")
-    prior = pl.read_parquet(oracle_dir / "track_prior.parquet")
-    users = _lookup(taste.get_column(C.user_id).to_numpy(), np.asarray(user_ids), "user_id")
-    tracks = _lookup(prior.get_column(C.track_id).to_numpy(), np.asarray(track_ids), "track_id")
-
-    genres = np.stack(taste.get_column("genres").to_numpy())[users]
-    genre_weights = np.stack(taste.get_column("genre_weights").to_numpy())[users]
-    favourites = np.stack(taste.get_column("artists").to_numpy())[users]
-    popular = taste.get_column("popular_share").to_numpy()[users]
-    track_genre = prior.get_column("genre").to_numpy()[tracks]
-    track_artist = prior.get_column("artist").to_numpy()[tracks]
-    p_ta = prior.get_column("p_track_in_artist").to_numpy()[tracks]
-    p_ag = prior.get_column("p_artist_in_genre").to_numpy()[tracks]
-    p_t = prior.get_column("p_track").to_numpy()[tracks]
-
+    o = _oracle_tables(Path(oracle_dir))
+    users = _lookup(o.user_ids, np.asarray(user_ids), "user_id", o.user_order)
+    tracks = _lookup(o.track_ids, np.asarray(track_ids), "track_id", o.track_order)
+    genres, genre_weights, favourites = o.genres[users], o.genre_weights[users], o.favourites[users]
+    popular = o.popular_share[users]
+    track_genre, track_artist = o.track_genre[tracks], o.track_artist[tracks]
     taste_for_genre = (genre_weights * (genres == track_genre[:, None])).sum(1)
     favourite_share = (favourites == track_artist[:, None]).mean(1)
-    in_taste = 1.0 - explore_share - popular
-    return (in_taste * ((1 - fav_share) * taste_for_genre * p_ag + fav_share * favourite_share) * p_ta
-            + explore_share / len(prior) + popular * p_t)
+    in_taste = 1.0 - o.explore_share - popular
+    return (in_taste * ((1 - o.fav_share) * taste_for_genre * o.p_ag[tracks] + o.fav_share * favourite_share)
+            * o.p_ta[tracks] + o.explore_share / len(o.track_ids) + popular * o.p_t[tracks])
 
 
-def _lookup(known: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
-    """Row index of each wanted id in ``known``; unknown ids are an error."""
-    order = np.argsort(known)
+@dataclass(frozen=True)
+class _OracleTables:
+    fav_share: float
+    explore_share: float
+    user_ids: np.ndarray
+    user_order: np.ndarray
+    genres: np.ndarray
+    genre_weights: np.ndarray
+    favourites: np.ndarray
+    popular_share: np.ndarray
+    track_ids: np.ndarray
+    track_order: np.ndarray
+    track_genre: np.ndarray
+    track_artist: np.ndarray
+    p_ta: np.ndarray
+    p_ag: np.ndarray
+    p_t: np.ndarray
+
+
+_ORACLE_CACHE: dict[tuple, _OracleTables] = {}
+
+
+def _oracle_tables(oracle_dir: Path) -> _OracleTables:
+    """The oracle's tables as arrays, cached by folder and the files' modification times."""
+    files = [oracle_dir / name for name in ("params.json", "user_taste.parquet", "track_prior.parquet")]
+    key = (str(oracle_dir.resolve()), *(f.stat().st_mtime_ns for f in files))
+    if key not in _ORACLE_CACHE:
+        params = json.loads(files[0].read_text())
+        taste, prior = pl.read_parquet(files[1]), pl.read_parquet(files[2])
+        user_ids, track_ids = taste.get_column(C.user_id).to_numpy(), prior.get_column(C.track_id).to_numpy()
+        _ORACLE_CACHE.clear()  # one oracle at a time: at full scale its tables take a few hundred MB
+        _ORACLE_CACHE[key] = _OracleTables(
+            fav_share=params["favourite_artist_share"], explore_share=params["exploration_share"],
+            user_ids=user_ids, user_order=np.argsort(user_ids),
+            genres=np.stack(taste.get_column("genres").to_numpy()),
+            genre_weights=np.stack(taste.get_column("genre_weights").to_numpy()),
+            favourites=np.stack(taste.get_column("artists").to_numpy()),
+            popular_share=taste.get_column("popular_share").to_numpy(),
+            track_ids=track_ids, track_order=np.argsort(track_ids),
+            track_genre=prior.get_column("genre").to_numpy(),
+            track_artist=prior.get_column("artist").to_numpy(),
+            p_ta=prior.get_column("p_track_in_artist").to_numpy(),
+            p_ag=prior.get_column("p_artist_in_genre").to_numpy(), p_t=prior.get_column("p_track").to_numpy())
+    return _ORACLE_CACHE[key]
+
+
+def _lookup(known: np.ndarray, wanted: np.ndarray, what: str, order: np.ndarray) -> np.ndarray:
+    """Row index of each wanted id in ``known`` (``order``: its argsort); unknown ids are an error."""
     pos = np.searchsorted(known, wanted, sorter=order)
     pos = np.minimum(pos, len(known) - 1)
     rows = order[pos]
