@@ -372,11 +372,12 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         return {"status": "ready", **artefacts.summary()}
 
     @app.get("/recommendations/{user_id}", tags=["recommendations"], response_model=RecommendationsOut)
-    async def recommendations(user_id: UserId, k: K = config.default_k,
-                        names: Annotated[bool, Query(description="add track and artist names")] = False,
-                        at: Annotated[dt.datetime | None, Query(
-                            description="replays: the request's time (ISO 8601, naive = UTC); only events "
-                            "up to it count, and the list is logged as served then")] = None):
+    async def recommendations(
+            user_id: UserId, k: K = config.default_k,
+            names: Annotated[bool, Query(description="add track and artist names")] = False,
+            at: Annotated[dt.datetime | None, Query(
+                description="replays: the request's time (ISO 8601, naive = UTC); only events "
+                "up to it count, and the list is logged as served then")] = None):
         """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
         artefacts, store = state.ready(), state.require_store()
         experiment = state.experiment
@@ -409,9 +410,10 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
 
     @app.post("/events", tags=["events"], status_code=201, response_model=EventsStored,
               responses={422: {"description": "invalid body or a track not in the catalogue"}})
-    async def post_events(body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1,
-                                                                               max_length=MAX_EVENTS_PER_POST)],
-                                    Body(description="one listen, or a list of up to 10,000")]):
+    async def post_events(
+            body: Annotated[EventIn | Annotated[list[EventIn],
+                                                Field(min_length=1, max_length=MAX_EVENTS_PER_POST)],
+                            Body(description="one listen, or a list of up to 10,000")]):
         """Store listens (all or none): they feed the online i2i and the A/B success."""
         artefacts, store = state.ready(), state.require_store()
         events = body if isinstance(body, list) else [body]
