@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from musicrec.candidates.base import index_of
 from musicrec.candidates.stage import window_targets
 from musicrec.io import RunPaths, read_json, write_json, write_parquet
 from musicrec.metrics import (
@@ -714,8 +715,8 @@ def _lookup(sorted_keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, mis
     """``values`` at each ``wanted`` key of ``sorted_keys`` (distinct), ``missing`` where absent."""
     if not len(sorted_keys):
         return np.full(len(wanted), missing, dtype=np.float64)
-    at = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
-    return np.where(sorted_keys[at] == wanted, values[at], missing)
+    at = index_of(sorted_keys, wanted)
+    return np.where(at >= 0, values[np.maximum(at, 0)], missing)
 
 
 def _positions(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 from scipy.special import ndtri
 from tqdm import tqdm
 
+from musicrec.candidates.base import index_of
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
 from musicrec.reference import YANDEX_MUSIC
@@ -627,8 +628,8 @@ def true_preference(oracle_dir: Path, user_ids, track_ids) -> np.ndarray:
     in batches.
     """
     o = _oracle_tables(Path(oracle_dir))
-    users = _lookup(o.user_ids, np.asarray(user_ids), "user_id", o.user_order)
-    tracks = _lookup(o.track_ids, np.asarray(track_ids), "track_id", o.track_order)
+    users = _lookup(o.user_sorted, o.user_order, np.asarray(user_ids), "user_id")
+    tracks = _lookup(o.track_sorted, o.track_order, np.asarray(track_ids), "track_id")
     genres, genre_weights, favourites = o.genres[users], o.genre_weights[users], o.favourites[users]
     popular = o.popular_share[users]
     track_genre, track_artist = o.track_genre[tracks], o.track_artist[tracks]
@@ -636,20 +637,20 @@ def true_preference(oracle_dir: Path, user_ids, track_ids) -> np.ndarray:
     favourite_share = (favourites == track_artist[:, None]).mean(1)
     in_taste = 1.0 - o.explore_share - popular
     return (in_taste * ((1 - o.fav_share) * taste_for_genre * o.p_ag[tracks] + o.fav_share * favourite_share)
-            * o.p_ta[tracks] + o.explore_share / len(o.track_ids) + popular * o.p_t[tracks])
+            * o.p_ta[tracks] + o.explore_share / len(o.track_sorted) + popular * o.p_t[tracks])
 
 
 @dataclass(frozen=True)
 class _OracleTables:
     fav_share: float
     explore_share: float
-    user_ids: np.ndarray
+    user_sorted: np.ndarray  # the ids, sorted; user_order: their rows in the tables
     user_order: np.ndarray
     genres: np.ndarray
     genre_weights: np.ndarray
     favourites: np.ndarray
     popular_share: np.ndarray
-    track_ids: np.ndarray
+    track_sorted: np.ndarray
     track_order: np.ndarray
     track_genre: np.ndarray
     track_artist: np.ndarray
@@ -669,15 +670,16 @@ def _oracle_tables(oracle_dir: Path) -> _OracleTables:
         params = json.loads(files[0].read_text())
         taste, prior = pl.read_parquet(files[1]), pl.read_parquet(files[2])
         user_ids, track_ids = taste.get_column(C.user_id).to_numpy(), prior.get_column(C.track_id).to_numpy()
+        user_order, track_order = np.argsort(user_ids), np.argsort(track_ids)
         _ORACLE_CACHE.clear()  # one oracle at a time: at full scale its tables take a few hundred MB
         _ORACLE_CACHE[key] = _OracleTables(
             fav_share=params["favourite_artist_share"], explore_share=params["exploration_share"],
-            user_ids=user_ids, user_order=np.argsort(user_ids),
+            user_sorted=user_ids[user_order], user_order=user_order,
             genres=np.stack(taste.get_column("genres").to_numpy()),
             genre_weights=np.stack(taste.get_column("genre_weights").to_numpy()),
             favourites=np.stack(taste.get_column("artists").to_numpy()),
             popular_share=taste.get_column("popular_share").to_numpy(),
-            track_ids=track_ids, track_order=np.argsort(track_ids),
+            track_sorted=track_ids[track_order], track_order=track_order,
             track_genre=prior.get_column("genre").to_numpy(),
             track_artist=prior.get_column("artist").to_numpy(),
             p_ta=prior.get_column("p_track_in_artist").to_numpy(),
@@ -685,12 +687,10 @@ def _oracle_tables(oracle_dir: Path) -> _OracleTables:
     return _ORACLE_CACHE[key]
 
 
-def _lookup(known: np.ndarray, wanted: np.ndarray, what: str, order: np.ndarray) -> np.ndarray:
-    """Row index of each wanted id in ``known`` (``order``: its argsort); unknown ids are an error."""
-    pos = np.searchsorted(known, wanted, sorter=order)
-    pos = np.minimum(pos, len(known) - 1)
-    rows = order[pos]
-    missing = known[rows] != wanted
-    if missing.any():
-        raise KeyError(f"true_preference: {what} {wanted[missing][:5].tolist()} not in the oracle")
-    return rows
+def _lookup(known_sorted: np.ndarray, order: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """Row index of each wanted id (``known_sorted``: the ids sorted, ``order``: their rows); unknown ids
+    are an error."""
+    at = index_of(known_sorted, wanted)
+    if (at < 0).any():
+        raise KeyError(f"true_preference: {what} {wanted[at < 0][:5].tolist()} not in the oracle")
+    return order[at]
