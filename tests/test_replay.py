@@ -31,7 +31,7 @@ from musicrec.schema import INTERACTIONS_SCHEMA
 from musicrec.service import ab
 from musicrec.service import replay as rp
 from musicrec.service.events import EventStore, to_micros
-from musicrec.service.settings import ExperimentConfig
+from musicrec.service.settings import ExperimentConfig, ServiceConfig
 
 D = dt.datetime
 LISTENS = [  # user, track, when
@@ -125,6 +125,13 @@ def test_experiment_default_and_overrides():
     assert exp.name == "x"
     configured = Profile.model_validate({"run_name": RUN, "service": {"experiment": exp.model_dump()}})
     assert rp.resolve_experiment(None, configured) == exp
+
+
+def test_variants_are_described_by_their_blending():
+    service = ServiceConfig.model_validate({"blending": {"strategy": "rrf", "online_share": 0.4}})
+    rows = rp.describe_variants(rp.DEFAULT_EXPERIMENT, service)
+    assert rows == [{"variant": "blended", "share": 0.5, "blending": "the service's: rrf, online_share=0.4"},
+                    {"variant": "offline", "share": 0.5, "blending": "strategy=offline"}]
 
 
 # the replay -------------------------------------------------------------------------------------

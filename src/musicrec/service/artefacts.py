@@ -13,7 +13,6 @@ swaps the reference, so requests in flight finish on the one they started with.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from musicrec.candidates.base import index_of
 from musicrec.candidates.i2i import i2i_from_history
-from musicrec.io import RunPaths
+from musicrec.io import RunPaths, read_json
 from musicrec.schema import C
 from musicrec.service.blending import OFFLINE, ONLINE, POPULAR, Ranked
 from musicrec.service.settings import ServiceConfig
@@ -136,7 +136,7 @@ class Artefacts:
 
         heard_until = None
         if config.heard == "fit" and paths.split.is_file():
-            heard_until = dt.date.fromisoformat(json.loads(paths.split.read_text())["test_start"])
+            heard_until = dt.date.fromisoformat(read_json(paths.split)["test_start"])
         history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
         if heard_until is not None:
             history = history.filter(pl.col(C.started_at) < pl.lit(heard_until).cast(pl.Datetime("ns")))
@@ -177,9 +177,7 @@ class Artefacts:
 
     def is_known(self, track_ids: np.ndarray) -> np.ndarray:
         """Which of ``track_ids`` are in the catalogue (``tracks.parquet``)."""
-        track_ids = np.asarray(track_ids, dtype=np.int64)
-        pos = np.searchsorted(self.catalog, track_ids).clip(max=max(len(self.catalog) - 1, 0))
-        return (self.catalog[pos] == track_ids) if len(self.catalog) else np.zeros(len(track_ids), bool)
+        return index_of(self.catalog, np.asarray(track_ids, dtype=np.int64)) >= 0
 
     def similar_to(self, track_id: int, k: int) -> Ranked:
         where = self.similar.locate(track_id)
@@ -220,9 +218,8 @@ class Artefacts:
         """Track and artist names of ``track_ids`` (``None`` where unknown or not loaded)."""
         if self.track_names is None or not track_ids:
             return [None] * len(track_ids), [None] * len(track_ids)
-        ids = np.asarray(track_ids, np.int64)
-        known = self.is_known(ids)
-        pos = np.searchsorted(self.catalog, ids).clip(max=len(self.catalog) - 1)
+        at = index_of(self.catalog, np.asarray(track_ids, np.int64))
+        known, pos = at >= 0, np.maximum(at, 0)
         tracks = self.track_names.gather(pos).to_list()
         artists = self.artist_names.gather(pos).to_list()
         return ([t if ok else None for t, ok in zip(tracks, known, strict=True)],

@@ -111,6 +111,13 @@ class LoggedRecommendation:
     tracks: list[int]
 
 
+def _user_events(user_id: int, until: int | None) -> tuple[str, list[int]]:
+    """The WHERE clause and arguments selecting one user's events, up to ``until`` when given."""
+    if until is None:
+        return "user_id = ?", [int(user_id)]
+    return "user_id = ? AND ts <= ?", [int(user_id), int(until)]
+
+
 class EventStore:
     """Events and the recommendation log in one SQLite file; safe across threads and processes.
 
@@ -209,24 +216,17 @@ class EventStore:
 
     def latest(self, user_id: int, k: int, until: int | None = None) -> list[Event]:
         """The user's ``k`` latest events (by time, then arrival), newest first; ``until``: ts <= it."""
-        sql = "SELECT id, user_id, track_id, ts FROM events WHERE user_id = ?"
-        args: list = [int(user_id)]
-        if until is not None:
-            sql += " AND ts <= ?"
-            args.append(int(until))
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        args.append(int(k))
-        return [Event(*row) for row in self.connection().execute(sql, args)]
+        where, args = _user_events(user_id, until)
+        rows = self.connection().execute(f"SELECT id, user_id, track_id, ts FROM events WHERE {where} "
+                                         "ORDER BY ts DESC, id DESC LIMIT ?", [*args, int(k)])
+        return [Event(*row) for row in rows]
 
     def user_tracks(self, user_id: int, until: int | None = None) -> list[int]:
         """Every track of the user's events (ts <= ``until``), newest first, each once."""
-        sql = "SELECT track_id, max(ts) AS last FROM events WHERE user_id = ?"
-        args: list = [int(user_id)]
-        if until is not None:
-            sql += " AND ts <= ?"
-            args.append(int(until))
-        sql += " GROUP BY track_id ORDER BY last DESC, max(id) DESC"
-        return [row[0] for row in self.connection().execute(sql, args)]
+        where, args = _user_events(user_id, until)
+        rows = self.connection().execute(f"SELECT track_id, max(ts) AS last FROM events WHERE {where} "
+                                         "GROUP BY track_id ORDER BY last DESC, max(id) DESC", args)
+        return [row[0] for row in rows]
 
     def reload_generation(self) -> int:
         """How many reloads have been asked for (``POST /admin/reload`` on any worker)."""
@@ -250,12 +250,10 @@ class EventStore:
         """Log a served list: at once, or into the buffer the flusher writes (``log_flush_ms > 0``)."""
         row = (rec_id, int(served_at), int(user_id), experiment, variant, int(k),
                json.dumps([int(t) for t in tracks], separators=(",", ":")))
-        if self._flusher is None:
-            with self.transaction() as conn:
-                conn.execute(_INSERT_RECOMMENDATION, row)
-            return
         with self._pending_lock:
             self._pending.append(row)
+        if self._flusher is None:  # no batching: written before the request answers
+            self.flush()
 
     def flush(self) -> int:
         """Write the buffered lists in one transaction; how many were written."""

@@ -117,6 +117,15 @@ def resolve_experiment(experiment: ExperimentConfig | dict | None, profile: Prof
     return ExperimentConfig.model_validate(experiment)
 
 
+def describe_variants(experiment: ExperimentConfig, config: ServiceConfig) -> list[dict[str, Any]]:
+    """One row per variant: its share and the blending it serves (its overrides, or the service's)."""
+    own = config.blending
+    return [{"variant": v.name, "share": v.share,
+             "blending": ", ".join(f"{key}={value}" for key, value in v.blending.items())
+             or f"the service's: {own.strategy}, online_share={own.online_share}"}
+            for v in experiment.variants]
+
+
 # the replay --------------------------------------------------------------------------------------
 
 
@@ -212,7 +221,8 @@ def replay(params: str | Path | Profile, root: str | Path = ".",
     window = window_listens(paths)
     listens = sample_users(window, max_users, profile.seed if seed is None else seed)
     sessions = build_sessions(listens)
-    days = listens.with_columns(pl.col(C.started_at).dt.date().alias("day"))
+    listens_of_day = listens.with_columns(pl.col(C.started_at).dt.date().alias("day")).partition_by(
+        "day", as_dict=True, include_key=False)
     db = Path(db_path) if db_path is not None else paths.outputs / "service" / "abtest.sqlite"
     _remove_store(db)
 
@@ -232,7 +242,7 @@ def replay(params: str | Path | Profile, root: str | Path = ".",
                            f"GET /recommendations/{user} at {at}")
                     requests += 1
                     bar.update()
-                for body in event_batches(days.filter(pl.col("day") == day)):
+                for body in event_batches(listens_of_day[(day,)]):
                     stored = _check(client.post("/events", json=body), f"POST /events of {day}")["stored"]
                     posts, posted = posts + 1, posted + stored
                 bar.set_postfix_str(f"{day} events={posted:,}", refresh=False)
