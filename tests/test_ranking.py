@@ -17,12 +17,14 @@ from musicrec.io import RunPaths
 from musicrec.ranking.features import (
     ContentSimilarity,
     FeatureBuilder,
+    candidate_files,
     merge_candidates,
     track_features,
     user_features,
     window_listens,
 )
 from musicrec.ranking.ranker import (
+    SamplingReport,
     TrainedRanker,
     fit_ranker,
     label_rows,
@@ -30,7 +32,7 @@ from musicrec.ranking.ranker import (
     split_users,
     top_n_by_score,
 )
-from musicrec.ranking.stage import score_users
+from musicrec.ranking.stage import explain_user, score_users, typical_user
 
 T0 = dt.datetime(2022, 3, 1)
 END = dt.date(2022, 3, 11)  # = at(10): every window below ends here
@@ -217,6 +219,13 @@ def test_merge_candidates_without_lists_fails_clearly(tmp_path):
 
 
 # ----------------------------------------------------------------------------- content similarity
+def test_candidate_files_skips_zero_counts_and_missing_lists(tmp_path):
+    write_lists(tmp_path)
+    counts = {"personal_als": 2, "i2i_history": 0, "audio": 5, "top_popular": 3}  # no audio list
+    assert candidate_files(tmp_path, counts) == [("personal_als", 2, tmp_path / "personal_als.parquet"),
+                                                 ("top_popular", 3, tmp_path / "top_popular.parquet")]
+
+
 def test_content_similarity_equals_dense_cosine():
     cat = catalogue([(10, [1], [100], [7]), (11, [1, 2], [101], [7, 8]), (12, [3], [102], [8]),
                      (13, [4], [103], [9]), (14, [2], [101], [7]), (15, [], [], [])])
@@ -276,6 +285,12 @@ def test_label_rows_and_sampling():
     # more negatives asked than exist: every row of the kept users
     everything, _ = sample_training_rows(labelled, negatives_per_user=100, seed=7)
     assert everything.height == 10 + 8
+
+
+def test_sampling_reports_add_field_by_field():
+    a, b = SamplingReport(1, 2, 3, 4, 5, 6), SamplingReport(10, 20, 30, 40, 50, 60)
+    assert a.add(b) == SamplingReport(11, 22, 33, 44, 55, 66)
+    assert SamplingReport().add(a) == a
 
 
 def test_split_users_disjoint_share_and_seeded():
@@ -460,6 +475,34 @@ def test_score_users_recall_counts_distinct_pairs(tmp_path):
     # Same convention as training_rows and candidate_recall (unique pairs): 2/3, 1/3, 1/3
     assert result["recall"] == {"candidates": pytest.approx(2 / 3), "top_10": pytest.approx(1 / 3),
                                 "top_2": pytest.approx(1 / 3)}
+
+
+def test_explain_user_gives_each_generators_rank_of_the_final_list(tmp_path):
+    paths = scoring_run(tmp_path)
+    score_users(SCORING, paths, AlsScore())
+    # top_popular is not among SCORING's candidates: only personal_als gets a column
+    assert explain_user(SCORING, paths, 1).select("rank", "track_id", "personal_als").rows() == [
+        (1, 20, 1), (2, 23, 2)]
+    both = Profile(ranking=RankingConfig(candidates={"personal_als": 1, "top_popular": 1, "content": 5}))
+    assert explain_user(both, paths, 2).select("track_id", "personal_als", "top_popular").rows() == [
+        (25, 1, None), (26, None, None)]
+
+
+def test_typical_user_is_the_median_history_before_the_test_window(tmp_path):
+    paths = RunPaths(tmp_path, "toy")
+    paths.data.mkdir(parents=True)
+    # before test_start (at(13)): user 1 has 1 listen, user 2 has 3, user 3 has 2 (and 3 in the test window)
+    listens([(1, 10, at(1)), (2, 10, at(1)), (2, 11, at(5)), (2, 12, at(5)), (3, 10, at(2)), (3, 11, at(3)),
+             (3, 12, at(13)), (3, 20, at(13)), (3, 21, at(14))]).write_parquet(paths.interactions)
+    paths.split.write_text(json.dumps({"label_start": END.isoformat(), "test_start": "2022-03-14"}))
+    user, n_listens, latest = typical_user(paths, latest=2)
+    assert (user, n_listens) == (3, 2)
+    assert latest.columns == ["started_at", "track_id"] and latest["track_id"].to_list() == [11, 10]
+    # equal sizes order by user id (1, 2, then 4); equal started_at by track_seq, the later first
+    listens([(1, 10, at(1)), (1, 11, at(2)), (2, 11, at(5)), (2, 12, at(5)), (4, 10, at(1)), (4, 11, at(1)),
+             (4, 12, at(1))]).write_parquet(paths.interactions)
+    user, n_listens, latest = typical_user(paths)
+    assert (user, n_listens) == (2, 2) and latest["track_id"].to_list() == [12, 11]
 
 
 def test_candidates_outside_the_catalogue_are_refused(tmp_path):

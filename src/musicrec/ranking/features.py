@@ -47,15 +47,19 @@ KEYS = (C.user_id, C.track_id)
 TARGET = "target"
 
 
+def _midnight(day: dt.date) -> pl.Expr:
+    """Midnight of ``day`` as a literal comparable with ``started_at``."""
+    return pl.lit(day).cast(pl.Datetime("ns"))
+
+
 def window_listens(interactions: pl.LazyFrame, window_end: dt.date) -> pl.LazyFrame:
     """The listens strictly before ``window_end``."""
-    end = pl.lit(window_end).cast(pl.Datetime("ns"))
-    return interactions.filter(pl.col(C.started_at) < end)
+    return interactions.filter(pl.col(C.started_at) < _midnight(window_end))
 
 
 def _days_before(end: dt.date, column: pl.Expr) -> pl.Expr:
     """Days (fractional) from ``column`` to the window's end."""
-    return (pl.lit(end).cast(pl.Datetime("ns")) - column).dt.total_seconds() / 86_400.0
+    return (_midnight(end) - column).dt.total_seconds() / 86_400.0
 
 
 def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.date,
@@ -64,7 +68,7 @@ def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.d
 
     Tracks nobody listened to in the window get zero listens and a null age.
     """
-    end = pl.lit(window_end).cast(pl.Datetime("ns"))
+    end = _midnight(window_end)
     recent = end - pl.duration(days=recent_days)
     before = end - pl.duration(days=2 * recent_days)
     started = pl.col(C.started_at)
@@ -132,6 +136,13 @@ def user_features(listens: pl.DataFrame, track_genres: pl.DataFrame, track_artis
     return users, user_genres.select(C.user_id, "genre", "genre_share"), user_artists
 
 
+def candidate_files(folder: Path, counts: dict[str, int]) -> list[tuple[str, int, Path]]:
+    """``(generator, count, list file)`` of the generators in ``counts`` with a positive count
+    whose list exists in ``folder``: the lists the ranking stage merges."""
+    paths = ((name, n, folder / f"{name}.parquet") for name, n in counts.items())
+    return [(name, n, path) for name, n, path in paths if n > 0 and path.is_file()]
+
+
 def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
                      listens: pl.DataFrame) -> pl.DataFrame:
     """The union of the generators' lists for ``users`` (a ``user_id`` frame).
@@ -143,10 +154,7 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
     """
     lo, hi = users.get_column(C.user_id).min(), users.get_column(C.user_id).max()
     parts = []
-    for name, n in counts.items():
-        path = folder / f"{name}.parquet"
-        if n <= 0 or not path.is_file():
-            continue
+    for name, n, path in candidate_files(folder, counts):
         if name == "top_popular":
             top = pl.read_parquet(path).filter(pl.col(C.rank) <= n)
             part = (users.select(C.user_id).join(top, how="cross")
@@ -381,11 +389,8 @@ class FeatureBuilder:
             pair_of, items = self.track_lists[name].of(track_pos)
             table_keys = pair_keys(per_user.get_column(C.user_id).to_numpy(),
                                    per_user.get_column(name).to_numpy())
-            order = np.argsort(table_keys)
-            at = index_of(table_keys[order], pair_keys(row_users[pair_of], items))
-            hit = at >= 0
-            weights = per_user.get_column(value).to_numpy()[order][at[hit]]
-            return np.bincount(pair_of[hit], weights=weights, minlength=len(rows)).astype(np.float32)
+            weights = _lookup(pair_keys(row_users[pair_of], items), table_keys, per_user, [value])[value]
+            return np.bincount(pair_of, weights=weights, minlength=len(rows)).astype(np.float32)
 
         out = (pl.concat([rows.with_columns(
                    genre_affinity=summed("genre", user_genres, "genre_share"),

@@ -11,7 +11,7 @@ group ids; validation users are held out whole.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,8 @@ class SamplingReport:
     sampled_positives: int = 0
 
     def add(self, other: SamplingReport) -> SamplingReport:
-        return SamplingReport(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
-
-    def as_tuple(self) -> tuple[int, ...]:
-        return (self.users, self.users_without_positive, self.rows, self.positives,
-                self.sampled_rows, self.sampled_positives)
+        """The field-by-field sum of two reports."""
+        return SamplingReport(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     @property
     def positive_rate(self) -> float:
@@ -140,6 +137,10 @@ def _pool(rows: pl.DataFrame, features: list[str]):
                 group_id=rows.get_column(C.user_id).to_numpy().astype(np.int64))
 
 
+#: Users and points of the learn curve computed after fitting.
+CURVE_USERS, CURVE_POINTS = 3_000, 50
+
+
 def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> TrainedRanker:
     """Fit CatBoost on labelled rows, early-stopping on held-out users.
 
@@ -182,10 +183,6 @@ def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> Trained
         type="PredictionValuesChange")}).sort("importance", descending=True))
     return TrainedRanker(model, features, config.loss, curves, importance,
                          int(model.get_best_iteration() or 0), len(fit_users), len(valid_users))
-
-
-#: Users and points of the learn curve computed after fitting.
-CURVE_USERS, CURVE_POINTS = 3_000, 50
 
 
 def _curves(metrics: dict, which: str, period: int, trees: int | None = None) -> pl.DataFrame:

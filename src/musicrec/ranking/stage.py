@@ -10,6 +10,7 @@ users first seen in the test window get the top-popular list, marked as such.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -20,9 +21,9 @@ from tqdm import tqdm
 from musicrec.candidates.base import batches
 from musicrec.candidates.stage import window_targets
 from musicrec.config import Profile
-from musicrec.io import ParquetStream, RunPaths
+from musicrec.io import ParquetStream, RunPaths, read_json
 from musicrec.monitor import PeakMemory
-from musicrec.ranking.features import KEYS, FeatureBuilder
+from musicrec.ranking.features import KEYS, FeatureBuilder, candidate_files, window_listens
 from musicrec.ranking.ranker import (
     RECOMMENDATIONS_SCHEMA,
     SamplingReport,
@@ -55,6 +56,11 @@ class StepTimes:
                              "peak_rss_gb": [self.peak_rss_gb[s] for s in self.seconds]})
 
 
+def _of_range(frame: pl.DataFrame, chunk: np.ndarray) -> pl.DataFrame:
+    """The rows of ``frame`` whose user lies between the first and last of ``chunk`` (sorted)."""
+    return frame.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
+
+
 def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
     """Users with a labels-window listen (sorted), or a seeded sample of ``sample`` of them."""
     users = np.unique(targets.get_column(C.user_id).to_numpy())
@@ -79,8 +85,7 @@ def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
                      disable=not progress):
         chunk = users[part]
         rows = builder.batch(chunk)
-        batch_targets = targets.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
-        labelled = label_rows(rows, batch_targets)
+        labelled = label_rows(rows, _of_range(targets, chunk))
         found += int(labelled.get_column("target").sum())
         sampled, batch_report = sample_training_rows(labelled, cfg.negatives_per_user, profile.seed)
         parts.append(sampled)
@@ -89,11 +94,6 @@ def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
     recall = {"users": int(len(users)), "labels_listens": in_sample.height, "found": found,
               "recall": found / in_sample.height if in_sample.height else float("nan")}
     return pl.concat(parts) if parts else pl.DataFrame(), report, recall
-
-
-def cold_users(paths: RunPaths) -> np.ndarray:
-    """Users first seen in the test window, sorted."""
-    return np.unique(window_targets(paths, "test", warm=False).get_column(C.user_id).to_numpy())
 
 
 def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progress: bool = False
@@ -106,8 +106,12 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     """
     cfg = profile.ranking
     builder = FeatureBuilder.for_window(profile, paths, "history+labels")
-    users = builder.window_users()
-    test = window_targets(paths, "test")
+    users = builder.window_users()  # seen before the test window: the warm users
+    # one read of the test window, split here (window_targets' warm/cold split scans the history again)
+    test_all = window_targets(paths, "test", warm=None)
+    test = test_all.join(pl.DataFrame({C.user_id: users}).cast(test_all.schema[C.user_id]), on=C.user_id,
+                         how="semi")
+    cold = np.setdiff1d(test_all.get_column(C.user_id).to_numpy(), users)
     counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
     candidate_rows = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
@@ -118,19 +122,17 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
             candidate_rows += rows.height
             top = top_n_by_score(rows, ranker.predict(rows), cfg.n)
             out.write(top)
-            hits = test.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
+            hits = _of_range(test, chunk)
             counts["candidates"] += rows.join(hits, on=list(KEYS), how="semi").height
             in_top = top.join(hits, on=list(KEYS), how="semi")
             counts["top_10"] += in_top.filter(pl.col(C.rank) <= 10).height
             counts[f"top_{cfg.n}"] += in_top.height
-        cold = cold_users(paths)
         popular = (pl.read_parquet(paths.candidates / "top_popular.parquet")
                    .filter(pl.col(C.rank) <= cfg.n).sort(C.rank))
         for part in batches(len(cold), cfg.batch_users):
             out.write(pl.DataFrame({C.user_id: cold[part]}).join(popular, how="cross")
                       .with_columns(pl.lit("top_popular").alias("source")))
-    warm_test = (test.join(pl.DataFrame({C.user_id: users}).cast(pl.Int32), on=C.user_id, how="semi")
-                 .select(KEYS).unique())  # distinct pairs, as the hits above count them
+    warm_test = test.select(KEYS).unique()  # distinct pairs, as the hits above count them
     return {"warm_users": int(len(users)), "cold_users": int(len(cold)),
             "candidate_rows": candidate_rows, "rows": out.rows,
             "test_listens_of_warm_users": warm_test.height,
@@ -171,10 +173,7 @@ def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -
     final = (pl.scan_parquet(paths.recommendations)
              .filter((pl.col(C.user_id) == user_id) & (pl.col(C.rank) <= k))
              .select(C.rank, C.track_id, C.score).collect().sort(C.rank))
-    for name, n in profile.ranking.candidates.items():
-        path = paths.candidates / f"{name}.parquet"
-        if n <= 0 or not path.is_file():
-            continue
+    for name, n, path in candidate_files(paths.candidates, profile.ranking.candidates):
         ranks = pl.scan_parquet(path)
         if name != "top_popular":
             ranks = ranks.filter(pl.col(C.user_id) == user_id)
@@ -182,6 +181,22 @@ def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -
                  .collect())
         final = final.join(ranks, on=C.track_id, how="left", maintain_order="left")
     return final
+
+
+def typical_user(paths: RunPaths, latest: int = 10) -> tuple[int, int, pl.DataFrame]:
+    """The median user by listens before the test window (ties by user id), for the notebook.
+
+    Returns ``(user_id, listens, latest)``: ``latest`` holds their ``latest`` newest listens as
+    ``started_at, track_id``, newest first. Lazy: at the full scale the history is 200M rows.
+    """
+    test_start = dt.date.fromisoformat(read_json(paths.split)["test_start"])
+    history = window_listens(pl.scan_parquet(paths.interactions), test_start)
+    sizes = history.group_by(C.user_id).len().sort("len", C.user_id).collect(engine="streaming")
+    user, n_listens = sizes.row(sizes.height // 2)
+    recent = (history.filter(pl.col(C.user_id) == user)
+              .sort(C.started_at, C.track_seq, descending=True).head(latest)
+              .select(C.started_at, C.track_id).collect())
+    return user, n_listens, recent
 
 
 def final_against_best(ndcg: pl.DataFrame) -> str:
