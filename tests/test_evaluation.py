@@ -188,6 +188,8 @@ def test_user_segments_on_a_run(tmp_path):
     seg = dict(user_segments(paths).iter_rows())
     # six lengths 1..6: bounds at floor(5/3) = 1 -> 2 and floor(10/3) = 3 -> 4
     assert seg == {1: "light", 2: "light", 3: "medium", 4: "medium", 5: "heavy", 6: "heavy", 7: "cold"}
+    # the test window already read gives the same segments
+    assert user_segments(paths, ev.held_out_listens(paths)).equals(user_segments(paths))
 
 
 # --------------------------------------------------------------------------- model lists
@@ -221,6 +223,9 @@ def test_model_lists_top_popular_per_user(tmp_path):
     als = lists["personal_als"].sort(["user_id", "rank"])
     assert als.rows() == [(1, 2, 1), (1, 3, 2), (1, 4, 3), (2, 8, 1), (2, 5, 2)]
     assert sorted(lists["final"].rows()) == [(1, 3, 2), (1, 4, 1), (2, 5, 1), (3, 6, 1)]  # the ranker's rows
+    # the popularity table computed once and passed in gives the same lists
+    given = model_lists(paths, k_max=3, listeners=ev.popularity(paths))
+    assert all(given[name].collect().equals(frame) for name, frame in lists.items())
 
 
 # --------------------------------------------------------------------------- paired comparison
@@ -258,7 +263,7 @@ def test_paired_comparison_identical_and_worse():
     assert extra["n_users"] == 4 and extra["diff"] == pytest.approx(-0.9 / 4)
 
 
-def test_compare_final_against_the_best_generator():
+def test_compare_final_against_the_best_generator(tmp_path):
     # four users, each with one test listen; final lists it first, ALS second, random never.
     # ndcg@10: final 1, ALS 1/log2(3) for every user -> difference 1 - 0.6309 = 0.3691 exactly;
     # recall@10: 1 for both -> no difference
@@ -276,6 +281,19 @@ def test_compare_final_against_the_best_generator():
     assert ndcg["lower"] == pytest.approx(1 - 1 / L3)
     assert ndcg["verdict"].startswith("final beats personal_als")
     assert recall["diff"] == 0.0 and recall["verdict"].startswith("no significant difference")
+    # what the report's index page reads back: the rows and their verdicts
+    paths = RunPaths(tmp_path, "t")
+    written = json.loads(ev.write_comparison(table, paths).read_text())
+    assert written["verdicts"] == table.get_column("verdict").to_list()
+    assert [r["model_b"] for r in written["comparison"]] == ["personal_als", "personal_als"]
+
+
+def test_metric_at_one_metric_on_one_segment_best_first():
+    rows = [("a", 10, "ndcg", "all", 0.1), ("b", 10, "ndcg", "all", 0.3), ("c", 10, "ndcg", "all", 0.2),
+            ("b", 5, "ndcg", "all", 0.9), ("b", 10, "recall", "all", 0.9), ("b", 10, "ndcg", "heavy", 0.9)]
+    frame = pl.DataFrame(rows, schema=["model", "k", "metric", "segment", "value"], orient="row")
+    assert ev.metric_at(frame, "ndcg", 10).get_column("model").to_list() == ["b", "c", "a"]
+    assert ev.metric_at(frame, "ndcg", 10, segment="heavy").get_column("value").to_list() == [0.9]
 
 
 # --------------------------------------------------------------------------- sampled protocol

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from musicrec.results import END, START, results_table, update_readme
+from musicrec.results import END, START, interval_cell, results_table, update_readme
 
 
 def write_metrics(root, run: str, rows: list[tuple[str, str, int, str, float, float | None, float | None]]):
@@ -29,6 +29,13 @@ def test_table_has_a_row_per_model_and_a_column_per_run_and_metric(tmp_path):
     assert lines[2] == "| final | 0.250 [0.200, 0.300] | 0.125 [0.100, 0.150] | 0.500 |  |"
     assert lines[3] == "| random | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] |  |  |"
     assert len(lines) == 4
+
+
+def test_interval_cell():
+    assert interval_cell(0.25, 0.2, 0.3) == "0.250 [0.200, 0.300]"
+    assert interval_cell(0.25, 0.2, 0.3, digits=4) == "0.2500 [0.2000, 0.3000]"
+    assert interval_cell(0.25, None, None) == "0.250"  # coverage: no interval
+    assert interval_cell(None, None, None) == ""  # a NaN metric, null in metrics.json
 
 
 def test_missing_run_is_named(tmp_path):

@@ -64,6 +64,9 @@ SEGMENT_ORDER = (ALL, LIGHT, MEDIUM, HEAVY, COLD)
 #: Columns of :func:`evaluate_models` (and of ``metrics.parquet``).
 METRICS_SCHEMA = {"model": pl.Utf8, "k": pl.Int32, "metric": pl.Utf8, "segment": pl.Utf8,
                   "value": pl.Float64, "lower": pl.Float64, "upper": pl.Float64}
+#: The ranking metrics of :func:`evaluate_models`, by name, in the order the tables show them.
+RANKING_METRICS: dict[str, type[RankingMetric]] = {
+    cls.name: cls for cls in (Precision, Recall, NDCG, MAP, HitRate)}
 
 ListsLike = pl.DataFrame | pl.LazyFrame
 
@@ -120,33 +123,42 @@ def cold_lists(paths: RunPaths) -> pl.LazyFrame:
 # --------------------------------------------------------------------------- the lists
 
 
-def _user_lists(path: Path, users: pl.DataFrame, k_max: int, source: str | None = None) -> pl.LazyFrame:
-    lf = pl.scan_parquet(path)
-    if source is not None:
-        lf = lf.filter(pl.col("source") == source)
-    return (lf.filter(pl.col(C.rank) <= k_max)
+def _cut_lists(lists: ListsLike, users: pl.DataFrame, k_max: int) -> pl.LazyFrame:
+    """``user_id, track_id, rank`` (Int32) of ``users``, ranks up to ``k_max``."""
+    return (lists.lazy().filter(pl.col(C.rank) <= k_max)
             .join(users.lazy(), on=C.user_id, how="semi")
             .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
                     pl.col(C.rank).cast(pl.Int32)))
 
 
-def popular_order(paths: RunPaths) -> pl.DataFrame:
+def _user_lists(path: Path, users: pl.DataFrame, k_max: int, source: str | None = None) -> pl.LazyFrame:
+    lf = pl.scan_parquet(path)
+    if source is not None:
+        lf = lf.filter(pl.col("source") == source)
+    return _cut_lists(lf, users, k_max)
+
+
+def popular_order(paths: RunPaths, listeners: pl.DataFrame | None = None) -> pl.DataFrame:
     """``track_id, position``: the global top-popular order, over the whole catalogue.
 
     The tracks of ``candidates/top_popular.parquet`` come first, in their rank order;
     the rest of the catalogue follows by distinct listeners before ``test_start``
     (ties by track id), so that a per-user list never runs short however many of the
-    top tracks the user has heard.
+    top tracks the user has heard. ``listeners``: :func:`popularity` when already
+    computed, else computed here.
     """
     head = (pl.read_parquet(paths.candidates / "top_popular.parquet", columns=[C.track_id, C.rank])
             .sort([C.rank, C.track_id]).get_column(C.track_id).cast(pl.Int32))
-    rest = popularity(paths).filter(~pl.col(C.track_id).is_in(head.implode())).get_column(C.track_id)
+    if listeners is None:
+        listeners = popularity(paths)
+    rest = listeners.filter(~pl.col(C.track_id).is_in(head.implode())).get_column(C.track_id)
     order = pl.concat([head, rest.cast(pl.Int32)])
     return pl.DataFrame({C.track_id: order, "position": pl.int_range(1, len(order) + 1, eager=True)
                          .cast(pl.Int32)})
 
 
-def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int) -> pl.LazyFrame:
+def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int,
+                      listeners: pl.DataFrame | None = None) -> pl.LazyFrame:
     """The global top-popular list made per user: heard tracks removed, ranks recomputed.
 
     Heard = listened before ``test_start``. For each user only the first ``k_max + c``
@@ -161,7 +173,7 @@ def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: 
     ``user_id, track_id, rank`` (rank 1..k_max per user, sorted by user and rank).
     """
     users_df = _users_frame(users)
-    order = popular_order(paths)
+    order = popular_order(paths, listeners)
     n_catalogue = order.height
     heard_positions = (history_pairs(paths).join(users_df.lazy(), on=C.user_id, how="semi")
                        .join(order.lazy(), on=C.track_id)
@@ -190,22 +202,22 @@ def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: 
             .sort([C.user_id, C.rank]))
 
 
-def model_lists(paths: RunPaths, k_max: int, users: pl.Series | Iterable[int] | None = None
-                ) -> dict[str, pl.LazyFrame]:
+def model_lists(paths: RunPaths, k_max: int, users: pl.Series | Iterable[int] | None = None,
+                listeners: pl.DataFrame | None = None) -> dict[str, pl.LazyFrame]:
     """Every model's top ``k_max`` for the warm users: ``{model: user_id, track_id, rank}``.
 
     Models: ``random``, ``top_popular`` (:func:`top_popular_lists`), ``personal_als``,
     ``i2i_history``, ``content`` and ``audio`` (when their files exist; every generator
     fitted on history + labels, heard tracks already excluded) and ``final`` (the
     ranker's rows of ``recommendations.parquet``). ``users`` defaults to the warm users
-    with a test listen (those the metrics average over). Frames are lazy; collect one
-    at a time at full scale.
+    with a test listen (those the metrics average over); ``listeners``: :func:`popularity`,
+    when already computed. Frames are lazy; collect one at a time at full scale.
     """
     users_df = _users_frame(warm_test_users(paths) if users is None else users)
     out: dict[str, pl.LazyFrame] = {}
     for name in GENERATORS:
         if name == "top_popular":
-            out[name] = top_popular_lists(paths, users_df.get_column(C.user_id), k_max)
+            out[name] = top_popular_lists(paths, users_df.get_column(C.user_id), k_max, listeners)
         elif (paths.candidates / f"{name}.parquet").is_file():
             out[name] = _user_lists(paths.candidates / f"{name}.parquet", users_df, k_max)
     out["final"] = _user_lists(paths.recommendations, users_df, k_max, source="ranker")
@@ -245,7 +257,7 @@ def _top_k_dense(users: np.ndarray, tracks: np.ndarray, scores: np.ndarray, k: i
 def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int = 100,
                  candidate_pool: Mapping[str, ListsLike] | None = None, n_popular: int = 1000,
                  max_exact_pairs: int = 500_000_000, batch_pairs: int = 2_000_000,
-                 block_users: int = 10_000) -> pl.DataFrame | None:
+                 block_users: int = 10_000, listeners: pl.DataFrame | None = None) -> pl.DataFrame | None:
     """Each user's top ``k_max`` unheard tracks by the synthetic generator's true preference.
 
     The ceiling of what a recommender could know (the probability that a draw of the user
@@ -264,7 +276,8 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     true preference than the exact ones (on the default profile the pooled top 10 held
     94% of the exact top 10, and its NDCG@10 was 0.248 against 0.270). Users are scored
     in blocks of ``block_users`` (one read of their history each) and batches of at most
-    ``batch_pairs`` (user, track) pairs, so memory stays bounded.
+    ``batch_pairs`` (user, track) pairs, so memory stays bounded. ``listeners``:
+    :func:`popularity`, when already computed.
 
     Note that true preference is the stationary probability of a streak start: it
     knows nothing of time, so it is the ceiling of a static model, not of every metric
@@ -284,7 +297,9 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     exact = len(user_ids) * len(catalogue) <= max_exact_pairs
     if not exact:
         sources = dict(candidate_pool) if candidate_pool is not None else _candidate_pool_sources(paths)
-        popular = popularity(paths).head(n_popular).get_column(C.track_id).cast(pl.Int32)
+        if listeners is None:
+            listeners = popularity(paths)
+        popular = listeners.head(n_popular).get_column(C.track_id).cast(pl.Int32)
     parts: list[pl.DataFrame] = []
     for lo in range(0, len(user_ids), block_users):
         block = user_ids[lo:lo + block_users]
@@ -319,8 +334,8 @@ def _oracle_exact(oracle: Path, block: np.ndarray, catalogue: np.ndarray, heard:
         scores = score(oracle, np.repeat(users, len(catalogue)), np.tile(catalogue, len(users)))
         scores = np.asarray(scores, dtype=np.float64).reshape(len(users), len(catalogue))
         inside = (heard_user >= users[0]) & (heard_user <= users[-1])
-        rows = np.searchsorted(users, heard_user[inside])
-        known = users[np.minimum(rows, len(users) - 1)] == heard_user[inside]
+        rows = index_of(users, heard_user[inside])
+        known = rows >= 0
         scores[rows[known], heard_col[inside][known]] = -np.inf
         parts.append(_top_k_dense(users, catalogue, scores, k))
     return parts
@@ -372,18 +387,22 @@ def history_terciles(history: pl.DataFrame) -> pl.DataFrame:
     return history.select(pl.col(C.user_id).cast(pl.Int32), segment.alias("segment"))
 
 
-def user_segments(paths: RunPaths) -> pl.DataFrame:
+def user_segments(paths: RunPaths, test: pl.DataFrame | None = None) -> pl.DataFrame:
     """``user_id, segment`` for every test user: history-length terciles of the warm users, and cold.
 
     Warm users (seen before ``test_start``, with a test listen) are split by their
     number of listens before ``test_start`` (:func:`history_terciles`); users first seen
     in the test window are ``cold``. The ``all`` segment (every warm user) is added by
-    :func:`evaluate_models`.
+    :func:`evaluate_models`. ``test``: the test window's listens when already read
+    (:func:`held_out_listens`), else read here.
     """
-    warm = warm_test_users(paths)
-    history = (history_pairs(paths).join(pl.DataFrame({C.user_id: warm}).lazy(), on=C.user_id, how="semi")
+    if test is None:
+        test = held_out_listens(paths)
+    test_users = pl.DataFrame({C.user_id: test.get_column(C.user_id).unique()})
+    history = (history_pairs(paths).join(test_users.lazy(), on=C.user_id, how="semi")
                .group_by(C.user_id).agg(pl.len().alias("n_history")).collect(engine="streaming"))
-    cold = window_targets(paths, "test", warm=False).get_column(C.user_id).unique()
+    # a test user with no listen before test_start is cold
+    cold = test_users.join(history, on=C.user_id, how="anti").get_column(C.user_id)
     return pl.concat([
         history_terciles(history),
         pl.DataFrame({C.user_id: cold.cast(pl.Int32)}).with_columns(
@@ -395,11 +414,7 @@ def user_segments(paths: RunPaths) -> pl.DataFrame:
 
 
 def _collect_lists(lists: ListsLike, users: pl.DataFrame, max_k: int) -> pl.DataFrame:
-    return (lists.lazy().filter(pl.col(C.rank) <= max_k)
-            .join(users.lazy(), on=C.user_id, how="semi")
-            .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
-                    pl.col(C.rank).cast(pl.Int32))
-            .collect(engine="streaming"))
+    return _cut_lists(lists, users, max_k).collect(engine="streaming")
 
 
 def _segment_order(names: Iterable[str]) -> list[str]:
@@ -487,7 +502,7 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         for name in _segment_order(warm.get_column("segment").unique()) if name != ALL}
     cold_users = with_test.filter(pl.col("segment") == COLD).get_column(C.user_id).sort()
 
-    ranking: list[RankingMetric] = [cls(k) for k in ks for cls in (Precision, Recall, NDCG, MAP, HitRate)]
+    ranking: list[RankingMetric] = [cls(k) for k in ks for cls in RANKING_METRICS.values()]
     if n_items is None and tracks is not None:
         n_items = tracks.height
     beyond: list[ListMetric] = []
@@ -527,6 +542,12 @@ def sort_metrics(frame: pl.DataFrame) -> pl.DataFrame:
                                position("segment", segments).alias("_s"),
                                position("metric", metrics).alias("_x"))
             .sort(["_m", "_s", "_x", "k"]).drop("_m", "_s", "_x"))
+
+
+def metric_at(frame: pl.DataFrame, metric: str, k: int = 10, segment: str = ALL) -> pl.DataFrame:
+    """The rows of one ``metric@k`` on ``segment`` of an :func:`evaluate_models` table, best first."""
+    return (frame.filter((pl.col("segment") == segment) & (pl.col("metric") == metric) & (pl.col("k") == k))
+            .sort("value", descending=True))
 
 
 def headline(frame: pl.DataFrame, k: int = 10, segment: str = ALL,
@@ -616,8 +637,7 @@ def compare_final(lists: Mapping[str, ListsLike], test: pl.DataFrame, results: p
     if users is None:
         users = test.get_column(C.user_id)
     users_df = _users_frame(users)
-    classes = {"precision": Precision, "recall": Recall, "ndcg": NDCG, "map": MAP, "hitrate": HitRate}
-    metric_objects = [classes[m](k) for m in metrics]
+    metric_objects = [RANKING_METRICS[m](k) for m in metrics]
     test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
     per_model = {name: evaluate_per_user(_collect_lists(lists[name], users_df, k), test, metric_objects,
                                          users=users_df.get_column(C.user_id))
@@ -657,8 +677,7 @@ def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray
             break
         drawn = tracks[rng.integers(0, len(tracks), size=(len(todo), width))].astype(np.int64)
         keys = pair_keys(np.repeat(users[todo], width).reshape(len(todo), width), drawn)
-        at = np.minimum(np.searchsorted(heard_keys, keys), max(len(heard_keys) - 1, 0))
-        valid = heard_keys[at] != keys if len(heard_keys) else np.ones(keys.shape, dtype=bool)
+        valid = index_of(heard_keys, keys) < 0
         # a track drawn twice for one row: keep its first draw
         order = np.argsort(drawn, axis=1, kind="stable")
         in_order = np.take_along_axis(drawn, order, axis=1)
@@ -673,9 +692,7 @@ def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray
         todo, width = todo[~enough], width * 2
     if len(todo):  # users who heard almost everything: every unheard track, as many as there are
         for row in todo:  # a handful of rows at most, after max_rounds doublings
-            keys = pair_keys(np.full(len(tracks), users[row]), tracks)
-            at = np.minimum(np.searchsorted(heard_keys, keys), max(len(heard_keys) - 1, 0))
-            free = tracks[heard_keys[at] != keys] if len(heard_keys) else tracks
+            free = tracks[index_of(heard_keys, pair_keys(np.full(len(tracks), users[row]), tracks)) < 0]
             free = rng.permutation(free)[:n_negatives]
             out[row, :len(free)] = free
     return out
@@ -829,6 +846,14 @@ def write_metrics(frame: pl.DataFrame, paths: RunPaths) -> tuple[Path, Path]:
             for row in frame.iter_rows(named=True)]
     return (write_parquet(frame, paths.outputs / "metrics.parquet"),
             write_json(rows, paths.outputs / "metrics.json"))
+
+
+def write_comparison(comparison: pl.DataFrame, paths: RunPaths) -> Path:
+    """Write ``outputs/<run>/evaluation.json``: :func:`compare_final`'s rows and their verdicts
+    (the report's index page lists the verdicts)."""
+    verdicts = comparison.get_column("verdict").to_list()
+    return write_json({"comparison": comparison.to_dicts(), "verdicts": verdicts},
+                      paths.outputs / "evaluation.json")
 
 
 # --------------------------------------------------------------------------- figures' data

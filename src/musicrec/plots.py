@@ -165,17 +165,22 @@ def learning_curves(curves: pl.DataFrame, best_iteration: int | None = None):
     return fig
 
 
+def _error_bars(frame: pl.DataFrame, value: str, low: str, high: str) -> np.ndarray:
+    """``xerr`` of ``barh``: from ``value`` down to ``low`` and up to ``high`` (0 where missing)."""
+    def column(name: str) -> np.ndarray:
+        return frame.get_column(name).fill_null(np.nan).to_numpy()
+
+    y = column(value)
+    return np.nan_to_num(np.vstack([y - column(low), column(high) - y]))
+
+
 def metric_bars(values: pl.DataFrame, label: str, value: str, title: str, highlight: str | None = None):
     """Bars of ``value`` by ``label`` with the ``lower``/``upper`` interval where present."""
     fig, ax = plt.subplots(figsize=(7, 0.4 * values.height + 1.3))
     y = values.get_column(value).to_numpy()
     names = values.get_column(label).to_list()
     colours = ["#dd8452" if n == highlight else "#4c72b0" for n in names]
-    err = None
-    if {"lower", "upper"} <= set(values.columns):
-        low = values.get_column("lower").fill_null(np.nan).to_numpy()
-        high = values.get_column("upper").fill_null(np.nan).to_numpy()
-        err = np.nan_to_num(np.vstack([y - low, high - y]))
+    err = _error_bars(values, value, "lower", "upper") if {"lower", "upper"} <= set(values.columns) else None
     ax.barh(names, y, xerr=err, color=colours, capsize=3)
     ax.invert_yaxis()
     ax.set_xlabel(value)
@@ -266,8 +271,7 @@ def ab_success(table: pl.DataFrame, title: str = "A/B replay: success by variant
               ("user_success_rate", "user_lower", "user_upper", "users with a successful list"))
     for ax, (value, low, high, label) in zip(axes, panels, strict=True):
         y = table.get_column(value).fill_null(np.nan).to_numpy()
-        err = np.nan_to_num(np.vstack([y - table.get_column(low).fill_null(np.nan).to_numpy(),
-                                       table.get_column(high).fill_null(np.nan).to_numpy() - y]))
+        err = _error_bars(table, value, low, high)
         ax.barh(names, np.nan_to_num(y), xerr=err, color=colours, capsize=4)
         for i, v in enumerate(y):
             if not np.isnan(v):

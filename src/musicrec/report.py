@@ -10,6 +10,7 @@ import yaml
 
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
+from musicrec.results import interval_cell
 
 STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates",
                 "04_ranking": "Ranking", "05_evaluation": "Evaluation",
@@ -84,8 +85,8 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
     for r in read_json(paths.outputs / "metrics.json"):
         if r["segment"] != "all" or r["k"] != k or r["metric"] not in metrics or r["value"] is None:
             continue
-        interval = "" if r["lower"] is None else f" [{r['lower']:.4f}, {r['upper']:.4f}]"
-        cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = f"{r['value']:.4f}{interval}"
+        cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = interval_cell(
+            r["value"], r["lower"], r["upper"], digits=4)
         if r["metric"] == "ndcg":
             ndcg[r["model"]] = r["value"]
     return [{"model": model, **{f"{m}@{k}": cells[model].get(f"{m}@{k}", "") for m in metrics}}

@@ -17,6 +17,15 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 HEADLINE = (("ndcg", 10), ("recall", 10))
 
 
+def interval_cell(value: float | None, lower: float | None, upper: float | None, digits: int = 3) -> str:
+    """``value [lower, upper]`` with ``digits`` decimals; no interval when ``lower`` is missing, ``""`` when
+    ``value`` is (a NaN metric is ``null`` in ``metrics.json``)."""
+    if value is None:
+        return ""
+    interval = "" if lower is None else f" [{lower:.{digits}f}, {upper:.{digits}f}]"
+    return f"{value:.{digits}f}{interval}"
+
+
 def run_metrics(root: Path, run: str) -> pl.DataFrame:
     """One run's metrics (segment ``all``), or a clear error naming the missing file."""
     path = Path(root) / "outputs" / run / "metrics.json"
@@ -33,9 +42,8 @@ def results_table(runs: list[str], root: str | Path = ".") -> str:
         for metric, k in HEADLINE:
             part = frame.filter((pl.col("metric") == metric) & (pl.col("k") == k))
             for row in part.iter_rows(named=True):
-                interval = ("" if row["lower"] is None else
-                            f" [{row['lower']:.3f}, {row['upper']:.3f}]")
-                cells.setdefault(row["model"], {})[f"{run} {metric}@{k}"] = f"{row['value']:.3f}{interval}"
+                cells.setdefault(row["model"], {})[f"{run} {metric}@{k}"] = interval_cell(
+                    row["value"], row["lower"], row["upper"])
     columns = [f"{run} {metric}@{k}" for run in runs for metric, k in HEADLINE]
     order = sorted(cells, key=lambda m: (m != "oracle", m != "final", m))
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
