@@ -113,8 +113,14 @@ test: $(READY) ## set up if needed, then the whole test suite (with an end-to-en
 lint: $(READY) ## ruff over the package, tests and notebooks
 	$(VENV)/bin/ruff check .
 
-bench: $(READY) ## run the profile's stages afresh; wall time and peak memory to outputs/<run>/bench.json
+bench: $(READY) ## run the profile's stages afresh; time and peak memory per stage and step to outputs/<run>/bench.json
 	$(PY) -m musicrec bench --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(STAGES),--stages $(STAGES))
+
+# the runs to compare, smallest first; a run without outputs/<run>/bench.json is left out with a note
+BENCH_RUNS ?= default scale10 full
+.PHONY: bench-readme
+bench-readme: $(READY) ## rewrite the README's benchmark tables from outputs/<run>/bench.json (BENCH_RUNS)
+	$(PY) -m musicrec bench-tables $(BENCH_RUNS)
 
 always:
 

@@ -6,7 +6,9 @@
                           and records its wall time and peak memory. NAME is a pipeline
                           stage (STAGES) or an on-demand one (ON_DEMAND: the A/B replay).
 ``musicrec report``       renders the executed notebooks to HTML with an index page.
-``musicrec bench``        runs stages afresh and writes ``outputs/<run>/bench.json``.
+``musicrec bench``        runs stages afresh and writes ``outputs/<run>/bench.json`` (each
+                          stage and each of its notebook's steps: see ``musicrec.bench``).
+``musicrec bench-tables RUN..`` rewrites the README's benchmark tables from the runs' bench.json.
 ``musicrec run-name``     prints the run name of a profile.
 ``musicrec results RUN..`` rewrites the README's results table from the runs' metrics.
 
@@ -22,7 +24,7 @@ import datetime as dt
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class StageRun:
     seconds: float
     peak_rss_mb: float
     notebook: Path
+    steps: list[dict] = field(default_factory=list)  # the notebook's cells: musicrec.bench.notebook_steps
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "seconds": round(self.seconds, 2),
@@ -130,7 +133,7 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
                   "root": str(root), **notebook_parameters(source, overrides or {})}
     log = paths.notebooks / f"{stage}.log"
     start = time.perf_counter()
-    with PeakMemory(children=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
+    with PeakMemory(children=True, timeline=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
         try:
             pm.execute_notebook(
                 str(source), str(tmp), parameters=parameters, kernel_name=_kernel_name(),
@@ -152,7 +155,10 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
                 f"{psutil.virtual_memory().total / 2**30:.0f} GB). Kernel log: {log}"
             ) from None
     failed.unlink(missing_ok=True)
-    run = StageRun(stage, time.perf_counter() - start, memory.peak / 2**20, target)
+    from musicrec.bench import notebook_steps
+
+    run = StageRun(stage, time.perf_counter() - start, memory.peak / 2**20, target,
+                   notebook_steps(target, memory.timeline))
     timings = read_json(paths.timings) if paths.timings.is_file() else {}
     timings[stage] = run.as_dict()
     write_json(timings, paths.timings)
@@ -192,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
     bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES + ON_DEMAND)
     sub.add_parser("run-name", parents=[common], help="print the profile's run name")
+    tables = sub.add_parser("bench-tables", help="rewrite the README's benchmark tables from bench.json")
+    tables.add_argument("runs", nargs="+", help="run names (outputs/<run>/bench.json), smallest first")
+    tables.add_argument("--readme", default="README.md")
+    tables.add_argument("--root", default=".")
+    tables.add_argument("--print", dest="stdout", action="store_true",
+                        help="print the tables instead of rewriting the README")
     results = sub.add_parser("results", help="rewrite the README's results table from runs' metrics.json")
     results.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.json)")
     results.add_argument("--readme", default="README.md")
@@ -220,39 +232,34 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"results: {update_readme(args.readme, results_table(args.runs, args.root))}")
         elif args.command == "bench":
+            from musicrec.bench import write_bench
+
+            profile = load_profile(args.params, args.data_path or None)
+            paths = RunPaths.for_profile(profile, args.root)
             rows = []
             for name in args.stages:
                 print(f"bench: running {name} ...", flush=True)
-                rows.append(run_stage(name, args.params, args.data_path or None,
-                                      args.root).as_dict())
-            profile = load_profile(args.params, args.data_path or None)
-            paths = RunPaths.for_profile(profile, args.root)
-            machine = {"cpus": psutil.cpu_count(), "memory_gb": round(
-                psutil.virtual_memory().total / 2**30, 1)}
-            # Stages benched in an earlier call keep their rows (each row says when it ran),
-            # so a long profile can be benched a stage at a time.
-            bench_file = paths.outputs / "bench.json"
-            earlier = read_json(bench_file) if bench_file.is_file() else {}
-            rerun = {row["stage"] for row in rows}
-            rows = sorted([r for r in earlier.get("stages", []) if r["stage"] not in rerun] + rows,
-                          key=lambda r: r["stage"])
-            generators = [run for folder in (paths.candidates / "history", paths.candidates)
-                          if "03_candidates" in args.stages and (folder / "runs.json").is_file()
-                          for run in read_json(folder / "runs.json")]
-            if "03_candidates" not in args.stages:
-                generators = earlier.get("generators", [])
-            ranking_steps = earlier.get("ranking_steps", [])
-            if "04_ranking" in args.stages and (paths.ranking / "summary.json").is_file():
-                ranking_steps = read_json(paths.ranking / "summary.json")["steps"]
-            write_json({"profile": str(args.params), "machine": machine, "stages": rows,
-                        "generators": generators, "ranking_steps": ranking_steps}, bench_file)
-            _print_table(rows)
-            _print_generators(generators)
-            if ranking_steps:
+                run = run_stage(name, args.params, args.data_path or None, args.root)
+                rows.append({**run.as_dict(), "steps": run.steps})
+            bench = write_bench(paths, str(args.params), rows)
+            _print_table(bench["stages"])
+            _print_generators(bench["generators"])
+            if bench["ranking_steps"]:
                 print(f"\n{'ranking step':<16}{'wall time':>12}{'peak RSS':>12}")
-                for r in ranking_steps:
+                for r in bench["ranking_steps"]:
                     print(f"{r['step']:<16}{r['seconds']:>10.1f} s{r['peak_rss_gb']:>9.2f} GB")
             print(f"bench: {paths.outputs / 'bench.json'}")
+        elif args.command == "bench-tables":
+            from musicrec.bench import END as BENCH_END
+            from musicrec.bench import START as BENCH_START
+            from musicrec.bench import bench_tables
+            from musicrec.results import update_readme
+
+            text = bench_tables(args.runs, args.root)
+            if args.stdout:
+                print(text)
+            else:
+                print(f"bench-tables: {update_readme(args.readme, text, BENCH_START, BENCH_END)}")
     except (ProfileError, StageError, FileNotFoundError, ValueError) as exc:
         print(f"musicrec {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -52,14 +52,15 @@ def results_table(runs: list[str], root: str | Path = ".") -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, table: str) -> Path:
-    """Replace the block between the results markers of ``readme`` with ``table``."""
+def update_readme(readme: str | Path, table: str, start: str = START, end: str = END) -> Path:
+    """Replace the block between the ``start`` and ``end`` markers of ``readme`` (the results
+    markers by default) with ``table``; the rest of the file is kept byte for byte."""
     readme = Path(readme)
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme}: no {START} ... {END} block to replace")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    if start not in text or end not in text.split(start, 1)[1]:
+        raise ValueError(f"{readme}: no {start} ... {end} block to replace")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     with atomic_path(readme) as tmp:
-        tmp.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+        tmp.write_text(f"{head}{start}\n{table}\n{end}{tail}")
     return readme
