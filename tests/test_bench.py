@@ -241,6 +241,18 @@ def test_steps_table_lists_only_slow_steps_and_the_generators(two_runs):
     assert "| random | history | 0.0 s | 12 s | 0.0 s | 1.5 GB |" in small
 
 
+def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_runs):
+    write_run(two_runs, "old", 0, [{"stage": "01_data", "seconds": 5, "peak_rss_mb": 50}])
+    bench = two_runs / "outputs" / "old" / "bench.json"
+    bench.write_text(json.dumps({k: v for k, v in json.loads(bench.read_text()).items() if k != "size"}))
+    data = two_runs / "data" / "old"
+    data.mkdir(parents=True)
+    (data / "summary.json").write_text(json.dumps({"rows": 100_000, "users": 7, "tracks": 3}))
+    text = bench_tables(["old", "small"], two_runs)
+    assert "| data | 5.0 s, 50 MB | 10 s, 100 MB | time ×2.0, memory ×2.0 |" in text
+    assert "**old**: 100k listens, 7 users, 3 tracks" in text
+
+
 def test_missing_runs_are_left_out_with_a_note(two_runs):
     text = bench_tables(["small", "medium", "big", "huge"], two_runs)
     assert text.splitlines()[0] == ("No `bench.json` yet for `medium`, `huge` "

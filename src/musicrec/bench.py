@@ -185,12 +185,17 @@ def per_10x(before: float, after: float, listens_before: float, listens_after: f
 
 
 def load_benches(runs: Iterable[str], root: str | Path = ".") -> tuple[dict[str, dict], list[str]]:
-    """The runs' ``bench.json`` by run, and the runs that have none."""
+    """The runs' ``bench.json`` by run, and the runs that have none.
+
+    A record written before sizes were kept takes its size from the run's data folder.
+    """
     found, missing = {}, []
     for run in runs:
         path = Path(root) / "outputs" / run / "bench.json"
         if path.is_file():
-            found[run] = read_json(path)
+            found[run] = bench = read_json(path)
+            if not bench.get("size"):
+                bench["size"] = profile_size(RunPaths(Path(root).resolve(), run))
         else:
             missing.append(run)
     return found, missing
