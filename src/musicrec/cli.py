@@ -171,6 +171,15 @@ def _print_table(rows: list[dict]) -> None:
         print(f"{r['stage']:<12}{r['seconds']:>10.1f} s{r['peak_rss_mb'] / 1024:>11.2f} GB")
 
 
+def _print_steps(steps: list[dict]) -> None:
+    if not steps:
+        return
+    print(f"\n{'stage':<15}{'step':<50}{'wall time':>11}{'peak RSS':>11}")
+    for s in steps:
+        peak = "" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb'] / 1024:.2f} GB"
+        print(f"{s['stage']:<15}{s['step'][:48]:<50}{s['seconds']:>9.1f} s{peak:>11}")
+
+
 def _print_generators(runs: list[dict]) -> None:
     if not runs:
         return
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"results: {update_readme(args.readme, results_table(args.runs, args.root))}")
         elif args.command == "bench":
-            from musicrec.bench import write_bench
+            from musicrec.bench import slow_steps, write_bench
 
             profile = load_profile(args.params, args.data_path or None)
             paths = RunPaths.for_profile(profile, args.root)
@@ -241,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: running {name} ...", flush=True)
                 run = run_stage(name, args.params, args.data_path or None, args.root)
                 rows.append({**run.as_dict(), "steps": run.steps})
-            bench = write_bench(paths, str(args.params), rows)
+                # recorded after every stage: a long run that fails later keeps what it measured
+                bench = write_bench(paths, str(args.params), rows)
             _print_table(bench["stages"])
+            _print_steps(slow_steps({"stages": rows}))
             _print_generators(bench["generators"])
             if bench["ranking_steps"]:
                 print(f"\n{'ranking step':<16}{'wall time':>12}{'peak RSS':>12}")
