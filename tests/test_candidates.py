@@ -175,3 +175,101 @@ def test_als_confidence_values_log_and_half_life():
     decayed = AlsGenerator(AlsConfig(half_life_days=5)).confidence_matrix(data).toarray()
     # 10 days old with a 5-day half-life: a quarter of its weight
     assert decayed[0] == pytest.approx([3.0 * 0.25, 1.0])
+
+
+def grown(data: FitData, new_users: int = 6, seed: int = 9) -> FitData:
+    """``data`` plus a later window: new listens of old users and a few new users (same blocks)."""
+    rng = np.random.default_rng(seed)
+    pairs = [(int(u), 100 + int(t)) for u, t in zip(data.interactions["user_id"],
+                                                     data.interactions["track_id"] - 100, strict=True)]
+    for u in range(60 + new_users):
+        block = 0 if u < 30 or 60 <= u < 63 else 1
+        heard = {t for uu, t in pairs if uu == u}
+        fresh = [100 + block * 20 + int(t) for t in rng.permutation(20)]
+        pairs += [(u, t) for t in fresh if t not in heard][:3]
+    return FitData.build(frame(pairs), data.tracks)
+
+
+@pytest.mark.parametrize("refit", ["warm", "users"])
+def test_als_refit_starts_from_the_history_model(refit):
+    history = block_data()
+    later = grown(history)
+    cfg = AlsConfig(factors=2, iterations=30, regularization=0.01, alpha=10.0, refit=refit, warm_iterations=2)
+    old = AlsGenerator(cfg, seed=1).fit(history)
+    new = AlsGenerator(cfg, seed=1).fit(later, previous=old)
+    assert new.model.user_factors.shape == (len(later.user_ids), 2)
+    if refit == "users":
+        # item factors kept; each user's factors solved once against them
+        assert np.array_equal(new.model.item_factors, old.model.item_factors)
+        expected = old.model.recalculate_user(np.arange(len(later.user_ids)),
+                                              new.confidence_matrix(later))
+        assert np.allclose(new.model.user_factors, expected, atol=1e-5)
+    else:
+        assert not np.array_equal(new.model.item_factors, old.model.item_factors)
+    # the refitted model still finds the blocks, new users (60..65) included
+    rows = np.arange(len(later.user_ids))
+    cols, _ = new.recommend(rows, 5)
+    block_of_col = (later.track_ids - 100) // 20
+    block_of_user = np.array([0 if u < 30 or 60 <= u < 63 else 1 for u in later.user_ids])
+    assert (block_of_col[cols] == block_of_user[:, None]).mean() > 0.9
+    for r in rows:
+        assert not set(cols[r]) & set(later.matrix[r].indices), "heard tracks are filtered"
+
+
+def test_als_refit_refuses_another_catalogue():
+    history = block_data()
+    other = FitData.build(history.interactions, tracks(range(100, 150)))
+    old = AlsGenerator(AlsConfig(factors=2, iterations=2, refit="users"), seed=1).fit(history)
+    with pytest.raises(ValueError, match="another catalogue"):
+        AlsGenerator(AlsConfig(factors=2, iterations=2, refit="users"), seed=1).fit(other, previous=old)
+
+
+def test_als_saved_model_loads_for_a_refit(tmp_path):
+    data = block_data()
+    cfg = AlsConfig(factors=4, iterations=3, item_pool=25, refit="users")
+    als = AlsGenerator(cfg, seed=2).fit(data)
+    als.save(tmp_path)
+    loaded = AlsGenerator.load(cfg, tmp_path, seed=2)
+    assert np.array_equal(loaded.model.item_factors, als.model.item_factors)
+    assert np.array_equal(loaded.user_ids, data.user_ids) and np.array_equal(loaded.items, als.items)
+    from_disk = AlsGenerator(cfg, seed=2).fit(grown(data), previous=loaded)
+    in_memory = AlsGenerator(cfg, seed=2).fit(grown(data), previous=als)
+    assert np.array_equal(from_disk.model.user_factors, in_memory.model.user_factors)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny profile's data (generated, split) in a scratch root, with ALS refitting users only."""
+    from musicrec.config import load_profile
+    from musicrec.data import build_dataset
+    from musicrec.io import RunPaths
+
+    root = tmp_path_factory.mktemp("run")
+    profile = load_profile("params/tiny.yaml")
+    profile = profile.model_copy(update={"candidates": profile.candidates.model_copy(update={
+        "als": profile.candidates.als.model_copy(update={"refit": "users"})})})
+    paths = RunPaths.for_profile(profile, root)
+    build_dataset(profile, paths, progress=False)
+    return profile, paths
+
+
+def test_stage_reuses_what_does_not_depend_on_the_window(tiny_run):
+    """Fitted after history in one stage, history + labels copies the catalogue-only lists; fitted
+    alone (nothing in memory, the ALS history model read from disk) it computes the same files."""
+    from musicrec.candidates.stage import CandidateStage, fit_window
+
+    profile, paths = tiny_run
+    stage = CandidateStage(profile, paths, workers=2)
+    stage.fit("history")
+    runs = {r.generator: r for r in stage.fit("history+labels")}
+    assert "similar lists: the history fit's" in runs["personal_als"].note
+    assert runs["audio"].note and "reused" in runs["audio"].note
+    copied = {name: pl.read_parquet(paths.candidates / name)
+              for name in ("similar.parquet", "content_similar.parquet", "audio_similar.parquet",
+                           "personal_als.parquet", "content.parquet", "audio.parquet")}
+    for name in ("similar.parquet", "content_similar.parquet", "audio_similar.parquet"):
+        assert copied[name].equals(pl.read_parquet(paths.candidates / "history" / name)), name
+    # alone: computed, not copied (i2i_history is left out: polars sums its scores in no fixed order)
+    fit_window(profile, paths, "history+labels")
+    for name, frame in copied.items():
+        assert frame.equals(pl.read_parquet(paths.candidates / name)), name

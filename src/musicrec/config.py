@@ -194,10 +194,18 @@ class AlsConfig(_Strict):
     Confidence of a pair is ``1 + alpha * w`` (``linear``) or ``1 + alpha * log1p(w)``
     (``log``), where ``w`` is the summed weight, times ``0.5 ** (age / half_life_days)``
     when a half-life is set (age in days before the end of the window).
+
+    ``refit`` says how the history + labels model is made from the history one: ``full``
+    fits it from scratch; ``warm`` starts from the history factors and runs
+    ``warm_iterations``; ``users`` keeps the history item factors and solves each user's
+    factors once on history + labels (the daily-update pattern: the similar lists stay those
+    of the history fit).
     """
 
     factors: PositiveInt = 64
     iterations: PositiveInt = 15
+    refit: Literal["full", "warm", "users"] = "full"
+    warm_iterations: PositiveInt = Field(3, description="iterations of a warm refit")
     regularization: float = Field(0.05, ge=0)
     alpha: float = Field(10.0, gt=0)
     confidence: Literal["linear", "log"] = "linear"

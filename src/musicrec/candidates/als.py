@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from musicrec.candidates.base import FitData
+from musicrec.candidates.base import FitData, batches, index_of
 from musicrec.config import AlsConfig
 from musicrec.io import atomic_path, write_parquet
 from musicrec.schema import C
@@ -54,19 +54,63 @@ class AlsGenerator:
             matrix.data = np.log1p(matrix.data)
         return matrix.astype(np.float32, copy=False)  # no second copy of a 200M-entry matrix
 
-    def fit(self, data: FitData) -> AlsGenerator:
+    def fit(self, data: FitData, previous: AlsGenerator | None = None) -> AlsGenerator:
+        """Fit on ``data``; with ``previous`` (the history model) refit as ``config.refit`` says."""
         cfg = self.config
-        self.data = data
+        self.data, self.user_ids, self.track_ids = data, data.user_ids, data.track_ids
+        mode = cfg.refit if previous is not None else "full"
+        if previous is not None and not np.array_equal(previous.track_ids, data.track_ids):
+            raise ValueError("ALS refit: the history model was fitted on another catalogue")
+        confidence = self.confidence_matrix(data)
         with threadpool_limits(1, "blas"):
             self.model = AlternatingLeastSquares(
                 factors=cfg.factors, regularization=cfg.regularization, alpha=cfg.alpha,
-                iterations=cfg.iterations, random_state=self.seed, dtype=np.float32,
+                iterations=cfg.iterations if mode == "full" else cfg.warm_iterations,
+                random_state=self.seed, dtype=np.float32,
             )
-            self.model.fit(self.confidence_matrix(data), show_progress=False)
-        if cfg.item_pool is not None and cfg.item_pool < len(data.track_ids):
+            if mode == "full":
+                self.model.fit(confidence, show_progress=False)
+            else:
+                self.model.item_factors = previous.model.item_factors.copy()
+                if mode == "warm":
+                    self.model.user_factors = self._carried_user_factors(previous)
+                    self.model.fit(confidence, show_progress=False)
+                else:
+                    self.model.user_factors = self._solved_user_factors(confidence)
+        if mode == "users":
+            self.items = previous.items  # the item factors, hence the similar lists, are the history's
+        elif cfg.item_pool is not None and cfg.item_pool < len(data.track_ids):
             listeners = np.diff(data.matrix.tocsc().indptr)
             self.items = np.sort(np.argsort(-listeners, kind="stable")[: cfg.item_pool]).astype(np.int32)
         return self
+
+    def _carried_user_factors(self, previous: AlsGenerator) -> np.ndarray:
+        """The history factors of returning users; small random ones (as implicit's) for new users."""
+        rows = index_of(previous.user_ids, self.user_ids)
+        rng = np.random.default_rng(self.seed)
+        factors = rng.random((len(rows), self.config.factors), dtype=np.float32) * 0.01
+        factors[rows >= 0] = previous.model.user_factors[rows[rows >= 0]]
+        return factors
+
+    def _solved_user_factors(self, confidence: sp.csr_matrix, batch: int = 200_000) -> np.ndarray:
+        """Every user's least-squares factors against the fixed item factors, in batches of users."""
+        factors = np.empty((confidence.shape[0], self.config.factors), dtype=np.float32)
+        for rows in batches(confidence.shape[0], batch):
+            index = np.arange(rows.start, rows.stop)
+            factors[rows] = self.model.recalculate_user(index, confidence[rows])
+        return factors
+
+    @classmethod
+    def load(cls, config: AlsConfig, folder: Path, seed: int = 0) -> AlsGenerator:
+        """A model written by :meth:`save` (factors, user and track ids, item pool), to refit from."""
+        gen = cls(config, seed)
+        gen.model = AlternatingLeastSquares.load(str(folder / "als.npz"))
+        gen.user_ids = pl.read_parquet(folder / "als_users.parquet").get_column(C.user_id).to_numpy()
+        tracks = pl.read_parquet(folder / "als_tracks.parquet")
+        gen.track_ids = tracks.get_column(C.track_id).to_numpy()
+        in_pool = tracks.get_column("in_pool").to_numpy()
+        gen.items = None if in_pool.all() else np.flatnonzero(in_pool).astype(np.int32)
+        return gen
 
     def recommend(self, user_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` unheard track columns for matrix rows ``user_rows``."""
@@ -100,13 +144,13 @@ class AlsGenerator:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "als.npz") as tmp:
             self.model.save(str(tmp))
-        in_pool = np.ones(len(self.data.track_ids), dtype=bool)
+        in_pool = np.ones(len(self.track_ids), dtype=bool)
         if self.items is not None:
             in_pool[:] = False
             in_pool[self.items] = True
         # row i of the user factors is user_ids[i]; column j of the item factors is track_ids[j]
-        write_parquet(pl.DataFrame({C.user_id: self.data.user_ids}), folder / "als_users.parquet")
-        write_parquet(pl.DataFrame({C.track_id: self.data.track_ids, "in_pool": in_pool}),
+        write_parquet(pl.DataFrame({C.user_id: self.user_ids}), folder / "als_users.parquet")
+        write_parquet(pl.DataFrame({C.track_id: self.track_ids, "in_pool": in_pool}),
                       folder / "als_tracks.parquet")
         return folder
 

@@ -18,6 +18,7 @@ queries are grouped by their nearest cell and ranked, exactly, against the track
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
@@ -105,6 +106,18 @@ class AudioGenerator:
             "fit_seconds": time.perf_counter() - started,
         }
         return self
+
+    def for_window(self, data: FitData) -> AudioGenerator:
+        """This model (embeddings and index come from the track features alone) with the user
+        profiles of another window: what the history + labels fit reuses of the history fit."""
+        if not np.array_equal(data.track_ids, self.data.track_ids):
+            raise ValueError(f"{self.name}: another catalogue; fit the model afresh")
+        gen = copy.copy(self)
+        gen.data = data
+        gen.profiles, gen.has_profile = gen._user_profiles(data)
+        gen.fit_report = self.fit_report | {"users_with_profile": int(gen.has_profile.sum()),
+                                            "reused": "embeddings and index of the history fit"}
+        return gen
 
     def _standardised_features(self, data: FitData) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue columns of the tracks with features, and their standardised features."""

@@ -18,6 +18,8 @@ least the longest list (small catalogues) the result is exactly the brute-force 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -59,6 +61,15 @@ class ContentGenerator:
             "longest_posting": int(self._full_lengths.max(initial=0)),
         }
         return self
+
+    def for_window(self, data: FitData) -> ContentGenerator:
+        """This model (vectors and entry lists come from the catalogue alone) over another
+        window's listens: what the history + labels fit reuses of the history fit."""
+        if not np.array_equal(data.track_ids, self.data.track_ids):
+            raise ValueError(f"{self.name}: another catalogue; fit the model afresh")
+        gen = copy.copy(self)
+        gen.data = data
+        return gen
 
     def _build_postings(self, max_postings: int) -> None:
         """Entry points (each token's ``max_postings`` heaviest tracks) and the cut weights."""

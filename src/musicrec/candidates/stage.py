@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from musicrec.candidates.i2i import i2i_from_history, last_listens
 from musicrec.candidates.popular import top_popular
 from musicrec.candidates.random import RandomGenerator
 from musicrec.config import Profile
-from musicrec.io import ParquetStream, RunPaths, read_json, write_json, write_parquet
+from musicrec.io import ParquetStream, RunPaths, atomic_path, read_json, write_json, write_parquet
 from musicrec.monitor import PeakMemory
 from musicrec.schema import C
 
@@ -98,144 +102,236 @@ def output_dir(paths: RunPaths, window: str) -> Path:
     return paths.candidates / "history" if window == "history" else paths.candidates
 
 
+def _in_order(work: Callable, items: list, workers: int) -> Iterator:
+    """``work(item)`` for every item, in order, computed ``workers`` at a time in threads.
+
+    numpy, scipy and implicit release the GIL in their heavy loops, so two threads keep two
+    cores busy; at most ``workers + 1`` results wait in memory.
+    """
+    if workers <= 1:
+        yield from map(work, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch: int,
-                  desc: str, progress: bool) -> int:
+                  desc: str, progress: bool, workers: int = 1) -> int:
     """Write ``recommend(rows, n)`` for every user of the window, batch by batch."""
+    def work(rows: slice) -> pl.DataFrame:
+        index = np.arange(rows.start, rows.stop)
+        cols, scores = recommend(index, n)
+        return to_user_frame(data.user_ids[index], cols, scores, data.track_ids)
+
+    parts = list(batches(len(data.user_ids), batch))
     with ParquetStream(path, USER_RECS_SCHEMA) as out:
-        for rows in tqdm(list(batches(len(data.user_ids), batch)), desc=desc, disable=not progress):
-            index = np.arange(rows.start, rows.stop)
-            cols, scores = recommend(index, n)
-            out.write(to_user_frame(data.user_ids[index], cols, scores, data.track_ids))
+        for frame in tqdm(_in_order(work, parts, workers), total=len(parts), desc=desc,
+                          disable=not progress):
+            out.write(frame)
     return out.rows
 
 
 def _stream_similar(path: Path, data: FitData, similar: Callable, n: int, batch: int,
-                    desc: str, progress: bool) -> int:
+                    desc: str, progress: bool, workers: int = 1) -> int:
     """Write ``similar(columns, n)`` for every track of the catalogue, batch by batch."""
+    def work(cols_slice: slice) -> pl.DataFrame:
+        cols = np.arange(cols_slice.start, cols_slice.stop)
+        neighbours, scores = similar(cols, n)
+        return to_similar_frame(cols, neighbours, scores, data.track_ids)
+
+    parts = list(batches(len(data.track_ids), batch))
     with ParquetStream(path, SIMILAR_SCHEMA) as out:
-        for cols_slice in tqdm(list(batches(len(data.track_ids), batch)), desc=desc,
-                               disable=not progress):
-            cols = np.arange(cols_slice.start, cols_slice.stop)
-            neighbours, scores = similar(cols, n)
-            out.write(to_similar_frame(cols, neighbours, scores, data.track_ids))
+        for frame in tqdm(_in_order(work, parts, workers), total=len(parts), desc=desc,
+                          disable=not progress):
+            out.write(frame)
     return out.rows
+
+
+def _copy_from_history(name: str, out: Path) -> int:
+    """Copy the history window's ``name`` list (atomically); return its rows."""
+    source = out / "history" / name
+    with atomic_path(out / name) as tmp:
+        shutil.copyfile(source, tmp)
+    return pl.scan_parquet(source).select(pl.len()).collect().item()
+
+
+def _timed(run: GeneratorRun, attr: str, fn: Callable):
+    """``fn()``, adding its wall time to ``run.<attr>`` and its peak memory to the run's."""
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        result = fn()
+    setattr(run, attr, getattr(run, attr) + time.perf_counter() - start)
+    run.peak_rss_gb = round(max(run.peak_rss_gb, memory.peak_gb), 2)
+    return result
+
+
+WORKERS = min(2, os.cpu_count() or 1)
+
+
+class CandidateStage:
+    """Fits every generator on a window and writes its lists; see the module docstring.
+
+    Fitting ``history`` first keeps what does not depend on the window in memory for the
+    ``history + labels`` fit: the ALS history model (for ``als.refit`` warm or users), the
+    audio embeddings and their index, and the lists that come from the catalogue alone
+    (content and audio similar tracks; ALS similar tracks when only users are refitted),
+    which are copied instead of computed again. Fitted alone, ``history + labels`` loads
+    the ALS history model from ``outputs/<run>/models/history/`` and computes the rest.
+    """
+
+    def __init__(self, profile: Profile, paths: RunPaths, progress: bool = False,
+                 workers: int = WORKERS):
+        self.profile, self.paths, self.progress, self.workers = profile, paths, progress, workers
+        self._history: dict[str, object] = {}
+
+    def fit(self, window: str) -> list[GeneratorRun]:
+        """Fit every generator on ``window`` and write its lists; return what each did."""
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        profile, paths, progress, workers = self.profile, self.paths, self.progress, self.workers
+        cfg = profile.candidates
+        out = output_dir(paths, window)
+        out.mkdir(parents=True, exist_ok=True)
+        interactions = window_interactions(paths, window)
+        tracks = pl.read_parquet(paths.tracks)
+        features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
+        data = FitData.build(interactions, tracks, features)
+        reuse = window == "history+labels" and bool(self._history)
+        runs: list[GeneratorRun] = []
+
+        # top-popular: one global list
+        run = GeneratorRun("top_popular", window)
+        popular = _timed(run, "fit_seconds", lambda: top_popular(interactions, cfg.top_popular.n,
+                                                                 cfg.top_popular.days))
+        write_parquet(popular, out / "top_popular.parquet")
+        run.rows, run.files = popular.height, ["top_popular.parquet"]
+        runs.append(run)
+
+        # random: the floor
+        run = GeneratorRun("random", window)
+        rnd = RandomGenerator(profile.seed).fit(data)
+        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
+            out / "random.parquet", data, rnd.recommend, cfg.random.n, cfg.als.batch_users,
+            f"random ({window})", progress, workers))
+        run.files = ["random.parquet"]
+        runs.append(run)
+
+        runs.append(self._als(data, out, window))
+        runs.append(self._i2i(data, interactions, out, window))
+        runs += [self._optional("content", "ContentGenerator", cfg.content, data, out, window, reuse),
+                 self._optional("audio", "AudioGenerator", cfg.audio, data, out, window, reuse)]
+        write_json([asdict(r) for r in runs], out / "runs.json")
+        return runs
+
+    def _als(self, data: FitData, out: Path, window: str) -> GeneratorRun:
+        """ALS user-to-item and item-to-item from one model (refitted from the history one)."""
+        cfg, paths = self.profile.candidates.als, self.paths
+        run = GeneratorRun("personal_als", window)
+        previous = None
+        if window == "history+labels" and cfg.refit != "full":
+            previous = self._history.get("als") or AlsGenerator.load(
+                cfg, paths.models / "history", self.profile.seed)
+        als = _timed(run, "fit_seconds", lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous))
+        # implicit's recommend runs on every core itself: batches one at a time, writing overlapped
+        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
+            out / "personal_als.parquet", data, als.recommend, cfg.n_users, cfg.batch_users,
+            f"ALS top-{cfg.n_users} ({window})", self.progress, min(2, self.workers)))
+        kept_items = cfg.refit == "users" and previous is not None
+        if kept_items and (out / "history" / "similar.parquet").is_file():
+            similar_rows = _timed(run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
+            copied = "; similar lists: the history fit's (item factors kept)"
+        else:
+            similar_rows = _timed(run, "similar_seconds", lambda: _stream_similar(
+                out / "similar.parquet", data, als.similar, cfg.n_similar, cfg.batch_tracks,
+                f"ALS similar ({window})", self.progress, min(2, self.workers)))
+            copied = ""
+        run.files = ["personal_als.parquet", "similar.parquet"]
+        run.note = f"{similar_rows:,} similar pairs" + (
+            f"; item pool: the {len(als.items):,} most listened tracks" if als.items is not None else "")
+        run.note += (f"; refit: {cfg.refit}" if previous is not None else "") + copied
+        als.save(paths.models / ("history" if window == "history" else ""))
+        if window == "history":
+            self._history["als"] = als
+        return run
+
+    def _i2i(self, data: FitData, interactions: pl.DataFrame, out: Path, window: str) -> GeneratorRun:
+        """i2i from history: the similar lists of each user's last listens, users in batches."""
+        cfg = self.profile.candidates
+        run = GeneratorRun("i2i_history", window)
+        similar = pl.read_parquet(out / "similar.parquet", columns=[C.track_id, C.similar_track_id, C.score])
+        # sorted by user: each batch is a slice, never a scan of the whole window
+        recent = last_listens(interactions, cfg.i2i_history.last_k).collect()
+        recent_users = recent.get_column(C.user_id).to_numpy()
+
+        def work(part: slice) -> pl.DataFrame:
+            users = data.user_ids[part]
+            lo = np.searchsorted(recent_users, users[0], side="left")
+            hi = np.searchsorted(recent_users, users[-1], side="right")
+            block = data.matrix[part]
+            heard = pl.DataFrame({C.user_id: np.repeat(users, np.diff(block.indptr)),
+                                  C.track_id: data.track_ids[block.indices]})
+            return i2i_from_history(recent.slice(lo, hi - lo), similar, cfg.i2i_history.n, heard=heard)
+
+        def i2i_batches() -> int:
+            with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
+                for frame in _in_order(work, list(batches(len(data.user_ids), cfg.als.batch_users * 5)), 1):
+                    stream.write(frame)
+            return stream.rows
+
+        run.rows = _timed(run, "recommend_seconds", i2i_batches)
+        run.files = ["i2i_history.parquet"]
+        run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
+        return run
+
+    def _optional(self, name: str, class_name: str, gen_cfg, data: FitData, out: Path, window: str,
+                  reuse: bool) -> GeneratorRun:
+        """Fit one optional generator and stream its user lists and similar lists (or say why not).
+
+        Its similar lists come from the catalogue alone: with ``reuse``, the history fit's are copied.
+        """
+        profile = self.profile
+        run = GeneratorRun(name, window)
+        for stale in (out / f"{name}.parquet", out / f"{name}_similar.parquet"):
+            stale.unlink(missing_ok=True)
+        if not gen_cfg.enabled:
+            run.note = "disabled in the profile"
+            return run
+        make = getattr(importlib.import_module(f"musicrec.candidates.{name}"), class_name)
+        fitted = self._history.get(name) if reuse else None
+        try:
+            gen = _timed(run, "fit_seconds", lambda: fitted.for_window(data) if fitted is not None
+                         else make(gen_cfg, seed=profile.seed).fit(data))
+        except ValueError as exc:
+            run.note = f"skipped: {exc}"
+            return run
+        if window == "history":
+            self._history[name] = gen
+        batch = getattr(gen_cfg, "batch_users", profile.candidates.als.batch_users)
+        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
+            out / f"{name}.parquet", data, gen.recommend, gen_cfg.n, batch, f"{name} ({window})",
+            self.progress, self.workers))
+        if fitted is not None and (out / "history" / f"{name}_similar.parquet").is_file():
+            _timed(run, "similar_seconds", lambda: _copy_from_history(f"{name}_similar.parquet", out))
+        else:
+            _timed(run, "similar_seconds", lambda: _stream_similar(
+                out / f"{name}_similar.parquet", data, gen.similar, gen_cfg.n_similar,
+                profile.candidates.als.batch_tracks, f"{name} similar ({window})", self.progress,
+                self.workers))
+        run.files = [f"{name}.parquet", f"{name}_similar.parquet"]
+        run.note = str(getattr(gen, "fit_report", "") or "")
+        return run
 
 
 def fit_window(profile: Profile, paths: RunPaths, window: str, progress: bool = False
                ) -> list[GeneratorRun]:
-    """Fit every generator on ``window`` and write its lists; return what each did."""
-    if window not in WINDOWS:
-        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
-    cfg = profile.candidates
-    out = output_dir(paths, window)
-    out.mkdir(parents=True, exist_ok=True)
-    interactions = window_interactions(paths, window)
-    tracks = pl.read_parquet(paths.tracks)
-    features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
-    data = FitData.build(interactions, tracks, features)
-    runs: list[GeneratorRun] = []
-
-    def timed(run: GeneratorRun, attr: str, fn: Callable):
-        start = time.perf_counter()
-        with PeakMemory() as memory:
-            result = fn()
-        setattr(run, attr, getattr(run, attr) + time.perf_counter() - start)
-        run.peak_rss_gb = round(max(run.peak_rss_gb, memory.peak_gb), 2)
-        return result
-
-    # top-popular: one global list
-    run = GeneratorRun("top_popular", window)
-    popular = timed(run, "fit_seconds", lambda: top_popular(interactions, cfg.top_popular.n,
-                                                            cfg.top_popular.days))
-    write_parquet(popular, out / "top_popular.parquet")
-    run.rows, run.files = popular.height, ["top_popular.parquet"]
-    runs.append(run)
-
-    # random: the floor
-    run = GeneratorRun("random", window)
-    rnd = RandomGenerator(profile.seed).fit(data)
-    run.rows = timed(run, "recommend_seconds", lambda: _stream_users(
-        out / "random.parquet", data, rnd.recommend, cfg.random.n, cfg.als.batch_users,
-        f"random ({window})", progress))
-    run.files = ["random.parquet"]
-    runs.append(run)
-
-    # ALS: user-to-item and item-to-item from one model
-    run = GeneratorRun("personal_als", window)
-    als = timed(run, "fit_seconds", lambda: AlsGenerator(cfg.als, profile.seed).fit(data))
-    run.rows = timed(run, "recommend_seconds", lambda: _stream_users(
-        out / "personal_als.parquet", data, als.recommend, cfg.als.n_users, cfg.als.batch_users,
-        f"ALS top-{cfg.als.n_users} ({window})", progress))
-    similar_rows = timed(run, "similar_seconds", lambda: _stream_similar(
-        out / "similar.parquet", data, als.similar, cfg.als.n_similar, cfg.als.batch_tracks,
-        f"ALS similar ({window})", progress))
-    run.files = ["personal_als.parquet", "similar.parquet"]
-    run.note = f"{similar_rows:,} similar pairs" + (
-        f"; item pool: the {cfg.als.item_pool:,} most listened tracks" if als.items is not None else "")
-    als.save(paths.models / ("history" if window == "history" else ""))
-    runs.append(run)
-
-    # i2i from history: the similar lists of each user's last listens
-    run = GeneratorRun("i2i_history", window)
-    similar = pl.scan_parquet(out / "similar.parquet")
-    recent = last_listens(interactions, cfg.i2i_history.last_k).collect()
-
-    def i2i_batches() -> int:
-        with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
-            users = data.user_ids
-            for part in batches(len(users), cfg.als.batch_users * 5):
-                chunk = pl.Series(C.user_id, users[part]).implode()
-                stream.write(i2i_from_history(
-                    recent.filter(pl.col(C.user_id).is_in(chunk)), similar, cfg.i2i_history.n,
-                    heard=interactions.lazy().filter(pl.col(C.user_id).is_in(chunk))))
-        return stream.rows
-
-    run.rows = timed(run, "recommend_seconds", i2i_batches)
-    run.files = ["i2i_history.parquet"]
-    run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
-    runs.append(run)
-
-    runs += _optional_generators(profile, data, out, window, progress, timed)
-    write_json([asdict(r) for r in runs], out / "runs.json")
-    return runs
-
-
-def _optional_generators(profile: Profile, data: FitData, out: Path, window: str, progress: bool,
-                         timed: Callable) -> list[GeneratorRun]:
-    """Content-based and audio generators, where enabled and possible."""
-    cfg = profile.candidates
-    return [
-        _optional_generator("content", "ContentGenerator", cfg.content, profile, data, out, window,
-                            progress, timed),
-        _optional_generator("audio", "AudioGenerator", cfg.audio, profile, data, out, window,
-                            progress, timed),
-    ]
-
-
-def _optional_generator(name: str, class_name: str, gen_cfg, profile: Profile, data: FitData, out: Path,
-                        window: str, progress: bool, timed: Callable) -> GeneratorRun:
-    """Fit one optional generator and stream its user lists and similar lists (or say why not)."""
-    run = GeneratorRun(name, window)
-    for stale in (out / f"{name}.parquet", out / f"{name}_similar.parquet"):
-        stale.unlink(missing_ok=True)
-    if not gen_cfg.enabled:
-        run.note = "disabled in the profile"
-        return run
-    make = getattr(importlib.import_module(f"musicrec.candidates.{name}"), class_name)
-    try:
-        gen = timed(run, "fit_seconds", lambda: make(gen_cfg, seed=profile.seed).fit(data))
-    except ValueError as exc:
-        run.note = f"skipped: {exc}"
-        return run
-    batch = getattr(gen_cfg, "batch_users", profile.candidates.als.batch_users)
-    run.rows = timed(run, "recommend_seconds", lambda: _stream_users(
-        out / f"{name}.parquet", data, gen.recommend, gen_cfg.n, batch, f"{name} ({window})", progress))
-    timed(run, "similar_seconds", lambda: _stream_similar(
-        out / f"{name}_similar.parquet", data, gen.similar, gen_cfg.n_similar,
-        profile.candidates.als.batch_tracks, f"{name} similar ({window})", progress))
-    run.files = [f"{name}.parquet", f"{name}_similar.parquet"]
-    run.note = str(getattr(gen, "fit_report", "") or "")
-    return run
+    """Fit every generator on ``window`` alone and write its lists (see :class:`CandidateStage`)."""
+    return CandidateStage(profile, paths, progress).fit(window)
 
 
 def parameters_table(profile: Profile) -> pl.DataFrame:
