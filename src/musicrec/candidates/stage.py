@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import os
 import shutil
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from musicrec.candidates.random import RandomGenerator
 from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths, atomic_path, read_json, write_json, write_parquet
 from musicrec.monitor import PeakMemory
+from musicrec.parallel import WORKERS, in_order
 from musicrec.schema import C
 
 WINDOWS = ("history", "history+labels")
@@ -102,25 +100,6 @@ def output_dir(paths: RunPaths, window: str) -> Path:
     return paths.candidates / "history" if window == "history" else paths.candidates
 
 
-def _in_order(work: Callable, items: list, workers: int) -> Iterator:
-    """``work(item)`` for every item, in order, computed ``workers`` at a time in threads.
-
-    numpy, scipy and implicit release the GIL in their heavy loops, so two threads keep two
-    cores busy; at most ``workers + 1`` results wait in memory.
-    """
-    if workers <= 1:
-        yield from map(work, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(work, item))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch: int,
                   desc: str, progress: bool, workers: int = 1) -> int:
     """Write ``recommend(rows, n)`` for every user of the window, batch by batch."""
@@ -131,7 +110,7 @@ def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch:
 
     parts = list(batches(len(data.user_ids), batch))
     with ParquetStream(path, USER_RECS_SCHEMA) as out:
-        for frame in tqdm(_in_order(work, parts, workers), total=len(parts), desc=desc,
+        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
                           disable=not progress):
             out.write(frame)
     return out.rows
@@ -147,7 +126,7 @@ def _stream_similar(path: Path, data: FitData, similar: Callable, n: int, batch:
 
     parts = list(batches(len(data.track_ids), batch))
     with ParquetStream(path, SIMILAR_SCHEMA) as out:
-        for frame in tqdm(_in_order(work, parts, workers), total=len(parts), desc=desc,
+        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
                           disable=not progress):
             out.write(frame)
     return out.rows
@@ -169,9 +148,6 @@ def _timed(run: GeneratorRun, attr: str, fn: Callable):
     setattr(run, attr, getattr(run, attr) + time.perf_counter() - start)
     run.peak_rss_gb = round(max(run.peak_rss_gb, memory.peak_gb), 2)
     return result
-
-
-WORKERS = min(2, os.cpu_count() or 1)
 
 
 class CandidateStage:
@@ -280,7 +256,7 @@ class CandidateStage:
 
         def i2i_batches() -> int:
             with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
-                for frame in _in_order(work, list(batches(len(data.user_ids), cfg.als.batch_users * 5)), 1):
+                for frame in in_order(work, list(batches(len(data.user_ids), cfg.als.batch_users * 5)), 1):
                     stream.write(frame)
             return stream.rows
 

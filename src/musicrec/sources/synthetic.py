@@ -55,6 +55,7 @@ from tqdm import tqdm
 from musicrec.candidates.base import index_of
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
+from musicrec.parallel import in_order
 from musicrec.reference import YANDEX_MUSIC
 from musicrec.schema import INTERACTIONS_SCHEMA, C, validate_interactions
 
@@ -480,19 +481,25 @@ def generate(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = Tr
     rows = 0
     target = out_dir / "interactions.parquet"
     chunks = range(0, cfg.n_users, cfg.chunk_users)
+
+    def chunk_of(item: tuple[int, int]) -> pl.DataFrame:
+        i, lo = item
+        hi = min(lo + cfg.chunk_users, cfg.n_users)
+        part = Users(*(getattr(users, f)[lo:hi] for f in Users.__dataclass_fields__))
+        u, t, day, seq = listen_chunk(cfg, cat, part, np.random.default_rng([seed, 2, i]))
+        chunk = pl.DataFrame({
+            C.user_id: user_ids[lo:hi][u],
+            C.track_id: cat.track_ids[t],
+            C.started_at: start + day.astype("timedelta64[D]").astype("timedelta64[ns]"),
+            C.track_seq: seq.astype(np.int16),
+            C.weight: np.ones(len(u), dtype=np.float32),
+        }, schema=INTERACTIONS_SCHEMA)
+        return validate_interactions(chunk, track_ids=track_ids_series, file=target.name)
+
+    # chunks are independent (each has its own seed): two are drawn at a time, written in order
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, INTERACTIONS_ARROW, compression="zstd") as writer:
-        for i, lo in enumerate(tqdm(chunks, desc="synthetic listens", unit="chunk", disable=not progress)):
-            hi = min(lo + cfg.chunk_users, cfg.n_users)
-            part = Users(*(getattr(users, f)[lo:hi] for f in Users.__dataclass_fields__))
-            u, t, day, seq = listen_chunk(cfg, cat, part, np.random.default_rng([seed, 2, i]))
-            chunk = pl.DataFrame({
-                C.user_id: user_ids[lo:hi][u],
-                C.track_id: cat.track_ids[t],
-                C.started_at: start + day.astype("timedelta64[D]").astype("timedelta64[ns]"),
-                C.track_seq: seq.astype(np.int16),
-                C.weight: np.ones(len(u), dtype=np.float32),
-            }, schema=INTERACTIONS_SCHEMA)
-            chunk = validate_interactions(chunk, track_ids=track_ids_series, file=target.name)
+        for chunk in tqdm(in_order(chunk_of, enumerate(chunks)), total=len(chunks), desc="synthetic listens",
+                          unit="chunk", disable=not progress):
             writer.write_table(chunk.to_arrow().cast(INTERACTIONS_ARROW), row_group_size=len(chunk))
             rows += len(chunk)
 
