@@ -209,7 +209,7 @@ def write_run(root, run: str, listens: int, stages: list[dict], generators: list
 @pytest.fixture
 def two_runs(tmp_path):
     write_run(tmp_path, "small", 1_000_000, [
-        stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1)]),
+        stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1), ("quick", 0.5)]),
         stage_row("03_candidates", 100, 1024, [("Fit", 60), ("Recall", 3), ("Plot", 1.5), ("Names", 0.5)])],
         [{"generator": "random", "window": "history", "fit_seconds": 0.0, "recommend_seconds": 12.3,
           "similar_seconds": 0.0, "peak_rss_gb": 1.5}])
@@ -234,7 +234,8 @@ def test_steps_table_lists_only_slow_steps_and_the_generators(two_runs):
     assert "1.0M listens, 10 users, 5 tracks; 2 cpus, 24.0 GB; 2026-12-01, commit abcdef0" in small
     rows = [line for line in small.splitlines() if line.startswith("| ") and "step" not in line]
     steps = [line for line in rows if line.startswith(("| data", "| candidates"))]
-    # Build (>= 5 s), Fit, Recall (>= 2% of the stage); not tiny (1%), Plot (1.5%), Names
+    # Build (>= 5 s), Fit, Recall (>= 2% of the stage); not tiny (1%), quick (5% but trivial),
+    # Plot (1.5%), Names
     assert steps == ["| data | Build | 9.5 s | 95% | 100 MB |",
                      "| candidates | Fit | 60 s | 60% | 1.0 GB |",
                      "| candidates | Recall | 3.0 s | 3% | 1.0 GB |"]

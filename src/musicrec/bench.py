@@ -84,7 +84,7 @@ def notebook_steps(notebook: str | Path, timeline: MemoryTimeline | None = None,
         if set(cell.metadata.get("tags", [])) & {"parameters", "injected-parameters"}:
             name = "parameters"
         else:
-            name = heading if cells_under_heading == 0 else f"{heading}: {_first_line(cell.source)}"
+            name = heading if cells_under_heading == 0 else f"{heading}: {_first_line(cell.source, 40)}"
             cells_under_heading += 1
         seconds = meta.get("duration")
         seconds = end - start if seconds is None else seconds
@@ -237,10 +237,13 @@ def scaling_table(benches: dict[str, dict]) -> str:
 
 
 def slow_steps(bench: dict, share: float = SLOW_SHARE, seconds: float = SLOW_SECONDS) -> list[dict]:
-    """Steps at ``share`` of their stage's time or more, or ``seconds`` or more, stage by stage."""
+    """Steps at ``share`` of their stage's time or more, or ``seconds`` or more, stage by stage
+    (never a trivial one)."""
     slow = []
     for stage in bench["stages"]:
         for step in stage.get("steps", []):
+            if step.get("trivial"):
+                continue
             if step["seconds"] >= seconds or step["seconds"] >= share * stage["seconds"]:
                 slow.append({**step, "stage": stage["stage"], "share": step["seconds"] / stage["seconds"]})
     return slow
@@ -289,7 +292,8 @@ def bench_tables(runs: list[str], root: str | Path = ".") -> str:
     parts.append(scaling_table(benches))
     for run, bench in benches.items():
         parts.append(_run_heading(run, bench))
-        parts.append(f"Steps at {SLOW_SHARE:.0%} of their stage or {SLOW_SECONDS:.0f} s or more:\n\n"
+        parts.append(f"Steps of {TRIVIAL_SECONDS:.0f} s or more that take {SLOW_SECONDS:.0f} s or "
+                     f"{SLOW_SHARE:.0%} of their stage:\n\n"
                      + steps_table(bench))
         if bench.get("generators"):
             parts.append("Candidate generators (seconds; peak memory of the kernel while each ran):\n\n"

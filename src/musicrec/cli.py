@@ -166,9 +166,9 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
 
 
 def _print_table(rows: list[dict]) -> None:
-    print(f"{'stage':<12}{'wall time':>12}{'peak RSS':>14}")
+    print(f"{'stage':<15}{'wall time':>12}{'peak RSS':>14}")
     for r in rows:
-        print(f"{r['stage']:<12}{r['seconds']:>10.1f} s{r['peak_rss_mb'] / 1024:>11.2f} GB")
+        print(f"{r['stage']:<15}{r['seconds']:>10.1f} s{r['peak_rss_mb'] / 1024:>11.2f} GB")
 
 
 def _print_steps(steps: list[dict]) -> None:
