@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -252,6 +253,8 @@ def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_
     text = bench_tables(["old", "small"], two_runs)
     assert "| data | 5.0 s, 50 MB | 10 s, 100 MB | time ×2.0, memory ×2.0 |" in text
     assert "**old**: 100k listens, 7 users, 3 tracks" in text
+    old = text.split("**old**", 1)[1].split("**small**", 1)[0]
+    assert "No steps recorded" in old and "| stage | step |" not in old
 
 
 def test_missing_runs_are_left_out_with_a_note(two_runs):
@@ -285,8 +288,28 @@ def test_bench_tables_rewrite_the_readme_block_only_and_idempotently(two_runs, c
 
 
 def test_the_readme_has_the_bench_block_in_its_benchmarks_section():
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
     assert section.count(START) == 1 and section.index(START) < section.index(END)
+
+
+def test_bench_command_records_every_stage_with_its_steps(tmp_path, monkeypatch, capsys):
+    """``musicrec bench`` (stages faked) writes each stage's steps and the time outside them."""
+    import musicrec.cli as cli
+
+    params = Path(__file__).resolve().parents[1] / "params" / "tiny.yaml"
+    nb = executed_notebook(tmp_path / "nb.ipynb", NOTEBOOK)
+
+    def fake_stage(name, params, data_path, root):
+        return cli.StageRun(name, 17.0, 300.0, nb, notebook_steps(nb))
+
+    monkeypatch.setattr(cli, "run_stage", fake_stage)
+    assert main(["bench", "--params", str(params), "--root", str(tmp_path),
+                 "--stages", "01_data", "02_eda"]) == 0
+    bench = json.loads((tmp_path / "outputs" / "tiny" / "bench.json").read_text())
+    assert [r["stage"] for r in bench["stages"]] == ["01_data", "02_eda"]
+    row = bench["stages"][0]
+    assert [s["step"] for s in row["steps"]][-1] == "Recall"
+    assert row["outside_cells_seconds"] == pytest.approx(17.0 - 15.51)
+    out = capsys.readouterr().out
+    assert "Fit on history" in out and "peak RSS" in out

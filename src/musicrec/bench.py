@@ -292,9 +292,11 @@ def bench_tables(runs: list[str], root: str | Path = ".") -> str:
     parts.append(scaling_table(benches))
     for run, bench in benches.items():
         parts.append(_run_heading(run, bench))
-        parts.append(f"Steps of {TRIVIAL_SECONDS:.0f} s or more that take {SLOW_SECONDS:.0f} s or "
-                     f"{SLOW_SHARE:.0%} of their stage:\n\n"
-                     + steps_table(bench))
+        if not any("steps" in stage for stage in bench["stages"]):
+            parts.append("No steps recorded (benched before `bench.json` kept them).")
+        elif slow_steps(bench):
+            parts.append(f"Steps of {TRIVIAL_SECONDS:.0f} s or more that take {SLOW_SECONDS:.0f} s or "
+                         f"{SLOW_SHARE:.0%} of their stage:\n\n" + steps_table(bench))
         if bench.get("generators"):
             parts.append("Candidate generators (seconds; peak memory of the kernel while each ran):\n\n"
                          + generators_table(bench))

@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.stages:
                 print(f"bench: running {name} ...", flush=True)
                 run = run_stage(name, args.params, args.data_path or None, args.root)
-                rows.append({**run.as_dict(), "steps": run.steps})
+                # what no cell's time covers: the kernel's start and shutdown, papermill's own work
+                outside = run.seconds - sum(step["seconds"] for step in run.steps)
+                rows.append({**run.as_dict(), "outside_cells_seconds": round(outside, 2), "steps": run.steps})
                 # recorded after every stage: a long run that fails later keeps what it measured
                 bench = write_bench(paths, str(args.params), rows)
             _print_table(bench["stages"])
