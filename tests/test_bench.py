@@ -210,7 +210,8 @@ def write_run(root, run: str, listens: int, stages: list[dict], generators: list
 @pytest.fixture
 def two_runs(tmp_path):
     write_run(tmp_path, "small", 1_000_000, [
-        stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1), ("quick", 0.5)]),
+        {**stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1), ("quick", 0.5)]),
+         "load_average": [2.5, 1.0, 0.5]},
         stage_row("03_candidates", 100, 1024, [("Fit", 60), ("Recall", 3), ("Plot", 1.5), ("Names", 0.5)])],
         [{"generator": "random", "window": "history", "fit_seconds": 0.0, "recommend_seconds": 12.3,
           "similar_seconds": 0.0, "peak_rss_gb": 1.5}])
@@ -232,7 +233,8 @@ def test_scaling_table_with_growth_per_10x(two_runs):
 def test_steps_table_lists_only_slow_steps_and_the_generators(two_runs):
     text = bench_tables(["small", "big"], two_runs)
     small = text.split("**small**", 1)[1].split("**big**", 1)[0]
-    assert "1.0M listens, 10 users, 5 tracks; 2 cpus, 24.0 GB; 2026-12-01, commit abcdef0" in small
+    assert ("1.0M listens, 10 users, 5 tracks; 2 cpus, 24.0 GB; load average up to 2.5 at a stage's end; "
+            "2026-12-01, commit abcdef0") in small
     rows = [line for line in small.splitlines() if line.startswith("| ") and "step" not in line]
     steps = [line for line in rows if line.startswith(("| data", "| candidates"))]
     # Build (>= 5 s), Fit, Recall (>= 2% of the stage); not tiny (1%), quick (5% but trivial),
@@ -244,9 +246,11 @@ def test_steps_table_lists_only_slow_steps_and_the_generators(two_runs):
 
 
 def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_runs):
-    write_run(two_runs, "old", 0, [{"stage": "01_data", "seconds": 5, "peak_rss_mb": 50}])
+    write_run(two_runs, "old", 0, [{"stage": "01_data", "seconds": 5, "peak_rss_mb": 50,
+                                    "finished": "2026-12-01T10:00:00"}])
     bench = two_runs / "outputs" / "old" / "bench.json"
-    bench.write_text(json.dumps({k: v for k, v in json.loads(bench.read_text()).items() if k != "size"}))
+    bench.write_text(json.dumps({k: v for k, v in json.loads(bench.read_text()).items()
+                                 if k not in ("size", "date")}))
     data = two_runs / "data" / "old"
     data.mkdir(parents=True)
     (data / "summary.json").write_text(json.dumps({"rows": 100_000, "users": 7, "tracks": 3}))
@@ -255,6 +259,7 @@ def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_
     assert "**old**: 100k listens, 7 users, 3 tracks" in text
     old = text.split("**old**", 1)[1].split("**small**", 1)[0]
     assert "No steps recorded" in old and "| stage | step |" not in old
+    assert "2026-12-01, commit" in old, "the date of its last stage"
 
 
 def test_missing_runs_are_left_out_with_a_note(two_runs):
@@ -311,5 +316,6 @@ def test_bench_command_records_every_stage_with_its_steps(tmp_path, monkeypatch,
     row = bench["stages"][0]
     assert [s["step"] for s in row["steps"]][-1] == "Recall"
     assert row["outside_cells_seconds"] == pytest.approx(17.0 - 15.51)
+    assert len(row["load_average"]) == 3
     out = capsys.readouterr().out
     assert "Fit on history" in out and "peak RSS" in out

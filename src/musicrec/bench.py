@@ -272,12 +272,16 @@ def generators_table(bench: dict) -> str:
 def _run_heading(run: str, bench: dict) -> str:
     size, host = bench.get("size", {}), bench.get("machine", {})
     commit = (bench.get("commit") or "?")[:7] + (" (uncommitted changes)" if bench.get("dirty") else "")
+    date = bench.get("date") or max((r.get("finished", "") for r in bench["stages"]), default="") or "?"
+    loads = [r["load_average"][0] for r in bench["stages"] if r.get("load_average")]
+    load = f"; load average up to {max(loads):.1f} at a stage's end" if loads else ""
+
     def whole(n: int | None) -> str:
         return "?" if n is None else f"{n:,}"
 
     return (f"**{run}**: {_count(size.get('listens'))} listens, {whole(size.get('users'))} users, "
             f"{whole(size.get('tracks'))} tracks; {host.get('cpus', '?')} cpus, "
-            f"{host.get('memory_gb', '?')} GB; {bench.get('date', '?')[:10]}, commit {commit}")
+            f"{host.get('memory_gb', '?')} GB{load}; {date[:10]}, commit {commit}")
 
 
 def bench_tables(runs: list[str], root: str | Path = ".") -> str:

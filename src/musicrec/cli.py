@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_stage(name, args.params, args.data_path or None, args.root)
                 # what no cell's time covers: the kernel's start and shutdown, papermill's own work
                 outside = run.seconds - sum(step["seconds"] for step in run.steps)
-                rows.append({**run.as_dict(), "outside_cells_seconds": round(outside, 2), "steps": run.steps})
+                rows.append({**run.as_dict(), "outside_cells_seconds": round(outside, 2),
+                             # above the cpu count: other work shared the machine, times are upper bounds
+                             "load_average": [round(x, 2) for x in os.getloadavg()], "steps": run.steps})
                 # recorded after every stage: a long run that fails later keeps what it measured
                 bench = write_bench(paths, str(args.params), rows)
             _print_table(bench["stages"])
