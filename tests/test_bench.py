@@ -175,8 +175,9 @@ def test_write_bench_commit_of_a_git_checkout(tmp_path):
     (tmp_path / "f").write_text("a")
     subprocess.run(["git", *env, "-C", str(tmp_path), "add", "f"], check=True)
     subprocess.run(["git", *env, "-C", str(tmp_path), "commit", "-qm", "x"], check=True)
-    bench = write_bench(RunPaths(tmp_path, "r"), "p.yaml", [])
+    bench = write_bench(RunPaths(tmp_path, "r"), "p.yaml", [stage_row("01_data", 1, 1)])
     assert len(bench["commit"]) == 40 and bench["dirty"] is False
+    assert bench["stages"][0]["commit"] == bench["commit"], "each stage says at which commit it ran"
     (tmp_path / "f").write_text("b")
     assert write_bench(RunPaths(tmp_path, "r"), "p.yaml", [])["dirty"] is True
 

@@ -137,6 +137,8 @@ def write_bench(paths: RunPaths, params: str, rows: list[dict[str, Any]]) -> dic
     bench_file = paths.outputs / "bench.json"
     earlier = read_json(bench_file) if bench_file.is_file() else {}
     ran = {row["stage"] for row in rows}
+    commit = git_commit(paths.root)
+    rows = [{**row, "commit": commit["commit"]} for row in rows]
     stages = sorted([r for r in earlier.get("stages", []) if r["stage"] not in ran] + rows,
                     key=lambda r: r["stage"])
     generators = earlier.get("generators", [])
@@ -147,7 +149,7 @@ def write_bench(paths: RunPaths, params: str, rows: list[dict[str, Any]]) -> dic
     if "04_ranking" in ran and (paths.ranking / "summary.json").is_file():
         ranking_steps = read_json(paths.ranking / "summary.json")["steps"]
     bench = {"run": paths.run, "profile": str(params),
-             "date": dt.datetime.now().isoformat(timespec="seconds"), **git_commit(paths.root),
+             "date": dt.datetime.now().isoformat(timespec="seconds"), **commit,
              "machine": machine(), "size": profile_size(paths), "stages": stages,
              "generators": generators, "ranking_steps": ranking_steps}
     write_json(bench, bench_file)
