@@ -273,3 +273,23 @@ def test_stage_reuses_what_does_not_depend_on_the_window(tiny_run):
     fit_window(profile, paths, "history+labels")
     for name, frame in copied.items():
         assert frame.equals(pl.read_parquet(paths.candidates / name)), name
+
+
+def test_history_lists_only_for_the_rankers_training_users(tiny_run):
+    """With ``ranking.train_users`` set, the history fit lists exactly the ranker's training users
+    (every user still counts in the fit); history + labels lists every user."""
+    from musicrec.candidates.stage import CandidateStage, labels_targets, list_users
+    from musicrec.ranking.stage import training_users
+
+    profile, paths = tiny_run
+    profile = profile.model_copy(update={"ranking": profile.ranking.model_copy(update={"train_users": 50})})
+    users = list_users(profile, paths)
+    assert np.array_equal(users, training_users(labels_targets(paths), 50, profile.seed)) and len(users) == 50
+    stage = CandidateStage(profile, paths)
+    stage.fit("history")
+    for name in ("personal_als", "random", "i2i_history", "content", "audio"):
+        listed = pl.read_parquet(paths.candidates / "history" / f"{name}.parquet")["user_id"].unique()
+        assert set(listed.to_list()) <= set(users.tolist()) and listed.len() >= 45, name
+    stage.fit("history+labels")
+    everyone = pl.read_parquet(paths.candidates / "personal_als.parquet").get_column("user_id").n_unique()
+    assert everyone > 300

@@ -66,9 +66,28 @@ def window_interactions(paths: RunPaths, window: str) -> pl.DataFrame:
             .collect())
 
 
-def labels_targets(paths: RunPaths) -> pl.DataFrame:
-    """Listens in the labels window of users seen in history: what candidates should contain."""
-    return window_targets(paths, "labels")
+def labels_targets(paths: RunPaths, users: np.ndarray | None = None) -> pl.DataFrame:
+    """Listens in the labels window of users seen in history (of ``users`` only, when given):
+    what candidates should contain."""
+    targets = window_targets(paths, "labels")
+    if users is not None:
+        targets = targets.join(pl.DataFrame({C.user_id: users}).cast(targets.schema[C.user_id]),
+                               on=C.user_id, how="semi")
+    return targets
+
+
+def list_users(profile: Profile, paths: RunPaths) -> np.ndarray | None:
+    """The users who get lists from the history fit: the ranker's training users, or None for all.
+
+    The history fit's lists serve only to train the ranker (and to measure candidate recall), and
+    the ranker trains on a seeded sample of ``ranking.train_users`` users with a labels-window
+    listen: lists for the other users would never be read. Every user still counts in the fit.
+    """
+    from musicrec.ranking.stage import training_users
+
+    if profile.ranking.train_users is None:
+        return None
+    return training_users(labels_targets(paths), profile.ranking.train_users, profile.seed)
 
 
 def window_targets(paths: RunPaths, window: str, warm: bool | None = True,
@@ -101,14 +120,15 @@ def output_dir(paths: RunPaths, window: str) -> Path:
 
 
 def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch: int,
-                  desc: str, progress: bool, workers: int = 1) -> int:
-    """Write ``recommend(rows, n)`` for every user of the window, batch by batch."""
-    def work(rows: slice) -> pl.DataFrame:
-        index = np.arange(rows.start, rows.stop)
+                  desc: str, progress: bool, workers: int = 1, rows: np.ndarray | None = None) -> int:
+    """Write ``recommend(rows, n)`` for the users at matrix ``rows`` (all when None), batch by batch."""
+    rows = np.arange(len(data.user_ids)) if rows is None else rows
+
+    def work(index: np.ndarray) -> pl.DataFrame:
         cols, scores = recommend(index, n)
         return to_user_frame(data.user_ids[index], cols, scores, data.track_ids)
 
-    parts = list(batches(len(data.user_ids), batch))
+    parts = [rows[part] for part in batches(len(rows), batch)]
     with ParquetStream(path, USER_RECS_SCHEMA) as out:
         for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
                           disable=not progress):
@@ -157,7 +177,8 @@ class CandidateStage:
     ``history + labels`` fit: the ALS history model (for ``als.refit`` warm or users), the
     audio embeddings and their index, and the lists that come from the catalogue alone
     (content and audio similar tracks; ALS similar tracks when only users are refitted),
-    which are copied instead of computed again. Fitted alone, ``history + labels`` loads
+    which are copied instead of computed again. The history fit writes user lists only for
+    :func:`list_users` (the ranker's training users). Fitted alone, ``history + labels`` loads
     the ALS history model from ``outputs/<run>/models/history/`` and computes the rest.
     """
 
@@ -179,6 +200,12 @@ class CandidateStage:
         features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
         data = FitData.build(interactions, tracks, features)
         reuse = window == "history+labels" and bool(self._history)
+        self.rows = np.arange(len(data.user_ids))
+        if window == "history":
+            users = list_users(profile, paths)
+            if users is not None:
+                self.rows = data.user_rows(users)
+                self.rows = self.rows[self.rows >= 0]
         runs: list[GeneratorRun] = []
 
         # top-popular: one global list
@@ -194,7 +221,7 @@ class CandidateStage:
         rnd = RandomGenerator(profile.seed).fit(data)
         run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
             out / "random.parquet", data, rnd.recommend, cfg.random.n, cfg.als.batch_users,
-            f"random ({window})", progress, workers))
+            f"random ({window})", progress, workers, self.rows))
         run.files = ["random.parquet"]
         runs.append(run)
 
@@ -217,7 +244,7 @@ class CandidateStage:
         # implicit's recommend runs on every core itself: batches one at a time, writing overlapped
         run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
             out / "personal_als.parquet", data, als.recommend, cfg.n_users, cfg.batch_users,
-            f"ALS top-{cfg.n_users} ({window})", self.progress, min(2, self.workers)))
+            f"ALS top-{cfg.n_users} ({window})", self.progress, min(2, self.workers), self.rows))
         kept_items = cfg.refit == "users" and previous is not None
         if kept_items and (out / "history" / "similar.parquet").is_file():
             similar_rows = _timed(run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
@@ -245,18 +272,22 @@ class CandidateStage:
         recent = last_listens(interactions, cfg.i2i_history.last_k).collect()
         recent_users = recent.get_column(C.user_id).to_numpy()
 
-        def work(part: slice) -> pl.DataFrame:
+        def work(part: np.ndarray) -> pl.DataFrame:
             users = data.user_ids[part]
             lo = np.searchsorted(recent_users, users[0], side="left")
             hi = np.searchsorted(recent_users, users[-1], side="right")
             block = data.matrix[part]
             heard = pl.DataFrame({C.user_id: np.repeat(users, np.diff(block.indptr)),
                                   C.track_id: data.track_ids[block.indices]})
-            return i2i_from_history(recent.slice(lo, hi - lo), similar, cfg.i2i_history.n, heard=heard)
+            mine = recent.slice(lo, hi - lo)
+            if hi - lo and mine.get_column(C.user_id).n_unique() > len(users):  # a sample of users
+                mine = mine.filter(pl.col(C.user_id).is_in(pl.Series(users).implode()))
+            return i2i_from_history(mine, similar, cfg.i2i_history.n, heard=heard)
 
         def i2i_batches() -> int:
             with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
-                for frame in in_order(work, list(batches(len(data.user_ids), cfg.als.batch_users * 5)), 1):
+                parts = [self.rows[part] for part in batches(len(self.rows), cfg.als.batch_users * 5)]
+                for frame in in_order(work, parts, 1):
                     stream.write(frame)
             return stream.rows
 
@@ -291,7 +322,7 @@ class CandidateStage:
         batch = getattr(gen_cfg, "batch_users", profile.candidates.als.batch_users)
         run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
             out / f"{name}.parquet", data, gen.recommend, gen_cfg.n, batch, f"{name} ({window})",
-            self.progress, self.workers))
+            self.progress, self.workers, self.rows))
         if fitted is not None and (out / "history" / f"{name}_similar.parquet").is_file():
             _timed(run, "similar_seconds", lambda: _copy_from_history(f"{name}_similar.parquet", out))
         else:
