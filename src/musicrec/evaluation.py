@@ -114,6 +114,11 @@ def popularity(paths: RunPaths) -> pl.DataFrame:
             .sort(["listeners", C.track_id], descending=[True, False]))
 
 
+def history_users(paths: RunPaths) -> int:
+    """The number of distinct users with a listen before ``test_start`` (novelty's denominator)."""
+    return int(history_pairs(paths).select(pl.col(C.user_id).n_unique()).collect(engine="streaming").item())
+
+
 def cold_lists(paths: RunPaths) -> pl.LazyFrame:
     """The cold users' lists: ``recommendations.parquet`` rows with ``source == "top_popular"``."""
     return (pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "top_popular")
@@ -237,23 +242,6 @@ def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
     return sources
 
 
-def _top_k_dense(users: np.ndarray, tracks: np.ndarray, scores: np.ndarray, k: int) -> pl.DataFrame:
-    """Top ``k`` columns of each row of ``scores`` (users × tracks), by score then track id."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    top_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((tracks[part], -top_scores), axis=1)  # last key first: score, then track id
-    part, top_scores = np.take_along_axis(part, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-    frame = pl.DataFrame({
-        C.user_id: np.repeat(users, k).astype(np.int32),
-        C.track_id: tracks[part].ravel().astype(np.int32),
-        C.score: top_scores.ravel(),
-        C.rank: np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
-    })
-    return frame.filter(pl.col(C.score) > -np.inf)
-
-
 def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int = 100,
                  candidate_pool: Mapping[str, ListsLike] | None = None, n_popular: int = 1000,
                  max_exact_pairs: int = 500_000_000, batch_pairs: int = 2_000_000,
@@ -295,11 +283,14 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     catalogue = np.sort(pl.read_parquet(paths.tracks, columns=[C.track_id]).get_column(C.track_id)
                         .to_numpy()).astype(np.int32)
     exact = len(user_ids) * len(catalogue) <= max_exact_pairs
-    if not exact:
+    if exact:
+        dense = catalogue
+    else:
         sources = dict(candidate_pool) if candidate_pool is not None else _candidate_pool_sources(paths)
         if listeners is None:
             listeners = popularity(paths)
-        popular = listeners.head(n_popular).get_column(C.track_id).cast(pl.Int32)
+        dense = np.sort(listeners.head(n_popular).get_column(C.track_id).cast(pl.Int32).to_numpy())
+    bound = _PreferenceBound(paths.oracle)
     parts: list[pl.DataFrame] = []
     for lo in range(0, len(user_ids), block_users):
         block = user_ids[lo:lo + block_users]
@@ -309,54 +300,143 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
         heard = (history_pairs(paths).filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
                  .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
                  .collect(engine="streaming"))
+        heard_keys = np.sort(pair_keys(heard.get_column(C.user_id).to_numpy(),
+                                       heard.get_column(C.track_id).to_numpy()))
         if exact:
-            parts += _oracle_exact(paths.oracle, block, catalogue, heard, k_max, batch_pairs, true_preference)
+            extra = np.zeros(0, dtype=np.int64)
         else:
-            pool = pl.concat([lf.lazy().filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
-                              .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
-                              for lf in sources.values()] + [block_df.lazy().join(
-                                  pl.DataFrame({C.track_id: popular}).lazy(), how="cross")])
-            pool = (pool.unique().join(heard.lazy(), on=[C.user_id, C.track_id], how="anti")
-                    .sort([C.user_id, C.track_id]).collect(engine="streaming"))
-            parts += _oracle_pool(paths.oracle, pool, k_max, batch_pairs, true_preference)
+            pool = (pl.concat([lf.lazy().filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
+                               .select(pair_key().alias("key")) for lf in sources.values()])
+                    .collect(engine="streaming").get_column("key").to_numpy())
+            pool = np.unique(pool)
+            # the dense tracks are scored for every user anyway; heard tracks are never listed
+            tracks = (pool - (1 << 31)) & 0xFFFFFFFF  # the low half of the key: track + 2^31
+            extra = pool[(index_of(dense, tracks.astype(np.int32)) < 0) & (index_of(heard_keys, pool) < 0)]
+        parts += _oracle_block(bound, block, dense, extra, heard_keys, k_max, batch_pairs, true_preference)
     schema = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float64, C.rank: pl.Int32}
     return pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)
 
 
-def _oracle_exact(oracle: Path, block: np.ndarray, catalogue: np.ndarray, heard: pl.DataFrame, k: int,
-                  batch_pairs: int, score: Callable) -> list[pl.DataFrame]:
-    per_batch = max(1, batch_pairs // len(catalogue))
-    heard_user = heard.get_column(C.user_id).to_numpy()
-    heard_col = np.searchsorted(catalogue, heard.get_column(C.track_id).to_numpy())
-    parts = []
-    for lo in range(0, len(block), per_batch):
-        users = block[lo:lo + per_batch]
-        scores = score(oracle, np.repeat(users, len(catalogue)), np.tile(catalogue, len(users)))
-        scores = np.asarray(scores, dtype=np.float64).reshape(len(users), len(catalogue))
-        inside = (heard_user >= users[0]) & (heard_user <= users[-1])
-        rows = index_of(users, heard_user[inside])
-        known = rows >= 0
-        scores[rows[known], heard_col[inside][known]] = -np.inf
-        parts.append(_top_k_dense(users, catalogue, scores, k))
-    return parts
+class _PreferenceBound:
+    """A fast estimate of :func:`~musicrec.sources.synthetic.true_preference`, within ``RELATIVE``.
+
+    The same formula over the oracle's tables, vectorised over a block of users × tracks
+    (a user's genre weights as a dense row, so a pair costs a gather instead of a scan of
+    the user's genres) and in float64 throughout, where ``true_preference`` sums float32
+    weights: the two differ by rounding only (some 1e-7, relative). The oracle uses it only
+    to discard pairs that cannot reach a user's top k; every listed score is
+    ``true_preference``'s own, and the bound is checked on every pair scored exactly.
+    """
+
+    #: Largest relative difference allowed between the estimate and the exact score.
+    RELATIVE = 1e-5
+
+    def __init__(self, oracle: Path):
+        from musicrec.sources.synthetic import _oracle_tables
+
+        self.oracle = oracle
+        self.o = o = _oracle_tables(oracle)
+        self.n_genres = int(max(o.genres.max(initial=0), o.track_genre.max(initial=0))) + 1
+
+    def rows(self, users: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Table rows of user ids and of track ids (every id must be in the oracle)."""
+        o = self.o
+        u, t = index_of(o.user_sorted, users), index_of(o.track_sorted, tracks)
+        if (u < 0).any() or (t < 0).any():
+            raise KeyError("oracle: user or track ids not in the oracle's tables")
+        return o.user_order[u], o.track_order[t]
+
+    def genre_weights(self, user_rows: np.ndarray) -> np.ndarray:
+        """``(users, genres)``: each user's weight of every genre (repeated genres summed)."""
+        o, g = self.o, self.n_genres
+        cells = np.arange(len(user_rows))[:, None] * g + o.genres[user_rows]
+        return np.bincount(cells.ravel(), weights=o.genre_weights[user_rows].astype(np.float64).ravel(),
+                           minlength=len(user_rows) * g).reshape(len(user_rows), g)
+
+    def estimate(self, weights: np.ndarray, user_rows: np.ndarray, local: np.ndarray,
+                 track_rows: np.ndarray) -> np.ndarray:
+        """Estimates for pairs ``(local[i], track_rows[i])``, broadcast like numpy arrays.
+
+        ``weights``: :meth:`genre_weights` of ``user_rows``; ``local`` indexes those rows.
+        """
+        o = self.o
+        users = user_rows[local]
+        taste = weights[local, o.track_genre[track_rows]]
+        artist = o.track_artist[track_rows]
+        favourites = o.favourites[user_rows]
+        fav = np.zeros(np.broadcast_shapes(np.shape(local), np.shape(track_rows)))
+        for j in range(favourites.shape[1]):
+            fav += favourites[local, j] == artist
+        fav /= favourites.shape[1]
+        popular = o.popular_share[users]
+        in_taste = 1.0 - o.explore_share - popular
+        return (in_taste * ((1 - o.fav_share) * taste * o.p_ag[track_rows] + o.fav_share * fav)
+                * o.p_ta[track_rows] + o.explore_share / len(o.track_sorted) + popular * o.p_t[track_rows])
 
 
-def _oracle_pool(oracle: Path, pool: pl.DataFrame, k: int, batch_pairs: int,
-                 score: Callable) -> list[pl.DataFrame]:
-    """Score the pool (sorted by user) in batches of about ``batch_pairs`` rows, whole users each."""
-    users = pool.get_column(C.user_id).to_numpy()
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
-    first_of_batch = starts[np.r_[True, np.diff(starts // batch_pairs) > 0]] if len(starts) else starts
-    bounds = np.r_[first_of_batch, len(users)]
+def _oracle_block(bound: _PreferenceBound, block: np.ndarray, dense: np.ndarray, extra: np.ndarray,
+                  heard_keys: np.ndarray, k: int, batch_pairs: int, score: Callable) -> list[pl.DataFrame]:
+    """The top ``k`` of each user of ``block`` (sorted) over ``dense`` tracks (all users, heard ones
+    excluded) and ``extra`` pair keys (sorted, distinct, unheard, not in ``dense``), by ``score``.
+
+    Each user's pairs are estimated (:class:`_PreferenceBound`); only those whose estimate
+    reaches the user's k-th best estimate (less the bound's margin) are scored exactly, so
+    the lists are those of scoring every pair, ties by track id.
+    """
+    extra_users = (extra >> 32).astype(np.int32)
+    extra_tracks = ((extra - (1 << 31)) & 0xFFFFFFFF).astype(np.int32)
+    heard_users = (heard_keys >> 32).astype(np.int32)
+    starts = np.searchsorted(extra_users, block)
+    ends = np.searchsorted(extra_users, block, side="right")
+    per_user = len(dense) + int((ends - starts).max(initial=0))
+    margin = (1 - bound.RELATIVE) / (1 + bound.RELATIVE)
     out = []
-    for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True):
-        chunk = pool.slice(int(b0), int(b1 - b0))
-        values = score(oracle, chunk.get_column(C.user_id).to_numpy(),
-                       chunk.get_column(C.track_id).to_numpy())
-        out.append(chunk.with_columns(pl.Series(C.score, np.asarray(values, dtype=np.float64)))
-                   .sort([C.user_id, C.score, C.track_id], descending=[False, True, False])
-                   .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.user_id).alias(C.rank))
-                   .filter(pl.col(C.rank) <= k))
+    step = max(1, batch_pairs // max(per_user, 1))
+    _, dense_rows = bound.rows(block[:1], dense) if len(dense) else (None, np.zeros(0, np.int64))
+    for lo in range(0, len(block), step):
+        users = block[lo:lo + step]
+        user_rows, _ = bound.rows(users, dense[:0])
+        weights = bound.genre_weights(user_rows)
+        local = np.arange(len(users))
+        grid = np.full((len(users), per_user), -np.inf)
+        cols = np.broadcast_to(dense, (len(users), len(dense)))
+        tracks = np.full((len(users), per_user), -1, dtype=np.int32)
+        tracks[:, :len(dense)] = cols
+        if len(dense):
+            grid[:, :len(dense)] = bound.estimate(weights, user_rows, local[:, None], dense_rows[None, :])
+            h0, h1 = np.searchsorted(heard_users, [users[0], users[-1] + 1])
+            h_users, h_keys = heard_users[h0:h1], heard_keys[h0:h1]
+            h_tracks = ((h_keys - (1 << 31)) & 0xFFFFFFFF).astype(np.int32)
+            h_row, h_col = index_of(users, h_users), index_of(dense, h_tracks)
+            hit = (h_row >= 0) & (h_col >= 0)
+            grid[h_row[hit], h_col[hit]] = -np.inf
+        e0, e1 = int(starts[lo]), int(ends[lo + len(users) - 1])
+        if e1 > e0:
+            e_users, e_tracks = extra_users[e0:e1], extra_tracks[e0:e1]
+            e_local = index_of(users, e_users)
+            slot = len(dense) + np.arange(e1 - e0) - (starts[lo:lo + len(users)] - e0)[e_local]
+            _, e_rows = bound.rows(e_users[:0], e_tracks)
+            grid[e_local, slot] = bound.estimate(weights, user_rows, e_local, e_rows)
+            tracks[e_local, slot] = e_tracks
+        kk = min(k, per_user)
+        kth = -np.partition(-grid, kk - 1, axis=1)[:, kk - 1]
+        keep = (grid >= (kth * margin)[:, None]) & (grid > -np.inf)
+        row, col = np.nonzero(keep)
+        pair_users, pair_tracks = users[row], tracks[row, col]
+        exact = np.asarray(score(bound.oracle, pair_users, pair_tracks), dtype=np.float64)
+        estimated = grid[row, col]
+        if not np.all(np.abs(estimated - exact) <= bound.RELATIVE * np.abs(exact)):
+            raise RuntimeError("oracle: the preference estimate is off true_preference; "
+                               "update evaluation._PreferenceBound to match musicrec.sources.synthetic")
+        order = np.lexsort((pair_tracks, -exact, pair_users))
+        pair_users, pair_tracks, exact = pair_users[order], pair_tracks[order], exact[order]
+        first = np.r_[True, pair_users[1:] != pair_users[:-1]] if len(order) else np.zeros(0, bool)
+        start_of = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        rank = (np.arange(len(order)) - start_of + 1).astype(np.int32)
+        top = rank <= k
+        out.append(pl.DataFrame({C.user_id: pair_users[top].astype(np.int32),
+                                 C.track_id: pair_tracks[top].astype(np.int32),
+                                 C.score: exact[top], C.rank: rank[top]}))
     return out
 
 
@@ -455,6 +535,7 @@ def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups
 def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
                     ks: Sequence[int] = (5, 10, 100), beyond_k: int = 10, train: pl.DataFrame | None = None,
                     tracks: pl.DataFrame | None = None, n_items: int | None = None,
+                    listeners: pl.DataFrame | None = None, n_train_users: int | None = None,
                     cold: ListsLike | None = None, cold_models: Sequence[str] = ("top_popular", "final"),
                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pl.DataFrame:
     """Every model's metrics on the test window, for all warm users and for each segment.
@@ -478,6 +559,10 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         heard a track), the tracks with genres (intra-list diversity) and the catalogue
         size (coverage; defaults to ``tracks``' height). A metric whose input is missing
         is left out.
+    listeners, n_train_users
+        Instead of ``train``, its counts: ``track_id, listeners`` (:func:`popularity`) and
+        the number of its users (:func:`history_users`); the same novelty, without the
+        interactions in memory.
     cold, cold_models
         The cold users' lists (top-popular: :func:`cold_lists`); they are evaluated on
         segment ``cold`` only, under each name of ``cold_models`` (the same list: the
@@ -510,6 +595,8 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         beyond.append(Coverage(beyond_k, n_items=n_items))
     if train is not None:
         beyond.append(Novelty(beyond_k, train=train.select(C.user_id, C.track_id)))
+    elif listeners is not None and n_train_users is not None:
+        beyond.append(Novelty(beyond_k, listeners=listeners, n_users=n_train_users))
     if tracks is not None:
         beyond.append(IntraListDiversity(beyond_k, tracks=tracks))
     max_k = max([*ks, beyond_k])
@@ -797,6 +884,15 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     flat_users = np.repeat(users, width).astype(np.int32)
     flat_tracks = grid.ravel().astype(np.int32)
     cell_keys = pair_keys(flat_users, flat_tracks)
+    # lookups of sorted keys walk the tables in order: sort the cells once for every model
+    cell_order = np.argsort(cell_keys, kind="stable")
+    sorted_cells = cell_keys[cell_order]
+
+    def lookup(sorted_keys: np.ndarray, values: np.ndarray, missing: float) -> np.ndarray:
+        found = np.empty(len(cell_keys))
+        found[cell_order] = _lookup(sorted_keys, values, sorted_cells, missing)
+        return found
+
     sampled_users = pl.DataFrame({C.user_id: np.unique(users)})
 
     out = []
@@ -816,8 +912,7 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
         ranks = (frame.lazy().join(sampled_users.lazy(), on=C.user_id, how="semi")
                  .select(pair_key().alias("key"), pl.col(C.rank).cast(pl.Float64))
                  .group_by("key").agg(pl.col(C.rank).min()).sort("key").collect(engine="streaming"))
-        add(name, _lookup(ranks.get_column("key").to_numpy(), ranks.get_column(C.rank).to_numpy(), cell_keys,
-                          math.inf))
+        add(name, lookup(ranks.get_column("key").to_numpy(), ranks.get_column(C.rank).to_numpy(), math.inf))
     for name, table in (global_scores or {}).items():
         table = (table.select(pl.col(C.track_id).cast(pl.Int64), pl.col(C.score).cast(pl.Float64))
                  .unique(C.track_id).sort(C.track_id))

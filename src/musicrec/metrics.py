@@ -475,11 +475,22 @@ def track_novelty(train: pl.DataFrame) -> tuple[pl.DataFrame, float]:
     _require(train, [C.user_id, C.track_id], "train")
     train = _ids(train, [C.user_id, C.track_id])
     n_users = train.get_column(C.user_id).n_unique()
-    if n_users == 0:
+    listeners = train.group_by(C.track_id).agg(pl.col(C.user_id).n_unique().alias("listeners"))
+    return novelty_from_counts(listeners, n_users)
+
+
+def novelty_from_counts(listeners: pl.DataFrame, n_users: int) -> tuple[pl.DataFrame, float]:
+    """:func:`track_novelty` from counts already made: ``track_id, listeners`` (distinct users of
+    each track; tracks with 0 are dropped, they count as unseen) and the number of users of train.
+
+    The same numbers as from the interactions themselves, without holding them.
+    """
+    _require(listeners, [C.track_id, "listeners"], "listeners")
+    if n_users <= 0:
         raise ValueError("train: no interactions to measure novelty against")
-    table = train.group_by(C.track_id).agg(
-        (math.log2(n_users) - pl.col(C.user_id).n_unique().cast(pl.Float64).log(2)).alias("novelty")
-    )
+    table = listeners.filter(pl.col("listeners") > 0).select(
+        pl.col(C.track_id).cast(pl.Int32, strict=True),
+        (math.log2(n_users) - pl.col("listeners").cast(pl.Float64).log(2)).alias("novelty"))
     return table, math.log2(n_users)
 
 
@@ -491,7 +502,10 @@ class Novelty(ListMetric):
     users who listened to the track)``; the metric is the mean over users with at
     least one recommendation (users without are left out: 0 would mean "only the
     most popular tracks"). A track absent from ``train`` gets ``log2(n_train_users)``
-    (as if one user had listened to it). Not bounded by 1.
+    (as if one user had listened to it). Not bounded by 1. Instead of ``train``, its counts
+    can be given: ``listeners`` (``track_id, listeners``: distinct users of each track) and
+    ``n_users`` (distinct users of train), which give the same values
+    (:func:`novelty_from_counts`) without the interactions in memory.
 
     Examples
     --------
@@ -502,14 +516,21 @@ class Novelty(ListMetric):
     """
 
     train: pl.DataFrame | None = field(default=None, repr=False, compare=False)
+    listeners: pl.DataFrame | None = field(default=None, repr=False, compare=False)
+    n_users: int | None = None
     name: ClassVar[str] = "novelty"
     _table: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _validate_k(self.k)
-        if self.train is None:
-            raise ValueError("Novelty needs the training interactions (train=...)")
-        object.__setattr__(self, "_table", track_novelty(self.train))
+        if self.train is not None:
+            table = track_novelty(self.train)
+        elif self.listeners is not None and self.n_users is not None:
+            table = novelty_from_counts(self.listeners, self.n_users)
+        else:
+            raise ValueError("Novelty needs the training interactions (train=...), or their counts "
+                             "(listeners=..., n_users=...)")
+        object.__setattr__(self, "_table", table)
 
     def from_lists(self, lists: TopLists) -> pl.DataFrame:
         table, unseen = self._table
