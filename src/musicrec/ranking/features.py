@@ -136,6 +136,31 @@ def user_features(listens: pl.DataFrame, track_genres: pl.DataFrame, track_artis
     return users, user_genres.select(C.user_id, "genre", "genre_share"), user_artists
 
 
+class IdPositions:
+    """Positions of ids in a sorted array of distinct ids (-1 where absent), like ``index_of``.
+
+    When the ids are compact (non-negative, at most a few times as large as their count, as
+    catalogue ids usually are) the look-up is one gather from a dense table instead of a
+    binary search per id: the ranking stage looks up hundreds of millions of track ids.
+    """
+
+    def __init__(self, sorted_ids: np.ndarray):
+        self.ids = np.asarray(sorted_ids)
+        self.table: np.ndarray | None = None
+        if len(self.ids) and self.ids[0] >= 0 and self.ids[-1] < 4 * len(self.ids) + 1024:
+            dtype = np.int32 if len(self.ids) < 2**31 else np.int64
+            self.table = np.full(int(self.ids[-1]) + 1, -1, dtype=dtype)
+            self.table[self.ids] = np.arange(len(self.ids))
+
+    def __call__(self, wanted: np.ndarray) -> np.ndarray:
+        """Positions of ``wanted`` in the ids (int64; -1 where absent)."""
+        wanted = np.asarray(wanted)
+        if self.table is None:
+            return index_of(self.ids, wanted)
+        inside = (wanted >= 0) & (wanted < len(self.table))
+        return np.where(inside, self.table[np.where(inside, wanted, 0)], -1).astype(np.int64)
+
+
 def candidate_files(folder: Path, counts: dict[str, int]) -> list[tuple[str, int, Path]]:
     """``(generator, count, list file)`` of the generators in ``counts`` with a positive count
     whose list exists in ``folder``: the lists the ranking stage merges."""
@@ -169,14 +194,13 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
         raise FileNotFoundError(f"no candidate lists in {folder} for generators {sorted(counts)}: "
                                 "run `make candidates` first")
     # the union through one int64 key per pair, sorted (rows come out sorted by user, then
-    # track; np.sort and a neighbour test, as numpy 2's hash-based np.unique is slower here);
-    # each list's values land at their positions in it
+    # track); each list's values land at their positions in it
     part_keys = [frame_pair_keys(part) for _, part in parts]
-    keys = np.sort(np.concatenate(part_keys))
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+    keys, inverse = _unique_inverse(np.concatenate(part_keys))
     columns, proposed = {}, np.zeros(len(keys), dtype=np.int8)
+    start = 0
     for (name, part), part_key in zip(parts, part_keys, strict=True):
-        at = np.searchsorted(keys, part_key)
+        at, start = inverse[start:start + len(part_key)], start + len(part_key)
         for column, dtype in ((C.score, pl.Float32), (C.rank, pl.Int16)):
             values = np.full(len(keys), np.nan, dtype=np.float32)
             values[at] = part.get_column(column).to_numpy()
@@ -187,6 +211,19 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
                          "n_generators": proposed})
 
 
+def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)``, through polars' multi-threaded arg-sort (several
+    times faster than numpy's hash-based unique or a sort and a binary search per key)."""
+    if len(keys) == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    order = pl.Series(keys).arg_sort().to_numpy()
+    ordered = keys[order]
+    first = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return ordered[first], inverse
+
+
 def frame_pair_keys(frame: pl.DataFrame) -> np.ndarray:
     """:func:`musicrec.metrics.pair_keys` of a frame's ``user_id, track_id`` rows."""
     return pair_keys(frame.get_column(C.user_id).to_numpy(), frame.get_column(C.track_id).to_numpy())
@@ -194,10 +231,18 @@ def frame_pair_keys(frame: pl.DataFrame) -> np.ndarray:
 
 @dataclass
 class TrackLists:
-    """A list column of the catalogue (genres, artists or albums) as CSR arrays over sorted tracks."""
+    """A list column of the catalogue (genres, artists or albums) as CSR arrays over sorted tracks.
+
+    ``items`` are positions in ``vocabulary`` (the sorted distinct ids of the column), so that
+    per-user tables can be laid out as sparse users x items matrices.
+    """
 
     indptr: np.ndarray
     items: np.ndarray
+    vocabulary: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.position = IdPositions(self.vocabulary)
 
     @classmethod
     def build(cls, exploded: pl.DataFrame, column: str, track_ids: np.ndarray) -> TrackLists:
@@ -206,14 +251,44 @@ class TrackLists:
         keep = pos >= 0
         order = np.argsort(pos[keep], kind="stable")
         counts = np.bincount(pos[keep], minlength=len(track_ids))
-        items = exploded.get_column(column).to_numpy()[keep][order].astype(np.int64)
-        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items)
+        ids = exploded.get_column(column).to_numpy()[keep][order]
+        vocabulary, items = np.unique(ids, return_inverse=True)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                   items.astype(np.int32), vocabulary)
 
     def of(self, track_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For catalogue positions ``track_pos``: (row of each item, the item), flattened."""
+        """For catalogue positions ``track_pos``: (row of each item, the item's position), flattened."""
         lengths = np.diff(self.indptr)[track_pos]
         return (np.repeat(np.arange(len(track_pos)), lengths),
                 self.items[ragged_positions(self.indptr[track_pos], lengths)])
+
+    def user_matrix(self, per_user: pl.DataFrame, column: str, value: str, user_ids: np.ndarray
+                    ) -> sp.csr_array:
+        """``per_user``'s ``value`` (one row per user and item) as a users x vocabulary matrix,
+        rows in the order of the sorted ``user_ids``; items outside the vocabulary are left out."""
+        rows = index_of(user_ids, per_user.get_column(C.user_id).to_numpy())
+        cols = self.position(per_user.get_column(column).to_numpy())
+        keep = (rows >= 0) & (cols >= 0)
+        return _csr(per_user.get_column(value).to_numpy()[keep], rows[keep], cols[keep],
+                    (len(user_ids), len(self.vocabulary)))
+
+
+def _csr(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_array:
+    """A canonical (sorted, summed) float32 CSR array, for fast element look-ups."""
+    matrix = sp.csr_array((values.astype(np.float32), (rows, cols)), shape=shape)
+    matrix.sum_duplicates()
+    return matrix
+
+
+def pair_values(matrix: sp.csr_array, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``matrix[rows[i], cols[i]]`` for every i (0 where not stored), float32.
+
+    A binary search within each (short) sparse row: much faster than a global search of
+    millions of (row, column) keys, and the rows of a user's pairs are near one another.
+    """
+    if len(rows) == 0 or matrix.nnz == 0:
+        return np.zeros(len(rows), dtype=np.float32)
+    return np.asarray(matrix[rows, cols], dtype=np.float32).ravel()
 
 
 class ContentSimilarity:
@@ -222,39 +297,31 @@ class ContentSimilarity:
     def __init__(self, tracks: pl.DataFrame):
         self.track_ids = np.sort(tracks.get_column(C.track_id).to_numpy()).astype(np.int32)
         self.vectors, _ = tfidf_vectors(tracks, self.track_ids)
+        self.position = IdPositions(self.track_ids)
 
     def __call__(self, listens: pl.DataFrame, pairs: pl.DataFrame) -> np.ndarray:
         """Scores of ``pairs`` (``user_id, track_id``), profiles from ``listens``' weights."""
         users = np.unique(listens.get_column(C.user_id).to_numpy())
         rows = np.searchsorted(users, listens.get_column(C.user_id).to_numpy())
-        cols = np.searchsorted(self.track_ids, listens.get_column(C.track_id).to_numpy())
+        cols = self.position(listens.get_column(C.track_id).to_numpy())
         weights = listens.get_column(C.weight).to_numpy().astype(np.float32)
         matrix = sp.csr_matrix((weights, (rows, cols)), shape=(len(users), len(self.track_ids)))
         profiles = normalize_rows(matrix @ self.vectors)
         profiles.sort_indices()
-        return _sparse_pair_dots(profiles, users, self.vectors, self.track_ids, pairs)
+        return _sparse_pair_dots(profiles, users, self.vectors, self.position, pairs)
 
 
 def _sparse_pair_dots(left: sp.csr_matrix, left_ids: np.ndarray, right: sp.csr_matrix,
-                      right_ids: np.ndarray, pairs: pl.DataFrame) -> np.ndarray:
+                      right_position: IdPositions, pairs: pl.DataFrame) -> np.ndarray:
     """``left[user] . right[track]`` for every pair, walking the (short) right rows only."""
     u = index_of(left_ids, pairs.get_column(C.user_id).to_numpy())
-    t = index_of(right_ids, pairs.get_column(C.track_id).to_numpy())
+    t = right_position(pairs.get_column(C.track_id).to_numpy())
     u_ok = (u >= 0) & (t >= 0)
     lengths = np.diff(right.indptr)[t] * u_ok
     pair_of = np.repeat(np.arange(len(pairs)), lengths)
     entries = ragged_positions(right.indptr[t], lengths)
-    tokens, values = right.indices[entries], right.data[entries]
-    width = np.int64(left.shape[1])
-    # every stored entry of ``left`` as one sorted int64 key: row * width + column
-    left_rows = np.repeat(np.arange(left.shape[0], dtype=np.int64), np.diff(left.indptr))
-    left_keys = left_rows * width + left.indices
-    wanted = u[pair_of].astype(np.int64) * width + tokens
-    # a hash join (polars, multi-threaded) beats a binary search of millions of random keys
-    matched = (pl.DataFrame({"key": wanted, "pair": pair_of, "right": values})
-               .join(pl.DataFrame({"key": left_keys, "left": left.data}), on="key"))
-    pair_of = matched.get_column("pair").to_numpy()
-    products = matched.get_column("left").to_numpy() * matched.get_column("right").to_numpy()
+    left_values = pair_values(sp.csr_array(left), u[pair_of], right.indices[entries])
+    products = left_values * right.data[entries]
     return np.bincount(pair_of, weights=products, minlength=len(pairs)).astype(np.float32)
 
 
@@ -268,6 +335,7 @@ class AudioSimilarity:
         model = AudioGenerator(profile.candidates.audio, seed=profile.seed).fit(
             FitData.build(empty, tracks, features))
         self.track_ids, self.embeddings = model.data.track_ids, model.embeddings
+        self.position = IdPositions(self.track_ids)
         self.recent_k = profile.candidates.audio.recent_k
 
     _cache: dict[tuple, AudioSimilarity] = {}
@@ -288,13 +356,13 @@ class AudioSimilarity:
         recent = last_listens(listens, self.recent_k).collect()
         users = np.unique(recent.get_column(C.user_id).to_numpy())
         rows = np.searchsorted(users, recent.get_column(C.user_id).to_numpy())
-        cols = np.searchsorted(self.track_ids, recent.get_column(C.track_id).to_numpy())
+        cols = self.position(recent.get_column(C.track_id).to_numpy())
         profiles = np.zeros((len(users), self.embeddings.shape[1]), dtype=np.float32)
         np.add.at(profiles, rows, self.embeddings[cols])
         norms = np.linalg.norm(profiles, axis=1, keepdims=True)
         profiles = np.divide(profiles, norms, out=np.zeros_like(profiles), where=norms > 1e-12)
         u = index_of(users, pairs.get_column(C.user_id).to_numpy())
-        t = index_of(self.track_ids, pairs.get_column(C.track_id).to_numpy())
+        t = self.position(pairs.get_column(C.track_id).to_numpy())
         known = (u >= 0) & (t >= 0)
         scores = np.einsum("ij,ij->i", profiles[np.maximum(u, 0)], self.embeddings[np.maximum(t, 0)])
         return np.where(known, scores, 0.0).astype(np.float32)
@@ -364,6 +432,7 @@ class FeatureBuilder:
         self.albums = _exploded(self.tracks, C.albums, "album")
         self.track_table = self.track_table.sort(C.track_id)
         self.track_ids = self.track_table.get_column(C.track_id).to_numpy()
+        self.track_position = IdPositions(self.track_ids)
         self.track_lists = {name: TrackLists.build(frame, name, self.track_ids)
                             for name, frame in (("genre", self.genres), ("artist", self.artists),
                                                 ("album", self.albums))}
@@ -378,18 +447,20 @@ class FeatureBuilder:
         if len(keys) > 1 and not (np.diff(keys) > 0).all():
             order = np.argsort(keys, kind="stable")
             rows, keys = rows[order], keys[order]
-        track_pos = index_of(self.track_ids, rows.get_column(C.track_id).to_numpy())
+        track_pos = self.track_position(rows.get_column(C.track_id).to_numpy())
         if (track_pos < 0).any():
             unknown = rows.filter(pl.Series(track_pos < 0)).head(3).rows()
             raise ValueError(f"candidates name tracks missing from the catalogue, e.g. {unknown}")
         row_users = rows.get_column(C.user_id).to_numpy()
+        batch_users = np.unique(row_users)
+        row_of_user = index_of(batch_users, row_users)
 
         def summed(name: str, per_user: pl.DataFrame, value: str) -> np.ndarray:
             """For every row, the user's ``value`` summed over the track's items (genres, ...)."""
-            pair_of, items = self.track_lists[name].of(track_pos)
-            table_keys = pair_keys(per_user.get_column(C.user_id).to_numpy(),
-                                   per_user.get_column(name).to_numpy())
-            weights = _lookup(pair_keys(row_users[pair_of], items), table_keys, per_user, [value])[value]
+            lists = self.track_lists[name]
+            pair_of, items = lists.of(track_pos)
+            weights = pair_values(lists.user_matrix(per_user, name, value, batch_users),
+                                  row_of_user[pair_of], items)
             return np.bincount(pair_of, weights=weights, minlength=len(rows)).astype(np.float32)
 
         out = (pl.concat([rows.with_columns(
@@ -397,7 +468,7 @@ class FeatureBuilder:
                    artist_listens=summed("artist", user_artists, "artist_listens"),
                    album_listens=summed("album", user_albums, "album_listens")),
                    self.track_table[track_pos].drop(C.track_id)], how="horizontal")
-               .join(users, on=C.user_id, how="left")
+               .join(users, on=C.user_id, how="left", maintain_order="left")
                .with_columns((pl.col("artist_listens") / pl.col("user_listens")).cast(pl.Float32)
                              .alias("artist_share")))
         if self.similar is not None:

@@ -92,8 +92,12 @@ class TrainedRanker:
     validation_users: int = 0
 
     def predict(self, rows: pl.DataFrame) -> np.ndarray:
-        """Scores of feature ``rows`` (higher is better)."""
-        x = rows.select(self.features).to_pandas()
+        """Scores of feature ``rows`` (higher is better).
+
+        The features go to CatBoost as one float32 array (nulls as NaN, CatBoost's missing
+        value): the same values as a pandas frame, without the conversion.
+        """
+        x = rows.select(pl.col(self.features).cast(pl.Float32)).to_numpy()
         if self.loss == "Logloss":
             return self.model.predict(x, prediction_type="RawFormulaVal")
         return self.model.predict(x)

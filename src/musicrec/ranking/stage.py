@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -61,6 +63,23 @@ def _of_range(frame: pl.DataFrame, chunk: np.ndarray) -> pl.DataFrame:
     return frame.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
 
 
+def prefetched(build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndarray]
+               ) -> Iterator[tuple[np.ndarray, pl.DataFrame]]:
+    """``(chunk, build(chunk))`` for every chunk in order, the next chunk built in a background
+    thread while the caller works on the current one (polars, scipy and CatBoost release the
+    GIL, so feature building and prediction share the two cores). At most two built chunks are
+    alive at once."""
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features") as pool:
+        future = pool.submit(build, chunks[0])
+        for i, chunk in enumerate(chunks):
+            rows = future.result()
+            future = pool.submit(build, chunks[i + 1]) if i + 1 < len(chunks) else None
+            yield chunk, rows
+            del rows
+
+
 def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
     """Users with a labels-window listen (sorted), or a seeded sample of ``sample`` of them."""
     users = np.unique(targets.get_column(C.user_id).to_numpy())
@@ -81,10 +100,9 @@ def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
     targets = window_targets(paths, "labels")
     users = training_users(targets, cfg.train_users, profile.seed)
     parts, report, found = [], SamplingReport(), 0
-    for part in tqdm(list(batches(len(users), cfg.batch_users)), desc="training rows",
-                     disable=not progress):
-        chunk = users[part]
-        rows = builder.batch(chunk)
+    chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
+    for chunk, rows in tqdm(prefetched(builder.batch, chunks), total=len(chunks), desc="training rows",
+                            disable=not progress):
         labelled = label_rows(rows, _of_range(targets, chunk))
         found += int(labelled.get_column("target").sum())
         sampled, batch_report = sample_training_rows(labelled, cfg.negatives_per_user, profile.seed)
@@ -115,10 +133,9 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
     candidate_rows = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
-        for part in tqdm(list(batches(len(users), cfg.batch_users)), desc="scoring",
-                         disable=not progress):
-            chunk = users[part]
-            rows = builder.batch(chunk)
+        chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
+        for chunk, rows in tqdm(prefetched(builder.batch, chunks), total=len(chunks), desc="scoring",
+                                disable=not progress):
             candidate_rows += rows.height
             top = top_n_by_score(rows, ranker.predict(rows), cfg.n)
             out.write(top)
