@@ -359,6 +359,13 @@ def test_fit_ranker_learns_the_signal_and_round_trips(tmp_path, loss):
     loaded = TrainedRanker.load(tmp_path)
     assert loaded.features == ranker.features == ["signal", "noise"] and loaded.loss == loss
     assert loaded.predict(fresh) == pytest.approx(scores, abs=1e-6)
+    # float32 numpy input with nulls as NaN scores exactly as the pandas frame CatBoost also takes
+    noise = pl.col("noise")
+    holes = fresh.with_columns(pl.when(noise > noise.median()).then(None).otherwise(noise).alias("noise"))
+    assert holes["noise"].null_count() > 0
+    as_pandas = ranker.model.predict(holes.select(ranker.features).to_pandas(),
+                                     **({"prediction_type": "RawFormulaVal"} if loss == "Logloss" else {}))
+    assert np.array_equal(ranker.predict(holes), as_pandas)
     assert set(ranker.curves["set"]) == {"learn", "validation"}
     assert set(ranker.importance["feature"]) == {"signal", "noise"}
     importance = dict(ranker.importance.select("feature", "importance").rows())
@@ -525,3 +532,58 @@ def test_final_against_best_reads_the_intervals():
     assert "beats the best single generator, **personal_als**" in final_against_best(ndcg((0.2, 0.19, 0.21)))
     assert "is below" in final_against_best(ndcg((0.05, 0.04, 0.06)))
     assert "is within the interval of" in final_against_best(ndcg((0.105, 0.1, 0.115)))
+
+
+# ----------------------------------------------------------------------------- fast paths of scoring
+@pytest.mark.parametrize("ids", [np.array([0, 2, 3, 7, 8]), np.array([-5, 3, 10**9, 2 * 10**9])])
+def test_id_positions_match_a_binary_search(ids):
+    from musicrec.candidates.base import index_of
+    from musicrec.ranking.features import IdPositions
+
+    positions = IdPositions(ids)
+    assert (positions.table is not None) == (ids[0] >= 0)  # a dense table only for compact ids
+    wanted = np.concatenate([ids, ids[::-1], [-7, 1, 4, 9, 10**9 + 1, 3 * 10**9, -5]])
+    assert positions(wanted).tolist() == index_of(ids, wanted).tolist()
+
+
+def test_unique_inverse_matches_numpy():
+    from musicrec.ranking.features import _unique_inverse
+
+    keys = np.random.default_rng(0).integers(-50, 50, 1000).astype(np.int64) * (1 << 32)
+    unique, inverse = _unique_inverse(keys)
+    expected, expected_inverse = np.unique(keys, return_inverse=True)
+    assert unique.tolist() == expected.tolist() and inverse.tolist() == expected_inverse.tolist()
+    assert [len(a) for a in _unique_inverse(keys[:0])] == [0, 0]
+
+
+def test_pair_values_reads_stored_cells_and_zero_elsewhere():
+    import scipy.sparse as sp
+
+    from musicrec.ranking.features import pair_values
+
+    dense = np.zeros((3, 5), dtype=np.float32)
+    dense[0, 1], dense[0, 4], dense[2, 0] = 1.5, 2.0, 3.25
+    rows, cols = np.array([0, 0, 0, 1, 2, 2]), np.array([1, 4, 2, 3, 0, 4])
+    assert pair_values(sp.csr_array(dense), rows, cols).tolist() == dense[rows, cols].tolist()
+    assert pair_values(sp.csr_array((3, 5), dtype=np.float32), rows, cols).tolist() == [0.0] * 6
+
+
+def test_score_users_gives_the_same_lists_whatever_the_batch_size(tmp_path):
+    # batches of one user are built ahead of the one being ranked: the same rows, in order
+    paths = scoring_run(tmp_path)
+    score_users(SCORING, paths, AlsScore())
+    whole = pl.read_parquet(paths.recommendations)
+    one_by_one = SCORING.model_copy(update={"ranking": SCORING.ranking.model_copy(update={"batch_users": 1})})
+    result = score_users(one_by_one, paths, AlsScore())
+    assert_frame_equal(pl.read_parquet(paths.recommendations), whole)
+    assert result["candidate_rows"] == 6
+
+
+def test_prefetched_yields_every_chunk_in_order():
+    from musicrec.ranking.stage import prefetched
+
+    chunks = [np.array([i, i + 1]) for i in range(0, 10, 2)]
+    got = list(prefetched(lambda c: pl.DataFrame({"x": c * 10}), chunks))
+    assert [c.tolist() for c, _ in got] == [c.tolist() for c in chunks]
+    assert [f["x"].to_list() for _, f in got] == [(c * 10).tolist() for c in chunks]
+    assert list(prefetched(lambda c: pl.DataFrame(), [])) == []
