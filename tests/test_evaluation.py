@@ -449,3 +449,48 @@ def test_expectation_checks_say_yes_and_no():
     ordered, oracle = ev.expectation_checks(swapped)
     assert "**no**" in ordered and "**yes**" in oracle
     assert ev.expectation_checks(pl.DataFrame({"model": ["final"], "value": [0.2]})) == []
+
+
+# --------------------------------------------------------------------------- one pass over the models
+
+
+def test_evaluate_each_model_is_every_function_at_once():
+    # the same tables as evaluate_models and metric_curves called on all models together, and the
+    # kept cuts: top 1 of every model, whole lists of user 3 only
+    lists = {"a": MODEL_A, "b": MODEL_B.lazy()}
+    each = ev.evaluate_each_model(lists, TEST, SEGMENTS, k_max=3, keep_k=1, keep_users=pl.Series([3]),
+                                  curve_ks=(1, 2, 3), cold=COLD, ks=(1, 2), beyond_k=2, n_items=100,
+                                  n_boot=200)
+    assert each.results.equals(evaluate_models(lists, TEST, SEGMENTS, ks=(1, 2), beyond_k=2, n_items=100,
+                                               cold=COLD, n_boot=200))
+    warm = pl.Series("user_id", [1, 2, 3], dtype=pl.Int32)
+    warm_test = TEST.filter(pl.col("user_id") != 4)
+    assert each.curves.equals(ev.metric_curves(lists, warm_test, warm, ks=(1, 2, 3)))
+    assert each.rows == {"a": 5, "b": 6}
+    assert sorted(each.top["a"].rows()) == [(1, 10, 1), (2, 98, 1)]
+    assert each.sampled["a"].height == 0  # model a has no list for user 3
+    assert sorted(each.sampled["b"].rows()) == [(3, 30, 1), (3, 31, 3), (3, 33, 2)]
+
+
+def test_novelty_from_popularity_counts_is_novelty_from_train():
+    # train as in test_novelty_and_diversity_when_inputs_given; counts instead: the same table
+    train = pairs([(1, 1), (2, 1), (3, 1), (4, 1), (1, 2)])
+    segments = pl.DataFrame({"user_id": [1], "segment": ["light"]})
+    args = ({"m": lists_frame({1: [1, 2]})}, pairs([(1, 2)]), segments)
+    from_train = evaluate_models(*args, ks=(2,), beyond_k=2, train=train, n_boot=50)
+    counts = pl.DataFrame({"track_id": [1, 2, 3], "listeners": [4, 1, 0]})  # a track nobody heard: 0
+    from_counts = evaluate_models(*args, ks=(2,), beyond_k=2, listeners=counts, n_train_users=4, n_boot=50)
+    assert from_counts.equals(from_train)
+    assert row(from_counts, "m", "novelty", 2, "all")["value"] == pytest.approx(1.0)
+
+
+def test_preference_estimate_is_true_preference_within_its_bound(synthetic_run):
+    # the oracle discards pairs by an estimate of true preference: it must stay within RELATIVE of it
+    bound = ev._PreferenceBound(synthetic_run.oracle)
+    users, tracks = np.repeat(np.arange(120), 400), np.tile(np.arange(400), 120)
+    _, track_rows = bound.rows(users[:0], tracks)
+    block_rows, _ = bound.rows(np.arange(120), tracks[:0])
+    estimate = bound.estimate(bound.genre_weights(block_rows), block_rows, users, track_rows)
+    exact = true_preference(synthetic_run.oracle, users, tracks)
+    assert np.all(np.abs(estimate - exact) <= 1e-6 * exact)
+    assert len(np.unique(exact)) > 1000  # a real spread, not a constant

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from musicrec.metrics import (
     RankingMetric,
     Recall,
     TopLists,
+    _rows_of,
     bootstrap_ci,
     bootstrap_diff_ci,
     evaluate_per_user,
@@ -69,6 +71,8 @@ RANKING_METRICS: dict[str, type[RankingMetric]] = {
     cls.name: cls for cls in (Precision, Recall, NDCG, MAP, HitRate)}
 
 ListsLike = pl.DataFrame | pl.LazyFrame
+#: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
+CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
 
 
 # --------------------------------------------------------------------------- inputs of a run
@@ -830,6 +834,16 @@ def _positions(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
     return ahead.sum(axis=1) + 1
 
 
+def sampled_listens(test: pl.DataFrame, max_listens: int = 200_000, seed: int = 0) -> pl.DataFrame:
+    """``user_id, track_id``: the test listens :func:`sampled_protocol` ranks (distinct, at most
+    ``max_listens`` sampled with the seed, sorted)."""
+    listens = (test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).unique()
+               .sort([C.user_id, C.track_id]))
+    if listens.height > max_listens:
+        listens = listens.sample(max_listens, seed=seed).sort([C.user_id, C.track_id])
+    return listens
+
+
 def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series | np.ndarray,
                      lists: Mapping[str, ListsLike] | None = None,
                      global_scores: Mapping[str, pl.DataFrame] | None = None,
@@ -866,10 +880,7 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     upper``: the interval is a percentile bootstrap over the sampled listens (listens of
     one user are not independent, so it is somewhat narrow).
     """
-    listens = (test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).unique()
-               .sort([C.user_id, C.track_id]))
-    if listens.height > max_listens:
-        listens = listens.sample(max_listens, seed=seed).sort([C.user_id, C.track_id])
+    listens = sampled_listens(test, max_listens, seed)
     users = listens.get_column(C.user_id).to_numpy()
     tracks = catalogue.to_numpy() if isinstance(catalogue, pl.Series) else np.asarray(catalogue)
     rng = np.random.default_rng(seed)
@@ -884,13 +895,20 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     flat_users = np.repeat(users, width).astype(np.int32)
     flat_tracks = grid.ravel().astype(np.int32)
     cell_keys = pair_keys(flat_users, flat_tracks)
-    # lookups of sorted keys walk the tables in order: sort the cells once for every model
+    # the cells sorted once: each list's (far fewer) keys are then searched among them
     cell_order = np.argsort(cell_keys, kind="stable")
     sorted_cells = cell_keys[cell_order]
 
     def lookup(sorted_keys: np.ndarray, values: np.ndarray, missing: float) -> np.ndarray:
-        found = np.empty(len(cell_keys))
-        found[cell_order] = _lookup(sorted_keys, values, sorted_cells, missing)
+        """``values`` of the cells whose key is in ``sorted_keys`` (distinct), ``missing`` elsewhere."""
+        found = np.full(len(cell_keys), missing, dtype=np.float64)
+        lo = np.searchsorted(sorted_cells, sorted_keys, side="left")
+        n = np.searchsorted(sorted_cells, sorted_keys, side="right") - lo
+        has = n > 0
+        lo, n, vals = lo[has], n[has], values[has]
+        # every cell of a key (a track drawn for two listens of a user is two cells)
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        found[cell_order[np.repeat(lo, n) + within]] = np.repeat(vals, n)
         return found
 
     sampled_users = pl.DataFrame({C.user_id: np.unique(users)})
@@ -916,8 +934,9 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     for name, table in (global_scores or {}).items():
         table = (table.select(pl.col(C.track_id).cast(pl.Int64), pl.col(C.score).cast(pl.Float64))
                  .unique(C.track_id).sort(C.track_id))
-        add(name, -_lookup(table.get_column(C.track_id).to_numpy(), table.get_column(C.score).to_numpy(),
-                           flat_tracks.astype(np.int64), 0.0))
+        ids, values = table.get_column(C.track_id).to_numpy(), table.get_column(C.score).to_numpy()
+        row = _rows_of(ids, flat_tracks, len(ids))  # a direct table where track ids are dense
+        add(name, -np.append(values, 0.0)[row])
     for name, scorer in (pair_scorers or {}).items():
         real = np.flatnonzero(~pad.ravel())
         keys = np.full(len(flat_tracks), math.inf)
@@ -951,10 +970,63 @@ def write_comparison(comparison: pl.DataFrame, paths: RunPaths) -> Path:
                       paths.outputs / "evaluation.json")
 
 
-# --------------------------------------------------------------------------- figures' data
+# --------------------------------------------------------------------------- one pass over the models
 
-#: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
-CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
+
+@dataclass
+class ModelsPass:
+    """What :func:`evaluate_each_model` keeps of the models' lists, read one model at a time.
+
+    ``results``: :func:`evaluate_models`' table; ``curves``: :func:`metric_curves`' (warm
+    users); ``rows``: each model's list rows (to ``k_max``); ``top``: every model's lists
+    cut to ``keep_k`` (the paired comparison, the popularity bias); ``sampled``: the whole
+    lists (to ``k_max``) of ``keep_users`` only (the sampled protocol's users).
+    """
+
+    results: pl.DataFrame
+    curves: pl.DataFrame
+    rows: dict[str, int]
+    top: dict[str, pl.DataFrame]
+    sampled: dict[str, pl.DataFrame]
+
+
+def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
+                        k_max: int, keep_k: int = 10, keep_users: pl.Series | None = None,
+                        curve_ks: Sequence[int] = CURVE_KS, cold: ListsLike | None = None,
+                        **evaluate: object) -> ModelsPass:
+    """:func:`evaluate_models` and :func:`metric_curves` with each model's lists collected once.
+
+    The lists (lazy frames of the files, or frames) are read one model at a time, to
+    ``k_max``, and only their first ``keep_k`` positions (and the lists of ``keep_users``)
+    are kept, so memory holds one model's whole lists, not every model's: at full scale
+    each is some 85M rows. ``evaluate``: the other arguments of :func:`evaluate_models`
+    (``ks``, ``beyond_k``, ``tracks``, ``listeners``, ...). The tables are those of the
+    functions called on every model at once.
+    """
+    segs = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
+    warm = segs.filter(pl.col("segment") != COLD).join(test.select(pl.col(C.user_id).cast(pl.Int32)).unique(),
+                                                        on=C.user_id, how="semi")
+    warm_df = pl.DataFrame({C.user_id: warm.get_column(C.user_id).sort()})
+    warm_test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).join(
+        warm_df, on=C.user_id, how="semi")
+    keep_df = None if keep_users is None else _users_frame(keep_users)
+    tables, curves, rows, top, sampled = [], [], {}, {}, {}
+    for name, frame in lists.items():
+        collected = _collect_lists(frame, warm_df, k_max)
+        rows[name] = collected.height
+        tables.append(evaluate_models({name: collected}, test, segs, **evaluate))
+        curves.append(metric_curves({name: collected}, warm_test, warm_df.get_column(C.user_id), ks=curve_ks))
+        top[name] = collected.filter(pl.col(C.rank) <= keep_k)
+        if keep_df is not None:
+            sampled[name] = collected.join(keep_df, on=C.user_id, how="semi")
+        del collected
+    if cold is not None:
+        tables.append(evaluate_models({}, test, segs, cold=cold, **evaluate))
+    results = sort_metrics(pl.concat(tables)) if tables else pl.DataFrame(schema=METRICS_SCHEMA)
+    return ModelsPass(results, pl.concat(curves) if curves else pl.DataFrame(), rows, top, sampled)
+
+
+# --------------------------------------------------------------------------- figures' data
 
 
 def metric_curves(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series,
@@ -986,19 +1058,35 @@ def popularity_bias(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: p
             .select("model", pl.col("listeners").fill_null(0)))
 
 
-def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike], test: pl.DataFrame,
-                            users: pl.Series, k_max: int) -> tuple[int, pl.DataFrame]:
+def candidate_recall_n(paths: RunPaths, k_max: int) -> int:
+    """The list length of :func:`candidate_recall_beside`: the longest the candidates stage
+    measured that is at most ``k_max`` (else the shortest)."""
+    lengths = pl.read_parquet(paths.candidates / "recall.parquet", columns=["n"]).get_column("n")
+    return int(lengths.filter(lengths <= k_max).max() or lengths.min())
+
+
+def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike] | None, test: pl.DataFrame,
+                            users: pl.Series, k_max: int,
+                            curves: pl.DataFrame | None = None) -> tuple[int, pl.DataFrame]:
     """Each generator's candidate recall (labels window, from the candidates stage) beside its
     recall on the test window at the same list length, and the final list's.
+
+    ``curves``: :func:`metric_curves` of the warm users already computed at that length
+    (:func:`candidate_recall_n`), used instead of the lists (an error when they lack it).
 
     Returns ``(n, frame)``: the list length (the longest the candidates stage measured that
     is at most ``k_max``, the length of ``lists``) and ``model, candidate recall (labels),
     recall (test)``.
     """
     measured = pl.read_parquet(paths.candidates / "recall.parquet")
-    lengths = measured.get_column("n")
-    n = int(lengths.filter(lengths <= k_max).max() or lengths.min())
-    test_recall = metric_curves({m: f for m, f in lists.items() if m != "oracle"}, test, users, ks=[n])
+    n = candidate_recall_n(paths, k_max)
+    if curves is not None:
+        test_recall = curves.filter((pl.col("k") == n) & (pl.col("model") != "oracle"))
+        if not test_recall.height:
+            raise ValueError(f"curves: no recall@{n}; compute them with {n} among the ks")
+    else:
+        test_recall = metric_curves({m: f for m, f in (lists or {}).items() if m != "oracle"}, test, users,
+                                    ks=[n])
     frame = (measured.filter(pl.col("n") == n)
              .select(pl.col("generator").alias("model"), pl.col("recall").alias("candidate recall (labels)"))
              .join(test_recall.filter(pl.col("metric") == "recall")
