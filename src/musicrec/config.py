@@ -204,7 +204,7 @@ class AlsConfig(_Strict):
 
     factors: PositiveInt = 64
     iterations: PositiveInt = 15
-    refit: Literal["full", "warm", "users"] = "full"
+    refit: Literal["full", "warm", "users"] = "users"
     warm_iterations: PositiveInt = Field(3, description="iterations of a warm refit")
     regularization: float = Field(0.05, ge=0)
     alpha: float = Field(10.0, gt=0)
