@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -536,10 +537,29 @@ def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups
     return rows
 
 
+def _beyond_metrics(beyond_k: int, train: pl.DataFrame | None, tracks: pl.DataFrame | None,
+                    n_items: int | None, listeners: pl.DataFrame | None,
+                    n_train_users: int | None) -> list[ListMetric]:
+    """Coverage, novelty and diversity at ``beyond_k``, each where its input is given."""
+    if n_items is None and tracks is not None:
+        n_items = tracks.height
+    beyond: list[ListMetric] = []
+    if n_items:
+        beyond.append(Coverage(beyond_k, n_items=n_items))
+    if train is not None:
+        beyond.append(Novelty(beyond_k, train=train.select(C.user_id, C.track_id)))
+    elif listeners is not None and n_train_users is not None:
+        beyond.append(Novelty(beyond_k, listeners=listeners, n_users=n_train_users))
+    if tracks is not None:
+        beyond.append(IntraListDiversity(beyond_k, tracks=tracks))
+    return beyond
+
+
 def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
                     ks: Sequence[int] = (5, 10, 100), beyond_k: int = 10, train: pl.DataFrame | None = None,
                     tracks: pl.DataFrame | None = None, n_items: int | None = None,
                     listeners: pl.DataFrame | None = None, n_train_users: int | None = None,
+                    beyond_metrics: Sequence[ListMetric] | None = None,
                     cold: ListsLike | None = None, cold_models: Sequence[str] = ("top_popular", "final"),
                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pl.DataFrame:
     """Every model's metrics on the test window, for all warm users and for each segment.
@@ -567,6 +587,9 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         Instead of ``train``, its counts: ``track_id, listeners`` (:func:`popularity`) and
         the number of its users (:func:`history_users`); the same novelty, without the
         interactions in memory.
+    beyond_metrics
+        Coverage, novelty and diversity already built from those inputs (what
+        :func:`evaluate_each_model` does once for every model), used instead of them.
     cold, cold_models
         The cold users' lists (top-popular: :func:`cold_lists`); they are evaluated on
         segment ``cold`` only, under each name of ``cold_models`` (the same list: the
@@ -592,17 +615,8 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
     cold_users = with_test.filter(pl.col("segment") == COLD).get_column(C.user_id).sort()
 
     ranking: list[RankingMetric] = [cls(k) for k in ks for cls in RANKING_METRICS.values()]
-    if n_items is None and tracks is not None:
-        n_items = tracks.height
-    beyond: list[ListMetric] = []
-    if n_items:
-        beyond.append(Coverage(beyond_k, n_items=n_items))
-    if train is not None:
-        beyond.append(Novelty(beyond_k, train=train.select(C.user_id, C.track_id)))
-    elif listeners is not None and n_train_users is not None:
-        beyond.append(Novelty(beyond_k, listeners=listeners, n_users=n_train_users))
-    if tracks is not None:
-        beyond.append(IntraListDiversity(beyond_k, tracks=tracks))
+    beyond = (list(beyond_metrics) if beyond_metrics is not None else
+              _beyond_metrics(beyond_k, train, tracks, n_items, listeners, n_train_users))
     max_k = max([*ks, beyond_k])
 
     rows: list[dict] = []
@@ -612,9 +626,9 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
     if cold is not None and cold_users.len():
         recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
-        for model in cold_models:
-            rows += _evaluate_groups(model, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k,
-                                     n_boot, alpha, seed)
+        once = _evaluate_groups(COLD, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k,
+                                n_boot, alpha, seed)  # one list under every name: computed once
+        rows += [r | {"model": model} for model in cold_models for r in once]
     out = pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
     return sort_metrics(out)
 
@@ -993,7 +1007,7 @@ class ModelsPass:
 def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
                         k_max: int, keep_k: int = 10, keep_users: pl.Series | None = None,
                         curve_ks: Sequence[int] = CURVE_KS, cold: ListsLike | None = None,
-                        **evaluate: object) -> ModelsPass:
+                        **evaluate: Any) -> ModelsPass:
     """:func:`evaluate_models` and :func:`metric_curves` with each model's lists collected once.
 
     The lists (lazy frames of the files, or frames) are read one model at a time, to
@@ -1010,6 +1024,9 @@ def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segm
     warm_test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).join(
         warm_df, on=C.user_id, how="semi")
     keep_df = None if keep_users is None else _users_frame(keep_users)
+    inputs = {key: evaluate.pop(key, None)
+              for key in ("train", "tracks", "n_items", "listeners", "n_train_users")}
+    evaluate["beyond_metrics"] = _beyond_metrics(int(evaluate.get("beyond_k", 10)), **inputs)  # built once
     tables, curves, rows, top, sampled = [], [], {}, {}, {}
     for name, frame in lists.items():
         collected = _collect_lists(frame, warm_df, k_max)
