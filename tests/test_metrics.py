@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from musicrec import metrics
 from musicrec.metrics import (
     MAP,
     NDCG,
@@ -20,6 +21,7 @@ from musicrec.metrics import (
     Recall,
     TopLists,
     bootstrap_ci,
+    bootstrap_cis,
     bootstrap_diff_ci,
     evaluate,
     evaluate_per_user,
@@ -397,3 +399,26 @@ def test_user_split_over_two_blocks_is_not_taken_as_sorted():
         (1, 5, 1), (1, 6, 2), (1, 7, 3)]
     assert HitRate(2).calc(recos, relevant) == 0.0
     assert NDCG(3).calc(recos, relevant) == pytest.approx(0.5)  # (1/log2(4)) / 1
+
+
+def test_novelty_from_counts_is_novelty_from_train():
+    # the popularity table (distinct listeners per track, 0 for a track nobody heard) and the number
+    # of users give the same per-user novelty as the interactions themselves
+    train = rel_frame({1: [1, 2, 2], 2: [1, 2], 3: [1, 3], 4: [1]})
+    listeners = pl.DataFrame({"track_id": [1, 2, 3, 9], "listeners": [4, 2, 1, 0]})
+    recos = reco_frame({10: [1, 2, 9], 11: [3, 7]})
+    from_train = Novelty(3, train=train).calc_per_user(recos)
+    assert Novelty(3, listeners=listeners, n_users=4).calc_per_user(recos).equals(from_train)
+    with pytest.raises(ValueError, match="counts"):
+        Novelty(3)
+
+
+def test_bootstrap_cis_in_worker_processes_are_the_serial_intervals(monkeypatch):
+    # many samples at once go to worker processes: the same seed gives the same intervals there
+    rng = np.random.default_rng(5)
+    samples = [rng.random(3000), (rng.random(2000) < 0.3).astype(float), rng.integers(0, 5, 4000) / 4]
+    serial = bootstrap_cis(samples, n_boot=300, seed=2, workers=1)
+    assert serial == [bootstrap_ci(v, 300, seed=2) for v in samples]
+    monkeypatch.setattr(metrics, "PARALLEL_MIN_VALUES", 0)
+    assert bootstrap_cis(samples, n_boot=300, seed=2, workers=2) == serial
+    assert len(set(serial)) == 3  # three different intervals, not one repeated
