@@ -21,7 +21,7 @@ SERVICE := $(shell find src/musicrec/service -name '*.py' 2>/dev/null)
 STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data eda candidates ranking evaluate abtest results report screenshot serve bench-service lab test lint bench clean always
+.PHONY: help setup all data eda candidates ranking evaluate abtest results report screenshot serve bench-service lab test lint bench bench-als clean always
 
 help: ## list the targets with one line each
 	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
@@ -121,6 +121,10 @@ BENCH_RUNS ?= default scale10 full
 .PHONY: bench-readme
 bench-readme: $(READY) ## rewrite the README's benchmark tables from outputs/<run>/bench.json (BENCH_RUNS)
 	$(PY) -m musicrec bench-tables $(BENCH_RUNS)
+
+ALS_VARIANTS ?= users warm full full:8
+bench-als: | $(READY) ## ALS refit variants side by side: fit time, NDCG@10 (ALS_VARIANTS="users full:5")
+	$(PY) -m musicrec.candidates.compare --params $(PARAMS) $(ALS_VARIANTS)
 
 always:
 

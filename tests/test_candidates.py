@@ -293,3 +293,15 @@ def test_history_lists_only_for_the_rankers_training_users(tiny_run):
     stage.fit("history+labels")
     everyone = pl.read_parquet(paths.candidates / "personal_als.parquet").get_column("user_id").n_unique()
     assert everyone > 300
+
+
+def test_compare_als_gives_each_variant_its_time_and_quality(tiny_run):
+    from musicrec.candidates.compare import compare_als, parse_variant
+
+    profile, paths = tiny_run
+    table = compare_als(profile, paths, ["users", "full:2"], n_boot=10)
+    assert table.get_column("variant").to_list() == ["users", "full:2"]
+    assert ((table["ndcg@10"] > 0) & (table["ndcg@10"] <= 1) & (table["seconds"] >= 0)).all()
+    assert parse_variant("warm:4") == ("warm", 4)
+    with pytest.raises(ValueError, match="full|warm|users"):
+        parse_variant("fast")
