@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from musicrec import metrics
 from musicrec.metrics import (
     MAP,
     NDCG,
@@ -21,7 +20,6 @@ from musicrec.metrics import (
     Recall,
     TopLists,
     bootstrap_ci,
-    bootstrap_cis,
     bootstrap_diff_ci,
     evaluate,
     evaluate_per_user,
@@ -411,14 +409,3 @@ def test_novelty_from_counts_is_novelty_from_train():
     assert Novelty(3, listeners=listeners, n_users=4).calc_per_user(recos).equals(from_train)
     with pytest.raises(ValueError, match="counts"):
         Novelty(3)
-
-
-def test_bootstrap_cis_in_worker_processes_are_the_serial_intervals(monkeypatch):
-    # many samples at once go to worker processes: the same seed gives the same intervals there
-    rng = np.random.default_rng(5)
-    samples = [rng.random(3000), (rng.random(2000) < 0.3).astype(float), rng.integers(0, 5, 4000) / 4]
-    serial = bootstrap_cis(samples, n_boot=300, seed=2, workers=1)
-    assert serial == [bootstrap_ci(v, 300, seed=2) for v in samples]
-    monkeypatch.setattr(metrics, "PARALLEL_MIN_VALUES", 0)
-    assert bootstrap_cis(samples, n_boot=300, seed=2, workers=2) == serial
-    assert len(set(serial)) == 3  # three different intervals, not one repeated

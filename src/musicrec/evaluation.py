@@ -52,7 +52,6 @@ from musicrec.metrics import (
     TopLists,
     _rows_of,
     bootstrap_ci,
-    bootstrap_cis,
     bootstrap_diff_ci,
     evaluate_per_user,
     pair_key,
@@ -522,24 +521,19 @@ def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups
     top_beyond = top.cut(beyond_k)
     per_user += [(m, m.from_lists(top_beyond)) for m in beyond if m.per_user]
     coverage = [m for m in beyond if not m.per_user]
-    coverage_names = {m.name for m in coverage}
-    rows, samples = [], []
+    rows = []
     for segment, users in groups.items():
         members = users.implode()
         for m, frame in per_user:
             values = frame.filter(pl.col(C.user_id).is_in(members)).get_column(VALUE).to_numpy()
             value = float(values.mean()) if values.size else math.nan
-            samples.append(values)
+            low, high = bootstrap_ci(values, n_boot, alpha, seed)
             rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
-                         "value": value, "lower": None, "upper": None})
+                         "value": value, "lower": low, "upper": high})
         for m in coverage:
             value = float(m.from_lists(top_beyond.for_users(users)))
             rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
                          "value": value, "lower": None, "upper": None})
-    intervals = iter(bootstrap_cis(samples, n_boot, alpha, seed))  # on every core
-    for r in rows:
-        if r["metric"] not in coverage_names:
-            r["lower"], r["upper"] = next(intervals)
     return rows
 
 

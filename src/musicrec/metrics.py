@@ -728,38 +728,6 @@ def bootstrap_ci(per_user_values: np.ndarray, n_boot: int = 1000, alpha: float =
     return float(low), float(high)
 
 
-#: Bootstraps of at least this many values in all go to worker processes (one per core).
-PARALLEL_MIN_VALUES = 500_000
-_POOL: list = []
-
-
-def _pool(workers: int):
-    """A process pool kept for the session (spawned: the parent's polars threads are not forked)."""
-    if not _POOL:
-        import atexit
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
-        _POOL.append(pool)
-    return _POOL[0]
-
-
-def bootstrap_cis(samples: Sequence[np.ndarray], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                  workers: int | None = None) -> list[tuple[float, float]]:
-    """:func:`bootstrap_ci` of each array of ``samples`` (the same seed for each: the same
-    intervals), on every core when there is enough work (``workers``: processes, default
-    the CPU count; 1: here, serially)."""
-    import os
-
-    workers = workers or os.cpu_count() or 1
-    if workers < 2 or len(samples) < 2 or sum(len(v) for v in samples) < PARALLEL_MIN_VALUES:
-        return [bootstrap_ci(v, n_boot, alpha, seed) for v in samples]
-    arrays = [np.asarray(v, dtype=np.float64) for v in samples]
-    return list(_pool(workers).map(bootstrap_ci, arrays, *([x] * len(arrays) for x in (n_boot, alpha, seed))))
-
-
 def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
                       seed: int = 0) -> tuple[float, float]:
     """Paired bootstrap interval of ``mean(a) - mean(b)``, two models on the same users.
