@@ -313,7 +313,8 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
             pool = (pl.concat([lf.lazy().filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
                                .select(pair_key().alias("key")) for lf in sources.values()])
                     .collect(engine="streaming").get_column("key").to_numpy())
-            pool = np.unique(pool)
+            pool = np.sort(pool)  # distinct by a sort: np.unique's hashing is several times slower here
+            pool = pool[np.r_[True, pool[1:] != pool[:-1]]] if len(pool) else pool
             # the dense tracks are scored for every user anyway; heard tracks are never listed
             tracks = (pool - (1 << 31)) & 0xFFFFFFFF  # the low half of the key: track + 2^31
             extra = pool[(index_of(dense, tracks.astype(np.int32)) < 0) & (index_of(heard_keys, pool) < 0)]
