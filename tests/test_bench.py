@@ -320,3 +320,27 @@ def test_bench_command_records_every_stage_with_its_steps(tmp_path, monkeypatch,
     assert len(row["load_average"]) == 3
     out = capsys.readouterr().out
     assert "Fit on history" in out and "peak RSS" in out
+
+
+def test_stage_command_records_its_row_like_bench(tmp_path, monkeypatch):
+    """``musicrec stage`` (what ``make all`` calls) merges its stage's row into bench.json, so one
+    ``make all`` leaves the same record as ``make bench``; a run with --param overrides does not."""
+    import musicrec.cli as cli
+
+    params = Path(__file__).resolve().parents[1] / "params" / "tiny.yaml"
+    nb = executed_notebook(tmp_path / "nb.ipynb", NOTEBOOK)
+
+    def fake_stage(name, params, data_path, root, progress=False, overrides=None):
+        return cli.StageRun(name, 17.0, 300.0, nb, notebook_steps(nb))
+
+    monkeypatch.setattr(cli, "run_stage", fake_stage)
+    for stage in ("01_data", "02_eda"):
+        assert main(["stage", stage, "--params", str(params), "--root", str(tmp_path)]) == 0
+    bench_file = tmp_path / "outputs" / "tiny" / "bench.json"
+    bench = json.loads(bench_file.read_text())
+    assert [r["stage"] for r in bench["stages"]] == ["01_data", "02_eda"]
+    assert bench["stages"][1]["steps"] and bench["stages"][1]["outside_cells_seconds"] == pytest.approx(1.49)
+    before = bench_file.read_text()
+    assert main(["stage", "06_ab_test", "--params", str(params), "--root", str(tmp_path),
+                 "--param", "max_users=10"]) == 0
+    assert bench_file.read_text() == before

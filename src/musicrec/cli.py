@@ -165,6 +165,15 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
     return run
 
 
+def bench_row(run: StageRun) -> dict:
+    """A stage run as a ``bench.json`` row: times, memory, steps, and the load it ran under."""
+    # what no cell's time covers: the kernel's start and shutdown, papermill's own work
+    outside = run.seconds - sum(step["seconds"] for step in run.steps)
+    return {**run.as_dict(), "outside_cells_seconds": round(outside, 2),
+            # above the cpu count: other work shared the machine, times are upper bounds
+            "load_average": [round(x, 2) for x in os.getloadavg()], "steps": run.steps}
+
+
 def _print_table(rows: list[dict]) -> None:
     print(f"{'stage':<15}{'wall time':>12}{'peak RSS':>14}")
     for r in rows:
@@ -223,10 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run-name":
             print(load_profile(args.params).run)
         elif args.command == "stage":
+            from musicrec.bench import write_bench
+
             run = run_stage(args.name, args.params, args.data_path or None, args.root,
                             progress=sys.stderr.isatty(), overrides=dict(args.overrides))
             print(f"{args.name}: done in {run.seconds:.1f} s, peak memory "
                   f"{run.peak_rss_mb / 1024:.2f} GB -> {run.notebook}")
+            if args.name in STAGES and not args.overrides:
+                # `make all` records what `make bench` would: the last run of each stage, with its steps
+                profile = load_profile(args.params, args.data_path or None)
+                write_bench(RunPaths.for_profile(profile, args.root), str(args.params), [bench_row(run)])
         elif args.command == "report":
             from musicrec.report import build_report
 
@@ -249,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.stages:
                 print(f"bench: running {name} ...", flush=True)
                 run = run_stage(name, args.params, args.data_path or None, args.root)
-                # what no cell's time covers: the kernel's start and shutdown, papermill's own work
-                outside = run.seconds - sum(step["seconds"] for step in run.steps)
-                rows.append({**run.as_dict(), "outside_cells_seconds": round(outside, 2),
-                             # above the cpu count: other work shared the machine, times are upper bounds
-                             "load_average": [round(x, 2) for x in os.getloadavg()], "steps": run.steps})
+                rows.append(bench_row(run))
                 # recorded after every stage: a long run that fails later keeps what it measured
                 bench = write_bench(paths, str(args.params), rows)
             _print_table(bench["stages"])
