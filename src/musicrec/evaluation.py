@@ -260,7 +260,7 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
 
     Exact when ``len(users) × catalogue ≤ max_exact_pairs`` (every unheard track scored;
     the default bound takes the default profile, 18.7k test users × 20k tracks, exactly,
-    in about a minute). Otherwise (1.37M × 1M at full scale) an **approximation**: each
+    in some 20 s). Otherwise (1.37M × 1M at full scale) an **approximation**: each
     user's tracks are chosen from a pool, the union of the user's candidate lists
     (``candidate_pool``: ``user_id, track_id`` frames, by default every per-user list the
     run wrote, generators and ranker, at their whole length) and the ``n_popular`` most
@@ -269,8 +269,11 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     true preference than the exact ones (on the default profile the pooled top 10 held
     94% of the exact top 10, and its NDCG@10 was 0.248 against 0.270). Users are scored
     in blocks of ``block_users`` (one read of their history each) and batches of at most
-    ``batch_pairs`` (user, track) pairs, so memory stays bounded. ``listeners``:
-    :func:`popularity`, when already computed.
+    ``batch_pairs`` (user, track) pairs, so memory stays bounded. Only the pairs that can
+    reach a user's top ``k_max`` are scored by ``true_preference`` (a vectorised estimate
+    within 1e-5 of it, :class:`_PreferenceBound`, discards the rest), which gives the
+    lists of scoring every pair, ties by track id. ``listeners``: :func:`popularity`,
+    when already computed.
 
     Note that true preference is the stationary probability of a streak start: it
     knows nothing of time, so it is the ceiling of a static model, not of every metric
