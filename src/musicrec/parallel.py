@@ -17,14 +17,16 @@ WORKERS = min(2, os.cpu_count() or 1)
 
 
 def in_order(work: Callable[[T], R], items: Iterable[T], workers: int = WORKERS) -> Iterator[R]:
-    """``work(item)`` for every item, yielded in order, computed ``workers`` at a time.
+    """``work(item)`` for every item, yielded in order, computed ``workers`` at a time in threads.
 
-    At most ``workers + 1`` results wait in memory, so a stream of large batches stays bounded.
+    While the caller uses one result, ``workers`` more are being computed (``workers=1``: the next
+    batch is prepared while this one is consumed), so at most ``workers + 1`` are alive at once;
+    ``workers=0`` computes each when it is asked for, in the caller's thread.
 
     >>> list(in_order(lambda x: x * x, range(5), workers=2))
     [0, 1, 4, 9, 16]
     """
-    if workers <= 1:
+    if workers < 1:
         yield from map(work, items)
         return
     with ThreadPoolExecutor(workers) as pool:

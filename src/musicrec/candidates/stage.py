@@ -287,7 +287,7 @@ class CandidateStage:
         def i2i_batches() -> int:
             with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
                 parts = [self.rows[part] for part in batches(len(self.rows), cfg.als.batch_users * 5)]
-                for frame in in_order(work, parts, 1):
+                for frame in in_order(work, parts, 1):  # polars uses both cores: one batch ahead
                     stream.write(frame)
             return stream.rows
 

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ from musicrec.candidates.stage import window_targets
 from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths, read_json
 from musicrec.monitor import PeakMemory
+from musicrec.parallel import in_order
 from musicrec.ranking.features import KEYS, FeatureBuilder, candidate_files, window_listens
 from musicrec.ranking.ranker import (
     RECOMMENDATIONS_SCHEMA,
@@ -69,15 +69,7 @@ def prefetched(build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndar
     thread while the caller works on the current one (polars, scipy and CatBoost release the
     GIL, so feature building and prediction share the two cores). At most two built chunks are
     alive at once."""
-    if not chunks:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features") as pool:
-        future = pool.submit(build, chunks[0])
-        for i, chunk in enumerate(chunks):
-            rows = future.result()
-            future = pool.submit(build, chunks[i + 1]) if i + 1 < len(chunks) else None
-            yield chunk, rows
-            del rows
+    return zip(chunks, in_order(build, chunks, workers=1), strict=True)
 
 
 def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
