@@ -63,7 +63,7 @@ class AudioGenerator:
         if data.track_features is None:
             raise ValueError(f"{self.name}: the data has no track_features: audio generator skipped")
         started = time.perf_counter()
-        self.data = data
+        self.data, self.track_ids = data, data.track_ids
         self.n_tracks = len(data.track_ids)
         cols, features = self._standardised_features(data)
         if len(cols) == 0:
@@ -110,7 +110,7 @@ class AudioGenerator:
     def for_window(self, data: FitData) -> AudioGenerator:
         """This model (embeddings and index come from the track features alone) with the user
         profiles of another window: what the history + labels fit reuses of the history fit."""
-        if not np.array_equal(data.track_ids, self.data.track_ids):
+        if not np.array_equal(data.track_ids, self.track_ids):
             raise ValueError(f"{self.name}: another catalogue; fit the model afresh")
         gen = copy.copy(self)
         gen.data = data

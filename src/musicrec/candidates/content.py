@@ -49,7 +49,7 @@ class ContentGenerator:
 
     # ---------------------------------------------------------------- fit
     def fit(self, data: FitData) -> ContentGenerator:
-        self.data = data
+        self.data, self.track_ids = data, data.track_ids
         self.n_tracks = len(data.track_ids)
         self.vectors, self.token_type_sizes = tfidf_vectors(data.tracks, data.track_ids)
         self._build_postings(self.config.max_postings)
@@ -65,7 +65,7 @@ class ContentGenerator:
     def for_window(self, data: FitData) -> ContentGenerator:
         """This model (vectors and entry lists come from the catalogue alone) over another
         window's listens: what the history + labels fit reuses of the history fit."""
-        if not np.array_equal(data.track_ids, self.data.track_ids):
+        if not np.array_equal(data.track_ids, self.track_ids):
             raise ValueError(f"{self.name}: another catalogue; fit the model afresh")
         gen = copy.copy(self)
         gen.data = data

@@ -230,6 +230,8 @@ class CandidateStage:
         runs += [self._optional("content", "ContentGenerator", cfg.content, data, out, window, reuse),
                  self._optional("audio", "AudioGenerator", cfg.audio, data, out, window, reuse)]
         write_json([asdict(r) for r in runs], out / "runs.json")
+        for kept in self._history.values():
+            kept.data = None  # what is kept never needs the history window's listens again (~7 GB at full)
         return runs
 
     def _als(self, data: FitData, out: Path, window: str) -> GeneratorRun:
