@@ -119,37 +119,38 @@ def output_dir(paths: RunPaths, window: str) -> Path:
     return paths.candidates / "history" if window == "history" else paths.candidates
 
 
+def _write_batches(path: Path, schema: dict, work: Callable[[np.ndarray], pl.DataFrame],
+                   parts: list[np.ndarray], workers: int, desc: str = "", progress: bool = False) -> int:
+    """Write ``work(part)`` for every part to one parquet file, in order, ``workers`` computed at a
+    time (:func:`musicrec.parallel.in_order`); return the rows written."""
+    with ParquetStream(path, schema) as out:
+        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
+                          disable=not progress):
+            out.write(frame)
+    return out.rows
+
+
 def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch: int,
                   desc: str, progress: bool, workers: int = 1, rows: np.ndarray | None = None) -> int:
     """Write ``recommend(rows, n)`` for the users at matrix ``rows`` (all when None), batch by batch."""
     rows = np.arange(len(data.user_ids)) if rows is None else rows
 
     def work(index: np.ndarray) -> pl.DataFrame:
-        cols, scores = recommend(index, n)
-        return to_user_frame(data.user_ids[index], cols, scores, data.track_ids)
+        return to_user_frame(data.user_ids[index], *recommend(index, n), data.track_ids)
 
-    parts = [rows[part] for part in batches(len(rows), batch)]
-    with ParquetStream(path, USER_RECS_SCHEMA) as out:
-        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
-                          disable=not progress):
-            out.write(frame)
-    return out.rows
+    return _write_batches(path, USER_RECS_SCHEMA, work, [rows[part] for part in batches(len(rows), batch)],
+                          workers, desc, progress)
 
 
 def _stream_similar(path: Path, data: FitData, similar: Callable, n: int, batch: int,
                     desc: str, progress: bool, workers: int = 1) -> int:
     """Write ``similar(columns, n)`` for every track of the catalogue, batch by batch."""
-    def work(cols_slice: slice) -> pl.DataFrame:
-        cols = np.arange(cols_slice.start, cols_slice.stop)
-        neighbours, scores = similar(cols, n)
-        return to_similar_frame(cols, neighbours, scores, data.track_ids)
+    def work(cols: np.ndarray) -> pl.DataFrame:
+        return to_similar_frame(cols, *similar(cols, n), data.track_ids)
 
-    parts = list(batches(len(data.track_ids), batch))
-    with ParquetStream(path, SIMILAR_SCHEMA) as out:
-        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
-                          disable=not progress):
-            out.write(frame)
-    return out.rows
+    cols = np.arange(len(data.track_ids))
+    return _write_batches(path, SIMILAR_SCHEMA, work, [cols[part] for part in batches(len(cols), batch)],
+                          workers, desc, progress)
 
 
 def _copy_from_history(name: str, out: Path) -> int:
@@ -243,10 +244,9 @@ class CandidateStage:
             previous = self._history.get("als") or AlsGenerator.load(
                 cfg, paths.models / "history", self.profile.seed)
         als = _timed(run, "fit_seconds", lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous))
-        # implicit's recommend runs on every core itself: batches one at a time, writing overlapped
         run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
             out / "personal_als.parquet", data, als.recommend, cfg.n_users, cfg.batch_users,
-            f"ALS top-{cfg.n_users} ({window})", self.progress, min(2, self.workers), self.rows))
+            f"ALS top-{cfg.n_users} ({window})", self.progress, self.workers, self.rows))
         kept_items = cfg.refit == "users" and previous is not None
         if kept_items and (out / "history" / "similar.parquet").is_file():
             similar_rows = _timed(run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
@@ -254,7 +254,7 @@ class CandidateStage:
         else:
             similar_rows = _timed(run, "similar_seconds", lambda: _stream_similar(
                 out / "similar.parquet", data, als.similar, cfg.n_similar, cfg.batch_tracks,
-                f"ALS similar ({window})", self.progress, min(2, self.workers)))
+                f"ALS similar ({window})", self.progress, self.workers))
             copied = ""
         run.files = ["personal_als.parquet", "similar.parquet"]
         run.note = f"{similar_rows:,} similar pairs" + (
@@ -287,11 +287,9 @@ class CandidateStage:
             return i2i_from_history(mine, similar, cfg.i2i_history.n, heard=heard)
 
         def i2i_batches() -> int:
-            with ParquetStream(out / "i2i_history.parquet", USER_RECS_SCHEMA) as stream:
-                parts = [self.rows[part] for part in batches(len(self.rows), cfg.als.batch_users * 5)]
-                for frame in in_order(work, parts, 1):  # polars uses both cores: one batch ahead
-                    stream.write(frame)
-            return stream.rows
+            parts = [self.rows[part] for part in batches(len(self.rows), cfg.als.batch_users * 5)]
+            # polars already uses both cores: one batch prepared ahead while the last is written
+            return _write_batches(out / "i2i_history.parquet", USER_RECS_SCHEMA, work, parts, 1)
 
         run.rows = _timed(run, "recommend_seconds", i2i_batches)
         run.files = ["i2i_history.parquet"]
