@@ -537,8 +537,7 @@ def test_final_against_best_reads_the_intervals():
 # ----------------------------------------------------------------------------- fast paths of scoring
 @pytest.mark.parametrize("ids", [np.array([0, 2, 3, 7, 8]), np.array([-5, 3, 10**9, 2 * 10**9])])
 def test_id_positions_match_a_binary_search(ids):
-    from musicrec.candidates.base import index_of
-    from musicrec.ranking.features import IdPositions
+    from musicrec.candidates.base import IdPositions, index_of
 
     positions = IdPositions(ids)
     assert (positions.table is not None) == (ids[0] >= 0)  # a dense table only for compact ids
@@ -587,3 +586,21 @@ def test_prefetched_yields_every_chunk_in_order():
     assert [c.tolist() for c, _ in got] == [c.tolist() for c in chunks]
     assert [f["x"].to_list() for _, f in got] == [(c * 10).tolist() for c in chunks]
     assert list(prefetched(lambda c: pl.DataFrame(), [])) == []
+
+
+def test_compare_on_test_samples_users_when_asked(tmp_path):
+    from musicrec.ranking.stage import compare_on_test
+
+    paths = scoring_run(tmp_path)
+    score_users(SCORING, paths, AlsScore())
+    everyone = compare_on_test(paths, k=2, n_boot=10, max_users=None)
+    assert set(everyone["users"]) == {2}  # warm users 1 and 2 have test listens
+    one = compare_on_test(paths, k=2, n_boot=10, seed=3, max_users=1)
+    assert set(one["users"]) == {1}
+    assert one.equals(compare_on_test(paths, k=2, n_boot=10, seed=3, max_users=1))  # seeded
+    # one user's lists only. User 1 hears 20 and 21, the final top 2 is 20, 23: NDCG@2 = 1 / (1 + 1/log2 3);
+    # user 2 hears 22, gets 25, 26: 0. Both users: the mean of the two
+    final = one.filter((pl.col("model") == "final") & (pl.col("metric") == "ndcg"))["value"].item()
+    assert round(final, 6) in (0.0, round(1 / (1 + 1 / np.log2(3)), 6))
+    both = everyone.filter((pl.col("model") == "final") & (pl.col("metric") == "ndcg"))["value"].item()
+    assert both == pytest.approx(1 / (1 + 1 / np.log2(3)) / 2)

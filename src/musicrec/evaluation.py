@@ -350,7 +350,7 @@ class _PreferenceBound:
     def rows(self, users: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Table rows of user ids and of track ids (every id must be in the oracle)."""
         o = self.o
-        u, t = index_of(o.user_sorted, users), index_of(o.track_sorted, tracks)
+        u, t = o.user_position(users), o.track_position(tracks)
         if (u < 0).any() or (t < 0).any():
             raise KeyError("oracle: user or track ids not in the oracle's tables")
         return o.user_order[u], o.track_order[t]

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from scipy.special import ndtri
 from tqdm import tqdm
 
-from musicrec.candidates.base import index_of
+from musicrec.candidates.base import IdPositions
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
 from musicrec.parallel import in_order
@@ -635,8 +635,8 @@ def true_preference(oracle_dir: Path, user_ids, track_ids) -> np.ndarray:
     in batches.
     """
     o = _oracle_tables(Path(oracle_dir))
-    users = _lookup(o.user_sorted, o.user_order, np.asarray(user_ids), "user_id")
-    tracks = _lookup(o.track_sorted, o.track_order, np.asarray(track_ids), "track_id")
+    users = _lookup(o.user_position, o.user_order, np.asarray(user_ids), "user_id")
+    tracks = _lookup(o.track_position, o.track_order, np.asarray(track_ids), "track_id")
     genres, genre_weights, favourites = o.genres[users], o.genre_weights[users], o.favourites[users]
     popular = o.popular_share[users]
     track_genre, track_artist = o.track_genre[tracks], o.track_artist[tracks]
@@ -653,12 +653,14 @@ class _OracleTables:
     explore_share: float
     user_sorted: np.ndarray  # the ids, sorted; user_order: their rows in the tables
     user_order: np.ndarray
+    user_position: IdPositions  # positions in user_sorted (a dense table: ids are compact)
     genres: np.ndarray
     genre_weights: np.ndarray
     favourites: np.ndarray
     popular_share: np.ndarray
     track_sorted: np.ndarray
     track_order: np.ndarray
+    track_position: IdPositions
     track_genre: np.ndarray
     track_artist: np.ndarray
     p_ta: np.ndarray
@@ -682,11 +684,13 @@ def _oracle_tables(oracle_dir: Path) -> _OracleTables:
         _ORACLE_CACHE[key] = _OracleTables(
             fav_share=params["favourite_artist_share"], explore_share=params["exploration_share"],
             user_sorted=user_ids[user_order], user_order=user_order,
+            user_position=IdPositions(user_ids[user_order]),
             genres=np.stack(taste.get_column("genres").to_numpy()),
             genre_weights=np.stack(taste.get_column("genre_weights").to_numpy()),
             favourites=np.stack(taste.get_column("artists").to_numpy()),
             popular_share=taste.get_column("popular_share").to_numpy(),
             track_sorted=track_ids[track_order], track_order=track_order,
+            track_position=IdPositions(track_ids[track_order]),
             track_genre=prior.get_column("genre").to_numpy(),
             track_artist=prior.get_column("artist").to_numpy(),
             p_ta=prior.get_column("p_track_in_artist").to_numpy(),
@@ -694,10 +698,10 @@ def _oracle_tables(oracle_dir: Path) -> _OracleTables:
     return _ORACLE_CACHE[key]
 
 
-def _lookup(known_sorted: np.ndarray, order: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
-    """Row index of each wanted id (``known_sorted``: the ids sorted, ``order``: their rows); unknown ids
+def _lookup(position: IdPositions, order: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
+    """Row index of each wanted id (``position``: of the ids sorted, ``order``: their rows); unknown ids
     are an error."""
-    at = index_of(known_sorted, wanted)
+    at = position(wanted)
     if (at < 0).any():
         raise KeyError(f"true_preference: {what} {wanted[at < 0][:5].tolist()} not in the oracle")
     return order[at]
