@@ -278,8 +278,7 @@ def test_stage_reuses_what_does_not_depend_on_the_window(tiny_run):
 def test_history_lists_only_for_the_rankers_training_users(tiny_run):
     """With ``ranking.train_users`` set, the history fit lists exactly the ranker's training users
     (every user still counts in the fit); history + labels lists every user."""
-    from musicrec.candidates.stage import CandidateStage, labels_targets, list_users
-    from musicrec.ranking.stage import training_users
+    from musicrec.candidates.stage import CandidateStage, labels_targets, list_users, training_users
 
     profile, paths = tiny_run
     profile = profile.model_copy(update={"ranking": profile.ranking.model_copy(update={"train_users": 50})})

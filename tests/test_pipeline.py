@@ -103,15 +103,73 @@ def test_notebooks_plots_and_report(project):
     assert set(timings) == set(STAGES)
 
 
+def planned(project: Path, *args: str) -> list[str]:
+    """The stages `make -n all` would run."""
+    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml", *args)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    return re.findall(r"musicrec stage .* (0\d_\w+)", dry.stdout)
+
+
 def test_second_run_runs_nothing_and_changes_rerun_stages(project):
     dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
     assert dry.returncode == 0 and "musicrec stage" not in dry.stdout, dry.stdout
     assert "musicrec report" not in dry.stdout
-    (project / "notebooks" / "02_eda.ipynb").touch()
-    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml")
-    assert "stage" in dry.stdout and "01_data" not in dry.stdout and "02_eda" in dry.stdout
-    dry = make(project, "-n", "all", "PARAMS=params/tiny.yaml", "DATA_PATH=elsewhere")
-    assert "01_data" in dry.stdout, "a new DATA_PATH reruns the data stage"
+    notebook = project / "notebooks" / "02_eda.ipynb"
+    notebook.touch()
+    assert planned(project) == [], "a touched file with the same content reruns nothing"
+    original = notebook.read_text()
+    notebook.write_text(original.replace("# 2. Exploratory analysis", "# 2. EDA", 1))
+    assert planned(project) == ["02_eda"]
+    notebook.write_text(original)
+    assert planned(project) == []
+    assert planned(project, "DATA_PATH=elsewhere") == list(STAGES), "a new DATA_PATH reruns everything"
+
+
+def test_make_plans_exactly_the_stages_a_change_touches(project):
+    recommendations = project / "outputs" / "tiny" / "recommendations.parquet"
+    kept = recommendations.read_bytes()
+    recommendations.unlink()
+    assert planned(project) == ["04_ranking", "05_evaluation"]
+    recommendations.write_bytes(kept)  # the same bytes, a new file time: still changed since it ran
+    assert planned(project) == ["04_ranking", "05_evaluation"]
+    profile = project / "params" / "tiny.yaml"
+    original = profile.read_text()
+    try:
+        profile.write_text(original + "ranking:\n  iterations: 30\n")
+        assert planned(project) == ["04_ranking", "05_evaluation"]
+    finally:
+        profile.write_text(original)
+    result = make(project, "ranking", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert planned(project) == ["05_evaluation"]
+    result = make(project, "all", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = make(project, "plan", "PARAMS=params/tiny.yaml")
+    assert "every stage is fresh" in plan.stdout, plan.stdout + plan.stderr
+
+
+def test_a_failed_data_stage_keeps_the_previous_run(project):
+    """The reproduction of issue 12: a data stage that fails at the split (after replacing the
+    listens) used to leave the new listens, no split.json, and a stamp saying fresh."""
+    data = project / "data" / "tiny"
+    before = {p.name: p.read_bytes() for p in data.glob("*.*")}
+    (project / "params" / "tiny_late.yaml").write_text(
+        (project / "params" / "tiny.yaml").read_text().replace("2022-12-01", "2030-12-01")
+        .replace("2022-12-16", "2030-12-16").replace("seed: 7", "seed: 8") + "run_name: tiny\n")
+    result = make(project, "data", "PARAMS=params/tiny_late.yaml")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert {p.name: p.read_bytes() for p in data.glob("*.*")} == before, "the previous data is back"
+    assert planned(project) == [], "the previous complete run stands"
+    assert not (project / "outputs" / "tiny" / ".previous").exists()
+
+
+def test_a_killed_stage_never_breaks_a_later_run(project):
+    notebooks = project / "outputs" / "tiny" / "notebooks"
+    (notebooks / ".03_candidates.k1ll3d.tmp.ipynb").write_text("")  # what kill -9 leaves behind
+    (project / "outputs" / "tiny" / "reports" / "index.html").unlink()
+    result = make(project, "all", "PARAMS=params/tiny.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "musicrec stage" not in result.stdout, "nothing was stale"
 
 
 def test_broken_profile_gives_one_paragraph(project):

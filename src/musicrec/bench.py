@@ -28,12 +28,12 @@ import psutil
 
 from musicrec.io import RunPaths, read_json, write_json
 from musicrec.monitor import MemoryTimeline
+from musicrec.stages import STAGES
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 TRIVIAL_SECONDS = 1.0  # a step shorter than this is kept in bench.json but marked trivial
 SLOW_SHARE, SLOW_SECONDS = 0.02, 5.0  # the README lists steps at >= 2% of their stage or >= 5 s
-STAGE_NAMES = {"01_data": "data", "02_eda": "EDA", "03_candidates": "candidates",
-               "04_ranking": "ranking", "05_evaluation": "evaluation", "06_ab_test": "A/B replay"}
+STAGE_NAMES = {s.name: s.short for s in STAGES}
 
 
 # -- recording -------------------------------------------------------------------------------

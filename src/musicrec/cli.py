@@ -10,6 +10,8 @@
                           stage and each of its notebook's steps: see ``musicrec.bench``).
 ``musicrec bench-tables RUN..`` rewrites the README's benchmark tables from the runs' bench.json.
 ``musicrec run-name``     prints the run name of a profile.
+``musicrec plan``         prints the stale stages (``--why``: and why), which make reruns.
+``musicrec makefile-rules`` prints the Makefile's stage rules (from ``musicrec.stages``).
 ``musicrec results RUN..`` rewrites the README's results table from the runs' metrics.
 
 A failing stage prints one paragraph (the error and where the full traceback is),
@@ -34,11 +36,13 @@ import yaml
 from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
+from musicrec.stages import ON_DEMAND as ON_DEMAND_STAGES
+from musicrec.stages import PIPELINE, RunLocked, makefile_rules, plan, run_lock, transaction
+from musicrec.stages import stage as declared_stage
 
-STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
-# Run only when asked (`make abtest`), never by `make all` nor by default in `bench`: the A/B
-# replay drives the service through the whole test window (minutes on default, hours at full).
-ON_DEMAND = ("06_ab_test",)
+# declared in musicrec.stages. ON_DEMAND runs only when asked (`make abtest`), never by `make all`
+# nor by default in `bench`: the A/B replay drives the service through the whole test window.
+STAGES, ON_DEMAND = PIPELINE, ON_DEMAND_STAGES
 KERNEL = "musicrec"
 
 
@@ -116,11 +120,10 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
               overrides: dict[str, Any] | None = None) -> StageRun:
     """Execute one stage notebook on a profile; raise :class:`StageError` on failure.
 
-    ``overrides``: values for other names of the notebook's ``parameters`` cell.
+    ``overrides``: values for other names of the notebook's ``parameters`` cell. The run holds
+    the run folder's lock and is all or nothing (:func:`musicrec.stages.transaction`): after a
+    failure the previous artefacts are back in place.
     """
-    import papermill as pm
-    from nbclient.exceptions import DeadKernelError
-
     root = Path(root).resolve()
     profile = load_profile(params, data_path=data_path)
     paths = RunPaths.for_profile(profile, root)
@@ -128,16 +131,30 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
     if not source.is_file():
         raise StageError(f"stage {stage}: no notebook {source}")
     target = paths.notebooks / f"{stage}.ipynb"
-    failed = paths.notebooks / f"{stage}.failed.ipynb"
     parameters = {"params_path": str(Path(params).resolve()), "data_path": data_path or "",
                   "root": str(root), **notebook_parameters(source, overrides or {})}
+    try:
+        with run_lock(paths, f"musicrec stage {stage}"), \
+                transaction(declared_stage(stage), profile, paths, data_path):
+            return _execute(stage, params, source, target, parameters, paths, progress)
+    except RunLocked as exc:
+        raise StageError(f"stage {stage}: {exc}") from None
+
+
+def _execute(stage: str, params: str | Path, source: Path, target: Path, parameters: dict[str, Any],
+             paths: RunPaths, progress: bool) -> StageRun:
+    """Run the notebook with papermill (see :func:`run_stage`)."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    failed = paths.notebooks / f"{stage}.failed.ipynb"
     log = paths.notebooks / f"{stage}.log"
     start = time.perf_counter()
     with PeakMemory(children=True, timeline=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
         try:
             pm.execute_notebook(
                 str(source), str(tmp), parameters=parameters, kernel_name=_kernel_name(),
-                cwd=str(root), progress_bar=progress, log_output=False,
+                cwd=str(paths.root), progress_bar=progress, log_output=False,
                 request_save_on_cell_execute=False,
             )
         except pm.PapermillExecutionError as exc:
@@ -216,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
     bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES + ON_DEMAND)
     sub.add_parser("run-name", parents=[common], help="print the profile's run name")
+    plan_cmd = sub.add_parser("plan", parents=[common], help="print the stale stages (what make would run)")
+    plan_cmd.add_argument("--why", action="store_true", help="one line per stale stage with the reasons")
+    sub.add_parser("makefile-rules", help="print the Makefile's stage rules, generated from musicrec.stages")
     tables = sub.add_parser("bench-tables", help="rewrite the README's benchmark tables from bench.json")
     tables.add_argument("runs", nargs="+", help="run names (outputs/<run>/bench.json), smallest first")
     tables.add_argument("--readme", default="README.md")
@@ -231,6 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run-name":
             print(load_profile(args.params).run)
+        elif args.command == "plan":
+            profile = load_profile(args.params, args.data_path or None)
+            stale = plan(profile, RunPaths.for_profile(profile, args.root), args.data_path or None)
+            if args.why:
+                for name, why in stale.items():
+                    print(f"{name}: {'; '.join(why)}")
+                if not stale:
+                    print("every stage is fresh")
+            else:
+                print(" ".join(stale) or "none")
+        elif args.command == "makefile-rules":
+            print(makefile_rules(), end="")
         elif args.command == "stage":
             from musicrec.bench import write_bench
 

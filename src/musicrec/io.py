@@ -103,6 +103,16 @@ class RunPaths:
     def timings(self) -> Path:
         return self.outputs / "timings.json"
 
+    @property
+    def stamps(self) -> Path:
+        """One JSON stamp per stage that completed: its fingerprint and artefacts (``musicrec.stages``)."""
+        return self.outputs / ".stamps"
+
+    @property
+    def previous(self) -> Path:
+        """The artefacts of a running stage's previous run, kept until it succeeds (``musicrec.stages``)."""
+        return self.outputs / ".previous"
+
     def raw_source(self, profile: Profile) -> Path:
         """The raw input folder of a real source: ``data.path`` or ``data/raw/<source>``."""
         path = profile.data.path or Path("data") / "raw" / profile.data.source

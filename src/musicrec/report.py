@@ -11,10 +11,9 @@ import yaml
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
 from musicrec.results import interval_cell
+from musicrec.stages import STAGES
 
-STAGE_TITLES = {"01_data": "Data", "02_eda": "Exploratory analysis", "03_candidates": "Candidates",
-                "04_ranking": "Ranking", "05_evaluation": "Evaluation",
-                "06_ab_test": "A/B test (the test window replayed through the service)"}
+STAGE_TITLES = {s.name: s.title for s in STAGES}
 KEY_FIGURES = ("evaluation_ndcg", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
                "events_over_time", "window_sizes", "listens_per_user", "calibration",
                "candidate_recall", "ranking_importance", "ab_success")
@@ -123,7 +122,9 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     """Render every executed notebook of the run and write ``reports/index.html``."""
     profile = load_profile(params, data_path=data_path)
     paths = RunPaths.for_profile(profile, root)
-    executed = sorted(p for p in paths.notebooks.glob("*.ipynb") if ".failed" not in p.name)
+    # the stages' executed notebooks only: never a failed run's copy nor a killed one's temporary file
+    executed = [paths.notebooks / f"{s.name}.ipynb" for s in STAGES
+                if (paths.notebooks / f"{s.name}.ipynb").is_file()]
     if not executed:
         raise FileNotFoundError(f"report: no executed notebooks in {paths.notebooks}; "
                                 "run the stages first (make all)")

@@ -76,6 +76,14 @@ def labels_targets(paths: RunPaths, users: np.ndarray | None = None) -> pl.DataF
     return targets
 
 
+def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
+    """Users with a labels-window listen (sorted), or a seeded sample of ``sample`` of them."""
+    users = np.unique(targets.get_column(C.user_id).to_numpy())
+    if sample is not None and sample < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
+    return users
+
+
 def list_users(profile: Profile, paths: RunPaths) -> np.ndarray | None:
     """The users who get lists from the history fit: the ranker's training users, or None for all.
 
@@ -83,8 +91,6 @@ def list_users(profile: Profile, paths: RunPaths) -> np.ndarray | None:
     the ranker trains on a seeded sample of ``ranking.train_users`` users with a labels-window
     listen: lists for the other users would never be read. Every user still counts in the fit.
     """
-    from musicrec.ranking.stage import training_users
-
     if profile.ranking.train_users is None:
         return None
     return training_users(labels_targets(paths), profile.ranking.train_users, profile.seed)

@@ -20,7 +20,7 @@ import polars as pl
 from tqdm import tqdm
 
 from musicrec.candidates.base import batches
-from musicrec.candidates.stage import window_targets
+from musicrec.candidates.stage import training_users, window_targets
 from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths, read_json
 from musicrec.monitor import PeakMemory
@@ -71,14 +71,6 @@ def prefetched(build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndar
     two builders made 4 batches in 49 s against 65 s for one). At most ``workers + 1`` built
     chunks are alive at once."""
     return zip(chunks, in_order(build, chunks, workers=workers), strict=True)
-
-
-def training_users(targets: pl.DataFrame, sample: int | None, seed: int) -> np.ndarray:
-    """Users with a labels-window listen (sorted), or a seeded sample of ``sample`` of them."""
-    users = np.unique(targets.get_column(C.user_id).to_numpy())
-    if sample is not None and sample < len(users):
-        users = np.sort(np.random.default_rng(seed).choice(users, sample, replace=False))
-    return users
 
 
 def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
