@@ -26,8 +26,7 @@ from musicrec.schema import (
 from musicrec.sources import ium, lastfm, movielens, yandex
 from musicrec.sources.base import SourceData, SourceError
 
-CANONICAL = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.started_at: pl.Datetime("ns"),
-             C.weight: pl.Float32}
+CANONICAL = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.started_at: pl.Datetime("ns"), C.weight: pl.Float32}
 LIST_IDS = pl.List(pl.Int32)
 
 
@@ -38,8 +37,9 @@ def check_canonical(data: SourceData) -> pl.DataFrame:
         inter = inter.collect()
     assert {c: inter.schema[c] for c in CANONICAL} == CANONICAL
     assert C.track_seq not in inter.columns or inter.schema[C.track_seq] == pl.Int16
-    assert tracks.schema == pl.Schema({C.track_id: pl.Int32, C.albums: LIST_IDS,
-                                       C.artists: LIST_IDS, C.genres: LIST_IDS})
+    assert tracks.schema == pl.Schema(
+        {C.track_id: pl.Int32, C.albums: LIST_IDS, C.artists: LIST_IDS, C.genres: LIST_IDS}
+    )
     assert names.schema == pl.Schema({C.id: pl.Int32, C.type: pl.Utf8, C.name: pl.Utf8})
     assert inter.select(C.user_id, C.track_id).is_duplicated().sum() == 0
     assert inter.get_column(C.track_id).is_in(tracks[C.track_id].implode()).all()
@@ -69,26 +69,38 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def write_yandex(folder: Path, interactions: pl.DataFrame | None = None) -> None:
     folder.mkdir(exist_ok=True)
     if interactions is None:
-        interactions = pl.DataFrame({
-            C.user_id: pl.Series([1, 1, 2, 3], dtype=pl.Int32),
-            C.track_id: pl.Series([10, 11, 10, 12], dtype=pl.Int32),
-            C.track_seq: pl.Series([1, 2, 1, 1], dtype=pl.Int16),
-            C.started_at: pl.Series([dt.datetime(2022, 1, d) for d in (1, 2, 2, 3)],
-                                    dtype=pl.Datetime("us")),
-        })
+        interactions = pl.DataFrame(
+            {
+                C.user_id: pl.Series([1, 1, 2, 3], dtype=pl.Int32),
+                C.track_id: pl.Series([10, 11, 10, 12], dtype=pl.Int32),
+                C.track_seq: pl.Series([1, 2, 1, 1], dtype=pl.Int16),
+                C.started_at: pl.Series(
+                    [dt.datetime(2022, 1, d) for d in (1, 2, 2, 3)], dtype=pl.Datetime("us")
+                ),
+            }
+        )
     interactions.write_parquet(folder / "interactions.parquet")
-    pl.DataFrame({
-        C.track_id: [10, 11, 12],
-        C.albums: [[100], [100], [101]],
-        C.artists: [[200], [], [201]],
-        C.genres: [[7, 8], [7], None],
-    }, schema={C.track_id: pl.Int32, C.albums: pl.List(pl.Int64), C.artists: pl.List(pl.Int64),
-               C.genres: pl.List(pl.Int64)}).write_parquet(folder / "tracks.parquet")
-    pl.DataFrame({
-        C.id: [10, 11, 12, 100, 101, 200, 201, 7, 8],
-        C.type: ["track"] * 3 + ["album"] * 2 + ["artist"] * 2 + ["genre"] * 2,
-        C.name: ["a", "b", "c", "A1", "A2", "X", "Y", "pop", "rap"],
-    }).write_parquet(folder / "catalog_names.parquet")
+    pl.DataFrame(
+        {
+            C.track_id: [10, 11, 12],
+            C.albums: [[100], [100], [101]],
+            C.artists: [[200], [], [201]],
+            C.genres: [[7, 8], [7], None],
+        },
+        schema={
+            C.track_id: pl.Int32,
+            C.albums: pl.List(pl.Int64),
+            C.artists: pl.List(pl.Int64),
+            C.genres: pl.List(pl.Int64),
+        },
+    ).write_parquet(folder / "tracks.parquet")
+    pl.DataFrame(
+        {
+            C.id: [10, 11, 12, 100, 101, 200, 201, 7, 8],
+            C.type: ["track"] * 3 + ["album"] * 2 + ["artist"] * 2 + ["genre"] * 2,
+            C.name: ["a", "b", "c", "A1", "A2", "X", "Y", "pop", "rap"],
+        }
+    ).write_parquet(folder / "catalog_names.parquet")
 
 
 def test_yandex_small_files(tmp_path: Path) -> None:
@@ -105,10 +117,14 @@ def test_yandex_small_files(tmp_path: Path) -> None:
 
 
 def test_yandex_merges_repeats_when_pairs_are_not_unique(tmp_path: Path) -> None:
-    inter = pl.DataFrame({
-        C.user_id: [1, 1, 2], C.track_id: [10, 10, 11],
-        C.started_at: [dt.datetime(2022, 1, 2), dt.datetime(2022, 1, 1), dt.datetime(2022, 1, 1)],
-    }, schema_overrides={C.user_id: pl.Int32, C.track_id: pl.Int32})
+    inter = pl.DataFrame(
+        {
+            C.user_id: [1, 1, 2],
+            C.track_id: [10, 10, 11],
+            C.started_at: [dt.datetime(2022, 1, 2), dt.datetime(2022, 1, 1), dt.datetime(2022, 1, 1)],
+        },
+        schema_overrides={C.user_id: pl.Int32, C.track_id: pl.Int32},
+    )
     write_yandex(tmp_path, inter)
     data = yandex.load(tmp_path, YandexConfig(unique_pairs=False))
     check_canonical(data)
@@ -122,8 +138,11 @@ def test_yandex_misspelled_column(tmp_path: Path) -> None:
     write_yandex(tmp_path)
     path = tmp_path / "interactions.parquet"
     pl.read_parquet(path).rename({C.track_id: "trackid"}).write_parquet(path)
-    with pytest.raises(DataContractError, match=r"interactions\.parquet, column 'track_id'.*"
-                                                r"trackid") as err:
+    with pytest.raises(
+        DataContractError,
+        match=r"interactions\.parquet, column 'track_id'.*"
+        r"trackid",
+    ) as err:
         yandex.load(tmp_path, YandexConfig())
     assert err.value.file == "interactions.parquet" and err.value.column == C.track_id
 
@@ -158,29 +177,56 @@ def ium_events() -> list[dict]:
         ("2023-01-02T11:02:00", 2, None, "BUY_PREMIUM"),
         ("2023-01-03T08:00:00", 2, "tD", "PLAY"),  # not in tracks.jsonl
     ]
-    return [{"timestamp": ts, "user_id": u, "track_id": t, "event_type": e, "session_id": 5}
-            for ts, u, t, e in rows]
+    return [
+        {"timestamp": ts, "user_id": u, "track_id": t, "event_type": e, "session_id": 5}
+        for ts, u, t, e in rows
+    ]
 
 
 def write_ium(folder: Path, events: list[dict] | None = None, with_tracks: bool = True) -> None:
     folder.mkdir(exist_ok=True)
     write_jsonl(folder / "sessions.jsonl", ium_events() if events is None else events)
     if with_tracks:
-        write_jsonl(folder / "tracks.jsonl", [
-            {"id": tid, "name": f"song {tid}", "popularity": 10 + i, "duration_ms": 200_000,
-             "explicit": 0, "id_artist": artist, "release_date": date, "danceability": 0.5,
-             "energy": 0.7, "key": 5, "loudness": -6.0, "speechiness": 0.05,
-             "acousticness": 0.1, "instrumentalness": 0.0, "liveness": 0.2, "valence": 0.4,
-             "tempo": 120.0}
-            for i, (tid, artist, date) in enumerate(
-                [("tA", "ar1", "2011-01-01"), ("tB", "ar2", "1968-12"), ("tC", "ar1", "1993"),
-                 ("tE", "ar3", "2000-05-05")])
-        ])
-        write_jsonl(folder / "artists.jsonl", [
-            {"id": "ar1", "name": "Artist One", "genres": ["rock", "pop"]},
-            {"id": "ar2", "name": "Artist Two", "genres": []},
-            {"id": "ar3", "name": "Artist Three", "genres": ["jazz"]},
-        ])
+        write_jsonl(
+            folder / "tracks.jsonl",
+            [
+                {
+                    "id": tid,
+                    "name": f"song {tid}",
+                    "popularity": 10 + i,
+                    "duration_ms": 200_000,
+                    "explicit": 0,
+                    "id_artist": artist,
+                    "release_date": date,
+                    "danceability": 0.5,
+                    "energy": 0.7,
+                    "key": 5,
+                    "loudness": -6.0,
+                    "speechiness": 0.05,
+                    "acousticness": 0.1,
+                    "instrumentalness": 0.0,
+                    "liveness": 0.2,
+                    "valence": 0.4,
+                    "tempo": 120.0,
+                }
+                for i, (tid, artist, date) in enumerate(
+                    [
+                        ("tA", "ar1", "2011-01-01"),
+                        ("tB", "ar2", "1968-12"),
+                        ("tC", "ar1", "1993"),
+                        ("tE", "ar3", "2000-05-05"),
+                    ]
+                )
+            ],
+        )
+        write_jsonl(
+            folder / "artists.jsonl",
+            [
+                {"id": "ar1", "name": "Artist One", "genres": ["rock", "pop"]},
+                {"id": "ar2", "name": "Artist Two", "genres": []},
+                {"id": "ar3", "name": "Artist Three", "genres": ["jazz"]},
+            ],
+        )
 
 
 def pair(data: SourceData, user: int, source_track: str) -> dict:
@@ -208,15 +254,21 @@ def test_ium_small_files(tmp_path: Path) -> None:
     assert data.tracks.height == 5
     assert set(data.extra["track_id_map"]["source_id"]) == {"tA", "tB", "tC", "tD", "tE"}
     by_source = data.tracks.join(data.extra["track_id_map"], on=C.track_id)
-    genres = dict(zip(data.extra["genre_id_map"]["source_id"],
-                      data.extra["genre_id_map"]["genre_id"], strict=True))
+    genres = dict(
+        zip(data.extra["genre_id_map"]["source_id"], data.extra["genre_id_map"]["genre_id"], strict=True)
+    )
     row = by_source.filter(pl.col("source_id") == "tA").row(0, named=True)
     assert sorted(row[C.genres]) == sorted([genres["rock"], genres["pop"]])
     assert row[C.albums] == [] and len(row[C.artists]) == 1
     assert by_source.filter(pl.col("source_id") == "tD")[C.artists].to_list() == [[]]
     names = data.catalog_names
     assert set(names.filter(pl.col(C.type) == "track")[C.name]) == {
-        "song tA", "song tB", "song tC", "song tE", "tD"}
+        "song tA",
+        "song tB",
+        "song tC",
+        "song tE",
+        "tD",
+    }
     assert set(names.filter(pl.col(C.type) == "genre")[C.name]) == {"rock", "pop", "jazz"}
     features = data.track_features
     assert features is not None and features.height == 4
@@ -226,8 +278,13 @@ def test_ium_small_files(tmp_path: Path) -> None:
 
 def test_ium_lower_case_events_and_shuffled_fields(tmp_path: Path) -> None:
     events = [
-        {"event_type": e["event_type"].lower(), "session_id": e["session_id"],
-         "track_id": e["track_id"], "user_id": e["user_id"], "timestamp": e["timestamp"]}
+        {
+            "event_type": e["event_type"].lower(),
+            "session_id": e["session_id"],
+            "track_id": e["track_id"],
+            "user_id": e["user_id"],
+            "timestamp": e["timestamp"],
+        }
         for e in ium_events()
     ]
     write_ium(tmp_path / "lower", events)
@@ -254,8 +311,16 @@ def test_ium_without_tracks_file(tmp_path: Path) -> None:
 
 
 def test_ium_custom_weights_and_unknown_event_type(tmp_path: Path) -> None:
-    events = [*ium_events(), {"timestamp": "2023-01-04T00:00:00", "user_id": 1,
-                              "track_id": "tA", "event_type": "Share", "session_id": 9}]
+    events = [
+        *ium_events(),
+        {
+            "timestamp": "2023-01-04T00:00:00",
+            "user_id": 1,
+            "track_id": "tA",
+            "event_type": "Share",
+            "session_id": 9,
+        },
+    ]
     write_ium(tmp_path, events)
     data = ium.load(tmp_path, IumConfig(event_weights={"PLAY": 1.0, "Like": 0.0, "skip": -1.0}))
     check_canonical(data)
@@ -266,8 +331,7 @@ def test_ium_custom_weights_and_unknown_event_type(tmp_path: Path) -> None:
 
 
 def test_ium_bad_input(tmp_path: Path) -> None:
-    events = [{("trackid" if k == "track_id" else k): v for k, v in e.items()}
-              for e in ium_events()]
+    events = [{("trackid" if k == "track_id" else k): v for k, v in e.items()} for e in ium_events()]
     write_ium(tmp_path / "typo", events)
     with pytest.raises(DataContractError, match=r"sessions\.jsonl, column 'track_id'.*trackid"):
         ium.load(tmp_path / "typo", IumConfig())
@@ -328,12 +392,8 @@ def write_100k(folder: Path) -> None:
         ["20", "Comedy Film (1995)", "01-Jan-1995", "", "http://y", *comedy],
         ["30", "Nobody knows (1990)", "", "", "", *unknown],
     ]
-    (folder / "u.item").write_bytes(
-        "".join("|".join(line) + "\n" for line in lines).encode("latin-1")
-    )
-    (folder / "u.genre").write_text(
-        "".join(f"{g}|{i}\n" for i, g in enumerate(movielens.GENRES_100K)) + "\n"
-    )
+    (folder / "u.item").write_bytes("".join("|".join(line) + "\n" for line in lines).encode("latin-1"))
+    (folder / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(movielens.GENRES_100K)) + "\n")
 
 
 def write_1m(folder: Path) -> None:
@@ -360,10 +420,12 @@ def test_movielens_100k_layout(tmp_path: Path) -> None:
     assert inter[C.started_at][0] == dt.datetime(1997, 12, 4, 15, 55, 49)
     assert data.dropped.counts == {"u.data: ratings below 4.0": 2}
     assert data.interactions.height + dropped_total(data) == 5
-    genre_names = dict(zip(data.extra["genre_id_map"]["genre_id"],
-                           data.extra["genre_id_map"]["source_id"], strict=True))
-    tracks = {r[C.track_id]: sorted(genre_names[g] for g in r[C.genres])
-              for r in data.tracks.iter_rows(named=True)}
+    genre_names = dict(
+        zip(data.extra["genre_id_map"]["genre_id"], data.extra["genre_id_map"]["source_id"], strict=True)
+    )
+    tracks = {
+        r[C.track_id]: sorted(genre_names[g] for g in r[C.genres]) for r in data.tracks.iter_rows(named=True)
+    }
     assert tracks == {10: ["Comedy", "Drama"], 20: ["Comedy"], 30: []}
     titles = data.catalog_names.filter(pl.col(C.type) == "track").sort(C.id)[C.name].to_list()
     assert titles[0] == "Amélie (2001)"
@@ -377,13 +439,18 @@ def test_movielens_1m_layout_and_threshold(tmp_path: Path) -> None:
     assert data.interactions.height == 4
     assert data.dropped.counts == {"ratings.dat: ratings below 3.0": 1}
     assert data.tracks.height == 4  # 3409 has no rating but is in the catalogue
-    names = dict(data.catalog_names.filter(pl.col(C.type) == "track")
-                 .select(C.id, C.name).iter_rows())
+    names = dict(data.catalog_names.filter(pl.col(C.type) == "track").select(C.id, C.name).iter_rows())
     assert names[3408] == "Erin Brockovich: A True Story (2000)"
     assert names[3409] == "Señorita (1999)"
     assert all(len(a) == 0 for a in data.tracks[C.artists].to_list())
     assert set(data.catalog_names.filter(pl.col(C.type) == "genre")[C.name]) == {
-        "Drama", "Animation", "Children's", "Musical", "Comedy", "Romance"}
+        "Drama",
+        "Animation",
+        "Children's",
+        "Musical",
+        "Comedy",
+        "Romance",
+    }
 
 
 def test_movielens_bad_input(tmp_path: Path) -> None:
@@ -445,8 +512,9 @@ def write_lastfm(folder: Path) -> None:
         'id\tname\turl\tpictureURL\n51\t"Weird" Al\thttp://a\thttp://p\n52\tBjörk\thttp://b\t\n'
         "53\tQuiet\thttp://c\thttp://q\n"
     )
-    (folder / "tags.dat").write_bytes("tagID\ttagValue\r\n1\trock\r\n2\ttropicália\r\n3\tpop\r\n"
-                                      .encode("latin-1"))
+    (folder / "tags.dat").write_bytes(
+        "tagID\ttagValue\r\n1\trock\r\n2\ttropicália\r\n3\tpop\r\n".encode("latin-1")
+    )
 
 
 def test_lastfm_small_files(tmp_path: Path) -> None:

@@ -30,8 +30,13 @@ def executed_notebook(path, cells: list[tuple[str, str, float | None, list[str]]
         cell.metadata["tags"] = tags
         if seconds is not None:
             end = clock + dt.timedelta(seconds=seconds)
-            cell.metadata["papermill"] = {"start_time": clock.isoformat(), "end_time": end.isoformat(),
-                                          "duration": seconds, "status": "completed", "exception": False}
+            cell.metadata["papermill"] = {
+                "start_time": clock.isoformat(),
+                "end_time": end.isoformat(),
+                "duration": seconds,
+                "status": "completed",
+                "exception": False,
+            }
             clock = end
         nb.cells.append(cell)
     nbformat.write(nb, str(path))
@@ -60,12 +65,26 @@ def test_steps_are_named_by_heading_timed_by_papermill_and_given_their_peak(tmp_
     nb = executed_notebook(tmp_path / "03_candidates.ipynb", NOTEBOOK)
     timeline = MemoryTimeline()
     # the fit (0.51 s to 10.51 s) climbs to 900 MB; the table cell stays at 300; recall at 500
-    for t, mb in [(0.0, 100), (0.4, 120), (1.0, 400), (6.0, 900), (10.3, 300), (11.0, 300),
-                  (12.0, 300), (13.0, 500), (15.0, 200)]:
+    for t, mb in [
+        (0.0, 100),
+        (0.4, 120),
+        (1.0, 400),
+        (6.0, 900),
+        (10.3, 300),
+        (11.0, 300),
+        (12.0, 300),
+        (13.0, 500),
+        (15.0, 200),
+    ]:
         timeline.add(at(t), mb * MB)
     steps = notebook_steps(nb, timeline)
-    assert [s["step"] for s in steps] == ["parameters", "3. Candidates", "Fit on history",
-                                          "Fit on history: show the times", "Recall"]
+    assert [s["step"] for s in steps] == [
+        "parameters",
+        "3. Candidates",
+        "Fit on history",
+        "Fit on history: show the times",
+        "Recall",
+    ]
     assert [s["cell"] for s in steps] == [1, 2, 4, 6, 8]
     assert [s["seconds"] for s in steps] == [0.01, 0.5, 10.0, 2.0, 3.0]
     assert [s["trivial"] for s in steps] == [True, True, False, False, False]
@@ -83,13 +102,25 @@ def test_steps_are_named_by_heading_timed_by_papermill_and_given_their_peak(tmp_
 def test_steps_of_a_real_papermill_run(tmp_path):
     """papermill's own metadata (with the injected-parameters cell) reads the same way."""
     pm = pytest.importorskip("papermill")
-    source = executed_notebook(tmp_path / "source.ipynb", [
-        ("md", "# Title", None, []), ("code", "n = 1", None, ["parameters"]),
-        ("md", "## Sleep", None, []), ("code", "import time\ntime.sleep(1.2)", None, [])])
+    source = executed_notebook(
+        tmp_path / "source.ipynb",
+        [
+            ("md", "# Title", None, []),
+            ("code", "n = 1", None, ["parameters"]),
+            ("md", "## Sleep", None, []),
+            ("code", "import time\ntime.sleep(1.2)", None, []),
+        ],
+    )
     target = tmp_path / "out.ipynb"
     with PeakMemory(children=True, timeline=True, interval=0.05) as memory:
-        pm.execute_notebook(str(source), str(target), parameters={"n": 2}, kernel_name="python3",
-                            progress_bar=False, log_output=False)
+        pm.execute_notebook(
+            str(source),
+            str(target),
+            parameters={"n": 2},
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+        )
     steps = notebook_steps(target, memory.timeline)
     assert [s["step"] for s in steps] == ["parameters", "parameters", "Sleep"]
     sleep = steps[-1]
@@ -129,10 +160,25 @@ def test_peak_memory_keeps_a_timeline_of_this_process():
 
 
 def stage_row(stage: str, seconds: float, peak_mb: float, steps: list[tuple[str, float]] = ()) -> dict:
-    return {"stage": stage, "seconds": seconds, "peak_rss_mb": peak_mb, "notebook": f"{stage}.ipynb",
-            "finished": "2026-12-01T12:00:00",
-            "steps": [{"step": name, "cell": i, "code": name, "start": T0.isoformat(), "seconds": s,
-                       "peak_rss_mb": peak_mb, "trivial": s < 1} for i, (name, s) in enumerate(steps)]}
+    return {
+        "stage": stage,
+        "seconds": seconds,
+        "peak_rss_mb": peak_mb,
+        "notebook": f"{stage}.ipynb",
+        "finished": "2026-12-01T12:00:00",
+        "steps": [
+            {
+                "step": name,
+                "cell": i,
+                "code": name,
+                "start": T0.isoformat(),
+                "seconds": s,
+                "peak_rss_mb": peak_mb,
+                "trivial": s < 1,
+            }
+            for i, (name, s) in enumerate(steps)
+        ],
+    }
 
 
 def test_write_bench_records_size_machine_commit_and_keeps_earlier_stages(tmp_path):
@@ -145,8 +191,11 @@ def test_write_bench_records_size_machine_commit_and_keeps_earlier_stages(tmp_pa
     paths.ranking.mkdir(parents=True)
     (paths.ranking / "summary.json").write_text(json.dumps({"steps": [{"step": "fit", "seconds": 3}]}))
 
-    first = write_bench(paths, "params/r.yaml", [stage_row("03_candidates", 90, 900, [("Fit", 80)]),
-                                                 stage_row("01_data", 13, 400)])
+    first = write_bench(
+        paths,
+        "params/r.yaml",
+        [stage_row("03_candidates", 90, 900, [("Fit", 80)]), stage_row("01_data", 13, 400)],
+    )
     assert [r["stage"] for r in first["stages"]] == ["01_data", "03_candidates"]
     assert first["size"] == {"listens": 4_769_276, "users": 30_000, "tracks": 20_000}
     assert first["machine"]["cpus"] >= 1 and first["machine"]["memory_gb"] > 0
@@ -155,12 +204,16 @@ def test_write_bench_records_size_machine_commit_and_keeps_earlier_stages(tmp_pa
     assert first["ranking_steps"] == [], "the ranking stage did not run"
     dt.datetime.fromisoformat(first["date"])
 
-    second = write_bench(paths, "params/r.yaml",
-                         [stage_row("04_ranking", 30, 700), stage_row("01_data", 14, 410)])
+    second = write_bench(
+        paths, "params/r.yaml", [stage_row("04_ranking", 30, 700), stage_row("01_data", 14, 410)]
+    )
     saved = json.loads((paths.outputs / "bench.json").read_text())
     assert saved == second
     assert [(r["stage"], r["seconds"]) for r in saved["stages"]] == [
-        ("01_data", 14), ("03_candidates", 90), ("04_ranking", 30)]
+        ("01_data", 14),
+        ("03_candidates", 90),
+        ("04_ranking", 30),
+    ]
     assert saved["stages"][1]["steps"][0]["step"] == "Fit", "an earlier stage keeps its steps"
     assert len(saved["generators"]) == 2, "kept from the earlier call"
     assert saved["ranking_steps"] == [{"step": "fit", "seconds": 3}]
@@ -186,8 +239,9 @@ def test_profile_size_falls_back_to_the_split(tmp_path):
     paths = RunPaths(tmp_path, "r")
     assert profile_size(paths) == {"listens": None, "users": None, "tracks": None}
     paths.data.mkdir(parents=True)
-    paths.split.write_text(json.dumps({"windows": {"history": {"rows": 70}, "labels": {"rows": 20},
-                                                   "test": {"rows": 10}}}))
+    paths.split.write_text(
+        json.dumps({"windows": {"history": {"rows": 70}, "labels": {"rows": 20}, "test": {"rows": 10}}})
+    )
     assert profile_size(paths)["listens"] == 100
 
 
@@ -195,29 +249,62 @@ def test_growth_per_10x_of_listens():
     assert per_10x(10, 100, 1e6, 1e7) == pytest.approx(10)  # linear
     assert per_10x(4.8, 22.0, 4.8e6, 22e6) == pytest.approx(10)  # linear over 4.6x
     assert per_10x(1, 100, 1e6, 1e7) == pytest.approx(100)  # quadratic
-    assert per_10x(1, 2, 1e6, 1e8) == pytest.approx(2 ** 0.5)
+    assert per_10x(1, 2, 1e6, 1e8) == pytest.approx(2**0.5)
     assert per_10x(1, 2, 1e6, 1e6) is None and per_10x(0, 2, 1e6, 1e7) is None
 
 
 def write_run(root, run: str, listens: int, stages: list[dict], generators: list[dict] = ()):
     folder = root / "outputs" / run
     folder.mkdir(parents=True)
-    (folder / "bench.json").write_text(json.dumps({
-        "run": run, "date": "2026-12-01T12:00:00", "commit": "abcdef0123", "dirty": False,
-        "machine": {"cpus": 2, "memory_gb": 24.0}, "size": {"listens": listens, "users": 10, "tracks": 5},
-        "stages": stages, "generators": list(generators), "ranking_steps": []}))
+    (folder / "bench.json").write_text(
+        json.dumps(
+            {
+                "run": run,
+                "date": "2026-12-01T12:00:00",
+                "commit": "abcdef0123",
+                "dirty": False,
+                "machine": {"cpus": 2, "memory_gb": 24.0},
+                "size": {"listens": listens, "users": 10, "tracks": 5},
+                "stages": stages,
+                "generators": list(generators),
+                "ranking_steps": [],
+            }
+        )
+    )
 
 
 @pytest.fixture
 def two_runs(tmp_path):
-    write_run(tmp_path, "small", 1_000_000, [
-        {**stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1), ("quick", 0.5)]),
-         "load_average": [2.5, 1.0, 0.5]},
-        stage_row("03_candidates", 100, 1024, [("Fit", 60), ("Recall", 3), ("Plot", 1.5), ("Names", 0.5)])],
-        [{"generator": "random", "window": "history", "fit_seconds": 0.0, "recommend_seconds": 12.3,
-          "similar_seconds": 0.0, "peak_rss_gb": 1.5}])
-    write_run(tmp_path, "big", 10_000_000,
-              [stage_row("01_data", 100, 400), stage_row("03_candidates", 10_000, 2048)])
+    write_run(
+        tmp_path,
+        "small",
+        1_000_000,
+        [
+            {
+                **stage_row("01_data", 10, 100, [("Build", 9.5), ("tiny", 0.1), ("quick", 0.5)]),
+                "load_average": [2.5, 1.0, 0.5],
+            },
+            stage_row(
+                "03_candidates", 100, 1024, [("Fit", 60), ("Recall", 3), ("Plot", 1.5), ("Names", 0.5)]
+            ),
+        ],
+        [
+            {
+                "generator": "random",
+                "window": "history",
+                "fit_seconds": 0.0,
+                "recommend_seconds": 12.3,
+                "similar_seconds": 0.0,
+                "peak_rss_gb": 1.5,
+            }
+        ],
+    )
+    write_run(
+        tmp_path,
+        "big",
+        10_000_000,
+        [stage_row("01_data", 100, 400), stage_row("03_candidates", 10_000, 2048)],
+    )
     return tmp_path
 
 
@@ -234,24 +321,33 @@ def test_scaling_table_with_growth_per_10x(two_runs):
 def test_steps_table_lists_only_slow_steps_and_the_generators(two_runs):
     text = bench_tables(["small", "big"], two_runs)
     small = text.split("**small**", 1)[1].split("**big**", 1)[0]
-    assert ("1.0M listens, 10 users, 5 tracks; 2 cpus, 24.0 GB; load average up to 2.5 at a stage's end; "
-            "2026-12-01, commit abcdef0") in small
+    assert (
+        "1.0M listens, 10 users, 5 tracks; 2 cpus, 24.0 GB; load average up to 2.5 at a stage's end; "
+        "2026-12-01, commit abcdef0"
+    ) in small
     rows = [line for line in small.splitlines() if line.startswith("| ") and "step" not in line]
     steps = [line for line in rows if line.startswith(("| data", "| candidates"))]
     # Build (>= 5 s), Fit, Recall (>= 2% of the stage); not tiny (1%), quick (5% but trivial),
     # Plot (1.5%), Names
-    assert steps == ["| data | Build | 9.5 s | 95% | 100 MB |",
-                     "| candidates | Fit | 60 s | 60% | 1.0 GB |",
-                     "| candidates | Recall | 3.0 s | 3% | 1.0 GB |"]
+    assert steps == [
+        "| data | Build | 9.5 s | 95% | 100 MB |",
+        "| candidates | Fit | 60 s | 60% | 1.0 GB |",
+        "| candidates | Recall | 3.0 s | 3% | 1.0 GB |",
+    ]
     assert "| random | history | 0.0 s | 12 s | 0.0 s | 1.5 GB |" in small
 
 
 def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_runs):
-    write_run(two_runs, "old", 0, [{"stage": "01_data", "seconds": 5, "peak_rss_mb": 50,
-                                    "finished": "2026-12-01T10:00:00"}])
+    write_run(
+        two_runs,
+        "old",
+        0,
+        [{"stage": "01_data", "seconds": 5, "peak_rss_mb": 50, "finished": "2026-12-01T10:00:00"}],
+    )
     bench = two_runs / "outputs" / "old" / "bench.json"
-    bench.write_text(json.dumps({k: v for k, v in json.loads(bench.read_text()).items()
-                                 if k not in ("size", "date")}))
+    bench.write_text(
+        json.dumps({k: v for k, v in json.loads(bench.read_text()).items() if k not in ("size", "date")})
+    )
     data = two_runs / "data" / "old"
     data.mkdir(parents=True)
     (data / "summary.json").write_text(json.dumps({"rows": 100_000, "users": 7, "tracks": 3}))
@@ -265,8 +361,9 @@ def test_an_older_record_without_size_or_steps_takes_the_size_from_the_data(two_
 
 def test_missing_runs_are_left_out_with_a_note(two_runs):
     text = bench_tables(["small", "medium", "big", "huge"], two_runs)
-    assert text.splitlines()[0] == ("No `bench.json` yet for `medium`, `huge` "
-                                    "(`make bench PARAMS=params/<profile>.yaml`): left out.")
+    assert text.splitlines()[0] == (
+        "No `bench.json` yet for `medium`, `huge` (`make bench PARAMS=params/<profile>.yaml`): left out."
+    )
     assert "| stage | small (1.0M listens) | big (10.0M listens) | per 10x listens, small → big |" in text
     assert "medium (" not in text
     assert bench_tables(["nope"], two_runs).startswith("No `bench.json` yet for `nope`")
@@ -310,8 +407,10 @@ def test_bench_command_records_every_stage_with_its_steps(tmp_path, monkeypatch,
         return cli.StageRun(name, 17.0, 300.0, nb, notebook_steps(nb))
 
     monkeypatch.setattr(cli, "run_stage", fake_stage)
-    assert main(["bench", "--params", str(params), "--root", str(tmp_path),
-                 "--stages", "01_data", "02_eda"]) == 0
+    assert (
+        main(["bench", "--params", str(params), "--root", str(tmp_path), "--stages", "01_data", "02_eda"])
+        == 0
+    )
     bench = json.loads((tmp_path / "outputs" / "tiny" / "bench.json").read_text())
     assert [r["stage"] for r in bench["stages"]] == ["01_data", "02_eda"]
     row = bench["stages"][0]
@@ -341,6 +440,19 @@ def test_stage_command_records_its_row_like_bench(tmp_path, monkeypatch):
     assert [r["stage"] for r in bench["stages"]] == ["01_data", "02_eda"]
     assert bench["stages"][1]["steps"] and bench["stages"][1]["outside_cells_seconds"] == pytest.approx(1.49)
     before = bench_file.read_text()
-    assert main(["stage", "06_ab_test", "--params", str(params), "--root", str(tmp_path),
-                 "--param", "max_users=10"]) == 0
+    assert (
+        main(
+            [
+                "stage",
+                "06_ab_test",
+                "--params",
+                str(params),
+                "--root",
+                str(tmp_path),
+                "--param",
+                "max_users=10",
+            ]
+        )
+        == 0
+    )
     assert bench_file.read_text() == before

@@ -21,20 +21,35 @@ DAY = dt.datetime(2022, 3, 1)
 
 def frame(pairs: list[tuple[int, int]], days: list[int] | None = None) -> pl.DataFrame:
     days = days or [0] * len(pairs)
-    return pl.DataFrame({
-        "user_id": [u for u, _ in pairs], "track_id": [t for _, t in pairs],
-        "started_at": [DAY + dt.timedelta(days=d) for d in days],
-        "track_seq": list(range(1, len(pairs) + 1)), "weight": [1.0] * len(pairs),
-    }, schema_overrides={"user_id": pl.Int32, "track_id": pl.Int32, "track_seq": pl.Int16,
-                         "weight": pl.Float32, "started_at": pl.Datetime("ns")})
+    return pl.DataFrame(
+        {
+            "user_id": [u for u, _ in pairs],
+            "track_id": [t for _, t in pairs],
+            "started_at": [DAY + dt.timedelta(days=d) for d in days],
+            "track_seq": list(range(1, len(pairs) + 1)),
+            "weight": [1.0] * len(pairs),
+        },
+        schema_overrides={
+            "user_id": pl.Int32,
+            "track_id": pl.Int32,
+            "track_seq": pl.Int16,
+            "weight": pl.Float32,
+            "started_at": pl.Datetime("ns"),
+        },
+    )
 
 
 def tracks(ids) -> pl.DataFrame:
     ids = list(ids)
-    return pl.DataFrame({"track_id": ids, "albums": [[]] * len(ids), "artists": [[]] * len(ids),
-                         "genres": [[]] * len(ids)},
-                        schema={"track_id": pl.Int32, "albums": pl.List(pl.Int32),
-                                "artists": pl.List(pl.Int32), "genres": pl.List(pl.Int32)})
+    return pl.DataFrame(
+        {"track_id": ids, "albums": [[]] * len(ids), "artists": [[]] * len(ids), "genres": [[]] * len(ids)},
+        schema={
+            "track_id": pl.Int32,
+            "albums": pl.List(pl.Int32),
+            "artists": pl.List(pl.Int32),
+            "genres": pl.List(pl.Int32),
+        },
+    )
 
 
 def block_data(n_users: int = 60, n_tracks: int = 40, seed: int = 0) -> FitData:
@@ -120,13 +135,19 @@ def test_i2i_from_history_sums_similarity_and_skips_heard():
     history = frame([(1, 10), (1, 11), (1, 12), (2, 10)], days=[0, 1, 2, 0])
     recent = last_listens(history, k=2).collect()
     assert recent.filter(pl.col("user_id") == 1)["track_id"].to_list() == [12, 11]
-    similar = pl.DataFrame({"track_id": [11, 11, 12, 12, 10],
-                            "similar_track_id": [13, 10, 13, 14, 15],
-                            "score": [0.5, 0.9, 0.25, 0.6, 0.8]})
+    similar = pl.DataFrame(
+        {
+            "track_id": [11, 11, 12, 12, 10],
+            "similar_track_id": [13, 10, 13, 14, 15],
+            "score": [0.5, 0.9, 0.25, 0.6, 0.8],
+        }
+    )
     out = i2i_from_history(recent, similar, n=5, heard=history)
     # user 1: 13 <- 0.5 + 0.25 = 0.75, 14 <- 0.6; 10 was heard. user 2: 15 <- 0.8
     assert out.filter(pl.col("user_id") == 1).select("track_id", "score", "rank").rows() == [
-        (13, 0.75, 1), (14, pytest.approx(0.6), 2)]
+        (13, 0.75, 1),
+        (14, pytest.approx(0.6), 2),
+    ]
     assert out.filter(pl.col("user_id") == 2)["track_id"].to_list() == [15]
 
 
@@ -138,8 +159,9 @@ def test_i2i_one_user_path_equals_the_polars_query(seed):
     pairs = {(int(a), int(b)) for a, b in rng.integers(0, n_tracks, (300, 2)) if a != b}
     source, neighbour = map(list, zip(*sorted(pairs), strict=True))
     # scores on a 1/8 grid: sums are exact in float32, and ties are frequent
-    similar = pl.DataFrame({"track_id": source, "similar_track_id": neighbour,
-                            "score": rng.integers(1, 9, len(source)) / 8})
+    similar = pl.DataFrame(
+        {"track_id": source, "similar_track_id": neighbour, "score": rng.integers(1, 9, len(source)) / 8}
+    )
     recent = pl.DataFrame({"user_id": [7] * 8, "track_id": rng.integers(0, n_tracks, 8)})  # with repeats
     heard = pl.DataFrame({"user_id": [7] * 5 + [8] * 5, "track_id": rng.integers(0, n_tracks, 10)})
     for kwargs in ({}, {"heard": heard}):
@@ -152,15 +174,23 @@ def test_i2i_one_user_path_equals_the_polars_query(seed):
 def test_candidate_recall_known_answer(tmp_path):
     targets = pl.DataFrame({"user_id": [1, 1, 2, 2], "track_id": [10, 11, 10, 12]})
     pl.DataFrame({"track_id": [12, 99], "score": [5.0, 4.0], "rank": [1, 2]}).write_parquet(
-        tmp_path / "top_popular.parquet")
-    pl.DataFrame({"user_id": [1, 1, 2, 2], "track_id": [10, 50, 51, 10], "score": [1.0] * 4,
-                  "rank": [1, 2, 1, 2]}).write_parquet(tmp_path / "personal_als.parquet")
+        tmp_path / "top_popular.parquet"
+    )
+    pl.DataFrame(
+        {"user_id": [1, 1, 2, 2], "track_id": [10, 50, 51, 10], "score": [1.0] * 4, "rank": [1, 2, 1, 2]}
+    ).write_parquet(tmp_path / "personal_als.parquet")
     recall = candidate_recall(tmp_path, targets, [1, 2])
     got = {(r["generator"], r["n"]): r["found"] for r in recall.to_dicts()}
     # n=1: popular {12} finds (2,12); ALS finds (1,10); union 2 of 4
     # n=2: popular {12, 99}: 1; ALS adds (2,10): 2; union 3 of 4
-    assert got == {("top_popular", 1): 1, ("personal_als", 1): 1, ("union", 1): 2,
-                   ("top_popular", 2): 1, ("personal_als", 2): 2, ("union", 2): 3}
+    assert got == {
+        ("top_popular", 1): 1,
+        ("personal_als", 1): 1,
+        ("union", 1): 2,
+        ("top_popular", 2): 1,
+        ("personal_als", 2): 2,
+        ("union", 2): 3,
+    }
 
 
 def test_als_confidence_values_log_and_half_life():
@@ -180,8 +210,10 @@ def test_als_confidence_values_log_and_half_life():
 def grown(data: FitData, new_users: int = 6, seed: int = 9) -> FitData:
     """``data`` plus a later window: new listens of old users and a few new users (same blocks)."""
     rng = np.random.default_rng(seed)
-    pairs = [(int(u), 100 + int(t)) for u, t in zip(data.interactions["user_id"],
-                                                     data.interactions["track_id"] - 100, strict=True)]
+    pairs = [
+        (int(u), 100 + int(t))
+        for u, t in zip(data.interactions["user_id"], data.interactions["track_id"] - 100, strict=True)
+    ]
     for u in range(60 + new_users):
         block = 0 if u < 30 or 60 <= u < 63 else 1
         heard = {t for uu, t in pairs if uu == u}
@@ -201,8 +233,7 @@ def test_als_refit_starts_from_the_history_model(refit):
     if refit == "users":
         # item factors kept; each user's factors solved once against them
         assert np.array_equal(new.model.item_factors, old.model.item_factors)
-        expected = old.model.recalculate_user(np.arange(len(later.user_ids)),
-                                              new.confidence_matrix(later))
+        expected = old.model.recalculate_user(np.arange(len(later.user_ids)), new.confidence_matrix(later))
         assert np.allclose(new.model.user_factors, expected, atol=1e-5)
     else:
         assert not np.array_equal(new.model.item_factors, old.model.item_factors)
@@ -246,8 +277,13 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("run")
     profile = load_profile("params/tiny.yaml")
-    profile = profile.model_copy(update={"candidates": profile.candidates.model_copy(update={
-        "als": profile.candidates.als.model_copy(update={"refit": "users"})})})
+    profile = profile.model_copy(
+        update={
+            "candidates": profile.candidates.model_copy(
+                update={"als": profile.candidates.als.model_copy(update={"refit": "users"})}
+            )
+        }
+    )
     paths = RunPaths.for_profile(profile, root)
     build_dataset(profile, paths, progress=False)
     return profile, paths
@@ -264,9 +300,17 @@ def test_stage_reuses_what_does_not_depend_on_the_window(tiny_run):
     runs = {r.generator: r for r in stage.fit("history+labels")}
     assert "similar lists: the history fit's" in runs["personal_als"].note
     assert runs["audio"].note and "reused" in runs["audio"].note
-    copied = {name: pl.read_parquet(paths.candidates / name)
-              for name in ("similar.parquet", "content_similar.parquet", "audio_similar.parquet",
-                           "personal_als.parquet", "content.parquet", "audio.parquet")}
+    copied = {
+        name: pl.read_parquet(paths.candidates / name)
+        for name in (
+            "similar.parquet",
+            "content_similar.parquet",
+            "audio_similar.parquet",
+            "personal_als.parquet",
+            "content.parquet",
+            "audio.parquet",
+        )
+    }
     for name in ("similar.parquet", "content_similar.parquet", "audio_similar.parquet"):
         assert copied[name].equals(pl.read_parquet(paths.candidates / "history" / name)), name
     # alone: computed, not copied (i2i_history is left out: polars sums its scores in no fixed order)

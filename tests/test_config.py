@@ -79,7 +79,9 @@ def test_data_path_overrides_the_profile(tmp_path):
 def test_boundaries_as_days_before_the_end(tmp_path):
     split = SplitConfig(label_start=31, test_start=16)
     assert split.resolve(dt.date(2022, 1, 1), dt.date(2022, 12, 31)) == (
-        dt.date(2022, 12, 1), dt.date(2022, 12, 16))
+        dt.date(2022, 12, 1),
+        dt.date(2022, 12, 16),
+    )
     path = write(tmp_path, "split:\n  label_start: 5\n  test_start: 10\n")
     with pytest.raises(ProfileError, match="split: label_start .* must be larger than test_start"):
         load_profile(path)
@@ -90,5 +92,4 @@ def test_boundary_after_the_data_ends_names_the_key():
     with pytest.raises(ProfileError, match=r"split.test_start: 2023-02-01 is after the data ends"):
         split.resolve(dt.date(2022, 1, 1), dt.date(2022, 12, 31))
     with pytest.raises(ProfileError, match=r"split.label_start: .* leaves no history"):
-        SplitConfig(label_start=400, test_start=10).resolve(dt.date(2022, 1, 1),
-                                                             dt.date(2022, 12, 31))
+        SplitConfig(label_start=400, test_start=10).resolve(dt.date(2022, 1, 1), dt.date(2022, 12, 31))

@@ -23,29 +23,53 @@ def tiny(tmp_path_factory) -> FitData:
     out = tmp_path_factory.mktemp("tiny")
     profile = load_profile("params/tiny.yaml")
     generate(profile.data.synthetic, profile.seed, out, progress=False)
-    return FitData.build(pl.read_parquet(out / "interactions.parquet"),
-                         pl.read_parquet(out / "tracks.parquet"),
-                         pl.read_parquet(out / "track_features.parquet"))
+    return FitData.build(
+        pl.read_parquet(out / "interactions.parquet"),
+        pl.read_parquet(out / "tracks.parquet"),
+        pl.read_parquet(out / "track_features.parquet"),
+    )
 
 
-def toy_data(listens: dict[int, list[int]], genres: list[list[int]], artists: list[list[int]],
-             albums: list[list[int]], features: np.ndarray | None = None) -> FitData:
+def toy_data(
+    listens: dict[int, list[int]],
+    genres: list[list[int]],
+    artists: list[list[int]],
+    albums: list[list[int]],
+    features: np.ndarray | None = None,
+) -> FitData:
     """FitData of hand-made tracks 0..T-1 (ids 100+i) and users listening in the given order."""
     n = len(genres)
-    tracks = pl.DataFrame({C.track_id: np.arange(n) + 100, C.albums: albums, C.artists: artists,
-                           C.genres: genres},
-                          schema={C.track_id: pl.Int32, C.albums: pl.List(pl.Int32),
-                                  C.artists: pl.List(pl.Int32), C.genres: pl.List(pl.Int32)})
-    rows = [(u, t + 100, dt.datetime(2022, 1, 1) + dt.timedelta(days=i), i + 1, 1.0)
-            for u, ts in listens.items() for i, t in enumerate(ts)]
-    interactions = pl.DataFrame(rows, orient="row", schema={
-        C.user_id: pl.Int32, C.track_id: pl.Int32, C.started_at: pl.Datetime("ns"),
-        C.track_seq: pl.Int16, C.weight: pl.Float32})
+    tracks = pl.DataFrame(
+        {C.track_id: np.arange(n) + 100, C.albums: albums, C.artists: artists, C.genres: genres},
+        schema={
+            C.track_id: pl.Int32,
+            C.albums: pl.List(pl.Int32),
+            C.artists: pl.List(pl.Int32),
+            C.genres: pl.List(pl.Int32),
+        },
+    )
+    rows = [
+        (u, t + 100, dt.datetime(2022, 1, 1) + dt.timedelta(days=i), i + 1, 1.0)
+        for u, ts in listens.items()
+        for i, t in enumerate(ts)
+    ]
+    interactions = pl.DataFrame(
+        rows,
+        orient="row",
+        schema={
+            C.user_id: pl.Int32,
+            C.track_id: pl.Int32,
+            C.started_at: pl.Datetime("ns"),
+            C.track_seq: pl.Int16,
+            C.weight: pl.Float32,
+        },
+    )
     track_features = None
     if features is not None:
         track_features = pl.DataFrame({C.track_id: np.arange(len(features)) + 100}).cast(pl.Int32)
         track_features = track_features.with_columns(
-            [pl.Series(f"f{j}", features[:, j].astype(np.float32)) for j in range(features.shape[1])])
+            [pl.Series(f"f{j}", features[:, j].astype(np.float32)) for j in range(features.shape[1])]
+        )
     return FitData.build(interactions, tracks, track_features)
 
 
@@ -57,7 +81,7 @@ def check_lists(cols: np.ndarray, scores: np.ndarray, n: int, n_tracks: int) -> 
     for row_cols, row_scores in zip(cols, scores, strict=True):
         found = row_cols[row_cols >= 0]
         assert len(np.unique(found)) == len(found)
-        assert (row_cols[len(found):] == -1).all()
+        assert (row_cols[len(found) :] == -1).all()
         assert (np.diff(row_scores[: len(found)]) <= 1e-6).all()
 
 
@@ -98,13 +122,13 @@ def test_content_scores_are_exact_cosines(tiny):
     want_cols, want = top_n(dense, 40, tiny.matrix[rows])
     want = np.where(want > 0, want, -np.inf)  # brute force also ranks zero scores
     _, got = exact.recommend(rows, 40)
-    np.testing.assert_allclose(np.where(np.isfinite(got), got, -1), np.where(np.isfinite(want), want, -1),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.where(np.isfinite(got), got, -1), np.where(np.isfinite(want), want, -1), atol=1e-5
+    )
     cut = ContentGenerator(ContentConfig(max_postings=20)).fit(tiny)
     cols, scores = cut.recommend(rows, 40)
     ok = cols >= 0
-    np.testing.assert_allclose(scores[ok], np.take_along_axis(dense, np.maximum(cols, 0), 1)[ok],
-                               atol=1e-5)
+    np.testing.assert_allclose(scores[ok], np.take_along_axis(dense, np.maximum(cols, 0), 1)[ok], atol=1e-5)
     # the cut keeps almost all the score mass of the exact lists
     assert np.where(ok, scores, 0).sum() > 0.95 * np.where(np.isfinite(want), want, 0).sum()
 
@@ -184,8 +208,9 @@ def test_audio_cells_stay_close_to_exact(tiny):
     """The inverted-file search (forced on the tiny catalogue) against brute force."""
     base = dict(max_iter=30, sample_tracks=1_000)
     exact = AudioGenerator(AudioConfig(**base), seed=2).fit(tiny)
-    cells = AudioGenerator(AudioConfig(**base, exact_max_tracks=100, cell_size=100, probe_cells=6),
-                           seed=2).fit(tiny)
+    cells = AudioGenerator(
+        AudioConfig(**base, exact_max_tracks=100, cell_size=100, probe_cells=6), seed=2
+    ).fit(tiny)
     assert cells.fit_report["cells"] == 30 and exact.fit_report["cells"] == 1
     tracks = np.arange(len(tiny.track_ids))
     sim, sim_scores = cells.similar(tracks, 10)

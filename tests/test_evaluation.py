@@ -38,8 +38,9 @@ BEFORE, DURING = dt.datetime(2022, 12, 1), dt.datetime(2022, 12, 20)
 
 def lists_frame(lists: dict[int, list[int]]) -> pl.DataFrame:
     rows = [(u, t, r) for u, tracks in lists.items() for r, t in enumerate(tracks, 1)]
-    return pl.DataFrame(rows, schema={"user_id": pl.Int32, "track_id": pl.Int32, "rank": pl.Int32},
-                        orient="row")
+    return pl.DataFrame(
+        rows, schema={"user_id": pl.Int32, "track_id": pl.Int32, "rank": pl.Int32}, orient="row"
+    )
 
 
 def pairs(rows: list[tuple[int, int]]) -> pl.DataFrame:
@@ -50,23 +51,41 @@ def make_run(root: Path, listens: list[tuple[int, int, dt.datetime]], n_tracks: 
     """A run on disk with just what the evaluation reads: interactions, tracks, split."""
     paths = RunPaths(root, "t")
     paths.data.mkdir(parents=True)
-    frame = pl.DataFrame(listens, schema={"user_id": pl.Int32, "track_id": pl.Int32,
-                                          "started_at": pl.Datetime("ns")}, orient="row")
+    frame = pl.DataFrame(
+        listens,
+        schema={"user_id": pl.Int32, "track_id": pl.Int32, "started_at": pl.Datetime("ns")},
+        orient="row",
+    )
     frame = frame.with_columns(
         pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int16).alias("track_seq"),
-        pl.lit(1.0, dtype=pl.Float32).alias("weight"))
+        pl.lit(1.0, dtype=pl.Float32).alias("weight"),
+    )
     frame.cast(INTERACTIONS_SCHEMA).write_parquet(paths.interactions)
-    pl.DataFrame({"track_id": list(range(1, n_tracks + 1)), "albums": [[1]] * n_tracks,
-                  "artists": [[1]] * n_tracks, "genres": [[1]] * n_tracks},
-                 schema={"track_id": pl.Int32, "albums": pl.List(pl.Int32), "artists": pl.List(pl.Int32),
-                         "genres": pl.List(pl.Int32)}).write_parquet(paths.tracks)
+    pl.DataFrame(
+        {
+            "track_id": list(range(1, n_tracks + 1)),
+            "albums": [[1]] * n_tracks,
+            "artists": [[1]] * n_tracks,
+            "genres": [[1]] * n_tracks,
+        },
+        schema={
+            "track_id": pl.Int32,
+            "albums": pl.List(pl.Int32),
+            "artists": pl.List(pl.Int32),
+            "genres": pl.List(pl.Int32),
+        },
+    ).write_parquet(paths.tracks)
     paths.split.write_text(json.dumps({"label_start": "2022-12-01", "test_start": "2022-12-16"}))
     return paths
 
 
 def row(table: pl.DataFrame, model: str, metric: str, k: int, segment: str) -> dict:
-    found = table.filter((pl.col("model") == model) & (pl.col("metric") == metric) & (pl.col("k") == k)
-                         & (pl.col("segment") == segment))
+    found = table.filter(
+        (pl.col("model") == model)
+        & (pl.col("metric") == metric)
+        & (pl.col("k") == k)
+        & (pl.col("segment") == segment)
+    )
     assert found.height == 1, (model, metric, k, segment)
     return found.row(0, named=True)
 
@@ -83,8 +102,16 @@ COLD = lists_frame({4: [41, 40]})
 
 @pytest.fixture(scope="module")
 def table() -> pl.DataFrame:
-    return evaluate_models({"a": MODEL_A, "b": MODEL_B.lazy()}, TEST, SEGMENTS, ks=(1, 2), beyond_k=2,
-                           n_items=100, cold=COLD, n_boot=200)
+    return evaluate_models(
+        {"a": MODEL_A, "b": MODEL_B.lazy()},
+        TEST,
+        SEGMENTS,
+        ks=(1, 2),
+        beyond_k=2,
+        n_items=100,
+        cold=COLD,
+        n_boot=200,
+    )
 
 
 def test_columns_and_segments(table):
@@ -97,28 +124,31 @@ def test_columns_and_segments(table):
     assert set(table.get_column("metric")) == {"precision", "recall", "ndcg", "map", "hitrate", "coverage"}
 
 
-@pytest.mark.parametrize(("model", "metric", "segment", "expected"), [
-    # model a, top 2: user 1 [10, 99] one hit at 1 of 2 relevant; user 2 [98, 20] its one relevant at 2;
-    # user 3 no list: zeros (counted, not left out)
-    ("a", "precision", "all", (1 / 2 + 1 / 2 + 0) / 3),
-    ("a", "recall", "all", (1 / 2 + 1 + 0) / 3),
-    ("a", "ndcg", "all", (1 / IDCG2 + (1 / L3) / 1 + 0) / 3),  # 0.6131, 0.6309, 0 -> 0.4147
-    ("a", "hitrate", "all", 2 / 3),
-    ("a", "ndcg", "light", 1 / IDCG2),
-    ("a", "ndcg", "medium", 1 / L3),
-    ("a", "recall", "heavy", 0.0),
-    ("a", "precision", "heavy", 0.0),
-    # model b, top 2: user 1 [97, 96] nothing; user 2 [20] hit at 1 (precision 1/2: the denominator is k);
-    # user 3 [30, 33] one hit at 1 of 3 relevant (ideal DCG over min(3, 2) = 2 positions)
-    ("b", "precision", "all", (0 + 1 / 2 + 1 / 2) / 3),
-    ("b", "recall", "all", (0 + 1 + 1 / 3) / 3),
-    ("b", "ndcg", "all", (0 + 1 + 1 / IDCG2) / 3),  # 0.5377
-    ("b", "map", "heavy", 1 / 2),  # precision@1 = 1, divided by min(3, 2)
-    ("b", "ndcg", "light", 0.0),
-    # the cold list [41, 40] of user 4: the relevant 40 at position 2
-    ("final", "ndcg", "cold", 1 / L3),
-    ("top_popular", "recall", "cold", 1.0),
-])
+@pytest.mark.parametrize(
+    ("model", "metric", "segment", "expected"),
+    [
+        # model a, top 2: user 1 [10, 99] one hit at 1 of 2 relevant; user 2 [98, 20] its one relevant at 2;
+        # user 3 no list: zeros (counted, not left out)
+        ("a", "precision", "all", (1 / 2 + 1 / 2 + 0) / 3),
+        ("a", "recall", "all", (1 / 2 + 1 + 0) / 3),
+        ("a", "ndcg", "all", (1 / IDCG2 + (1 / L3) / 1 + 0) / 3),  # 0.6131, 0.6309, 0 -> 0.4147
+        ("a", "hitrate", "all", 2 / 3),
+        ("a", "ndcg", "light", 1 / IDCG2),
+        ("a", "ndcg", "medium", 1 / L3),
+        ("a", "recall", "heavy", 0.0),
+        ("a", "precision", "heavy", 0.0),
+        # model b, top 2: user 1 [97, 96] nothing; user 2 [20] hit at 1 (precision 1/2: the denominator is k);
+        # user 3 [30, 33] one hit at 1 of 3 relevant (ideal DCG over min(3, 2) = 2 positions)
+        ("b", "precision", "all", (0 + 1 / 2 + 1 / 2) / 3),
+        ("b", "recall", "all", (0 + 1 + 1 / 3) / 3),
+        ("b", "ndcg", "all", (0 + 1 + 1 / IDCG2) / 3),  # 0.5377
+        ("b", "map", "heavy", 1 / 2),  # precision@1 = 1, divided by min(3, 2)
+        ("b", "ndcg", "light", 0.0),
+        # the cold list [41, 40] of user 4: the relevant 40 at position 2
+        ("final", "ndcg", "cold", 1 / L3),
+        ("top_popular", "recall", "cold", 1.0),
+    ],
+)
 def test_known_values_at_2(table, model, metric, segment, expected):
     got = row(table, model, metric, 2, segment)
     assert got["value"] == pytest.approx(expected)
@@ -157,8 +187,16 @@ def test_novelty_and_diversity_when_inputs_given():
     train = pairs([(1, 1), (2, 1), (3, 1), (4, 1), (1, 2)])
     tracks = pl.DataFrame({"track_id": [1, 2], "genres": [[1], [1, 2]]})
     segments = pl.DataFrame({"user_id": [1], "segment": ["light"]})
-    table = evaluate_models({"m": lists_frame({1: [1, 2]})}, pairs([(1, 2)]), segments, ks=(2,), beyond_k=2,
-                            train=train, tracks=tracks, n_boot=50)
+    table = evaluate_models(
+        {"m": lists_frame({1: [1, 2]})},
+        pairs([(1, 2)]),
+        segments,
+        ks=(2,),
+        beyond_k=2,
+        train=train,
+        tracks=tracks,
+        n_boot=50,
+    )
     assert row(table, "m", "novelty", 2, "all")["value"] == pytest.approx(1.0)
     assert row(table, "m", "diversity", 2, "light")["value"] == pytest.approx(0.5)
     assert row(table, "m", "coverage", 2, "all")["value"] == pytest.approx(1.0)  # 2 of the 2 tracks
@@ -176,7 +214,8 @@ def test_history_terciles_distinct_and_tied():
     # i.e. 1 and 5: light <= 1, medium <= 5, heavy above; equal lengths share a segment
     tied = pl.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "n_history": [1, 1, 1, 5, 5, 9]})
     assert history_terciles(tied).get_column("segment").to_list() == (
-        ["light"] * 3 + ["medium"] * 2 + ["heavy"])
+        ["light"] * 3 + ["medium"] * 2 + ["heavy"]
+    )
 
 
 def test_user_segments_on_a_run(tmp_path):
@@ -200,22 +239,33 @@ def test_model_lists_top_popular_per_user(tmp_path):
     # window: track 1 three, tracks 2, 5, 6, 7 one, tracks 3, 4, 8 none. The file's list [5, 6, 7]
     # comes first, then the rest by listeners, ties by id: 5, 6, 7, 1, 2, 3, 4, 8.
     history = [(1, 5), (1, 1), (2, 6), (2, 7), (2, 1), (2, 2), (3, 1)]
-    listens = [(u, t, BEFORE) for u, t in history] + [(1, 8, DURING), (2, 3, DURING), (3, 4, DURING),
-                                                      (9, 5, DURING)]  # user 9 is cold
+    listens = [(u, t, BEFORE) for u, t in history] + [
+        (1, 8, DURING),
+        (2, 3, DURING),
+        (3, 4, DURING),
+        (9, 5, DURING),
+    ]  # user 9 is cold
     paths = make_run(tmp_path, listens, n_tracks=8)
     paths.candidates.mkdir(parents=True)
     pl.DataFrame({"track_id": [5, 6, 7], "score": [1.0, 1.0, 1.0], "rank": [1, 2, 3]}).write_parquet(
-        paths.candidates / "top_popular.parquet")
+        paths.candidates / "top_popular.parquet"
+    )
     als = lists_frame({1: [2, 3, 4, 6], 2: [8, 5], 4: [1, 2]}).with_columns(pl.lit(0.5).alias("score"))
     als.write_parquet(paths.candidates / "personal_als.parquet")
-    recs = pl.concat([lists_frame({1: [4, 3], 2: [5], 3: [6]}).with_columns(pl.lit("ranker").alias("source")),
-                      lists_frame({9: [5, 6]}).with_columns(pl.lit("top_popular").alias("source"))])
+    recs = pl.concat(
+        [
+            lists_frame({1: [4, 3], 2: [5], 3: [6]}).with_columns(pl.lit("ranker").alias("source")),
+            lists_frame({9: [5, 6]}).with_columns(pl.lit("top_popular").alias("source")),
+        ]
+    )
     recs.with_columns(pl.lit(1.0).alias("score")).write_parquet(paths.recommendations)
 
     lists = {name: frame.collect() for name, frame in model_lists(paths, k_max=3).items()}
     assert set(lists) == {"top_popular", "personal_als", "final"}  # no random/content/audio files
-    got = {u: g.sort("rank").get_column("track_id").to_list()
-           for (u,), g in lists["top_popular"].group_by("user_id")}
+    got = {
+        u: g.sort("rank").get_column("track_id").to_list()
+        for (u,), g in lists["top_popular"].group_by("user_id")
+    }
     # user 2 needs position 7 of the global order (four heard tracks among the first seven)
     assert got == {1: [6, 7, 2], 2: [5, 3, 4], 3: [5, 6, 7]}
     assert lists["top_popular"].get_column("rank").to_list() == [1, 2, 3] * 3
@@ -236,10 +286,12 @@ def test_paired_comparison_better_for_every_user():
     users = np.arange(200)
     b = rng.uniform(0, 0.4, 200)
     a = b + rng.uniform(0.1, 0.3, 200)  # a is above b for every user, by 0.2 on average
-    result = paired_comparison(pl.DataFrame({"user_id": users, "value": a}),
-                               # the order of the rows is irrelevant: users are joined
-                               pl.DataFrame({"user_id": users[::-1], "value": b[::-1]}),
-                               n_boot=500)
+    result = paired_comparison(
+        pl.DataFrame({"user_id": users, "value": a}),
+        # the order of the rows is irrelevant: users are joined
+        pl.DataFrame({"user_id": users[::-1], "value": b[::-1]}),
+        n_boot=500,
+    )
     assert result["n_users"] == 200
     assert result["diff"] == pytest.approx(float((a - b).mean()))
     assert 0.1 < result["lower"] < result["diff"] < result["upper"] < 0.3
@@ -253,11 +305,13 @@ def test_paired_comparison_identical_and_worse():
     same = paired_comparison(values, values, n_boot=200)
     assert (same["diff"], same["lower"], same["upper"]) == (0.0, 0.0, 0.0)
     assert verdict("final", "x", "recall@10", same["diff"], same["lower"], same["upper"]).startswith(
-        "no significant difference between final and x")
+        "no significant difference between final and x"
+    )
     worse = paired_comparison(values.with_columns(pl.col("value") * 0), values, n_boot=200)
     assert worse["diff"] == pytest.approx(-0.5)
     assert verdict("final", "x", "m", worse["diff"], worse["lower"], worse["upper"]).startswith(
-        "final is worse than x")
+        "final is worse than x"
+    )
     # a user missing on one side counts as 0 there: b has user 4 at 0.9, a does not
     extra = paired_comparison(values, pl.concat([values, pl.DataFrame({"user_id": [4], "value": [0.9]})]))
     assert extra["n_users"] == 4 and extra["diff"] == pytest.approx(-0.9 / 4)
@@ -268,10 +322,12 @@ def test_compare_final_against_the_best_generator(tmp_path):
     # ndcg@10: final 1, ALS 1/log2(3) for every user -> difference 1 - 0.6309 = 0.3691 exactly;
     # recall@10: 1 for both -> no difference
     test = pairs([(u, 100 + u) for u in range(1, 5)])
-    lists = {"final": lists_frame({u: [100 + u, 1] for u in range(1, 5)}),
-             "personal_als": lists_frame({u: [1, 100 + u] for u in range(1, 5)}),
-             "random": lists_frame({u: [2, 3] for u in range(1, 5)}),
-             "oracle": lists_frame({u: [100 + u] for u in range(1, 5)})}
+    lists = {
+        "final": lists_frame({u: [100 + u, 1] for u in range(1, 5)}),
+        "personal_als": lists_frame({u: [1, 100 + u] for u in range(1, 5)}),
+        "random": lists_frame({u: [2, 3] for u in range(1, 5)}),
+        "oracle": lists_frame({u: [100 + u] for u in range(1, 5)}),
+    }
     segments = pl.DataFrame({"user_id": [1, 2, 3, 4], "segment": ["light"] * 4})
     results = evaluate_models(lists, test, segments, ks=(10,), n_boot=100)
     table = compare_final(lists, test, results, k=10, n_boot=200)
@@ -289,8 +345,14 @@ def test_compare_final_against_the_best_generator(tmp_path):
 
 
 def test_metric_at_one_metric_on_one_segment_best_first():
-    rows = [("a", 10, "ndcg", "all", 0.1), ("b", 10, "ndcg", "all", 0.3), ("c", 10, "ndcg", "all", 0.2),
-            ("b", 5, "ndcg", "all", 0.9), ("b", 10, "recall", "all", 0.9), ("b", 10, "ndcg", "heavy", 0.9)]
+    rows = [
+        ("a", 10, "ndcg", "all", 0.1),
+        ("b", 10, "ndcg", "all", 0.3),
+        ("c", 10, "ndcg", "all", 0.2),
+        ("b", 5, "ndcg", "all", 0.9),
+        ("b", 10, "recall", "all", 0.9),
+        ("b", 10, "ndcg", "heavy", 0.9),
+    ]
     frame = pl.DataFrame(rows, schema=["model", "k", "metric", "segment", "value"], orient="row")
     assert ev.metric_at(frame, "ndcg", 10).get_column("model").to_list() == ["b", "c", "a"]
     assert ev.metric_at(frame, "ndcg", 10, segment="heavy").get_column("value").to_list() == [0.9]
@@ -312,8 +374,9 @@ def test_sample_negatives_never_heard_and_distinct():
     assert sorted(neg.get_column("track_id").to_list()) == list(range(12, 41))
     # a user who heard all but two tracks keeps those two, however many are asked for
     almost = pairs([(2, t) for t in range(1, 39)])
-    neg = sample_negatives(pl.DataFrame({"listen": [7], "user_id": [2]}), almost, np.arange(1, 41),
-                           n_negatives=5, seed=1)
+    neg = sample_negatives(
+        pl.DataFrame({"listen": [7], "user_id": [2]}), almost, np.arange(1, 41), n_negatives=5, seed=1
+    )
     assert sorted(neg.get_column("track_id").to_list()) == [39, 40]
 
 
@@ -323,9 +386,9 @@ def test_sampled_protocol_known_positions():
     heard = pairs([(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)])
     test = pairs([(1, 3), (2, 6)])
     lists = {
-        "perfect": lists_frame({1: [3, 4], 2: [6]}),        # held-out first: position 1
+        "perfect": lists_frame({1: [3, 4], 2: [6]}),  # held-out first: position 1
         "behind": lists_frame({1: [4, 5, 6, 3], 2: [1, 2, 3, 6]}),  # position 4
-        "outside": lists_frame({1: [4, 5], 2: [1, 2]}),     # not listed: tied with the other unlisted
+        "outside": lists_frame({1: [4, 5], 2: [1, 2]}),  # not listed: tied with the other unlisted
     }
     # popularity: user 1 ranks 4 (20) > 3 (10) > 5 (5) > 6 (1): position 2;
     # user 2 ranks 3 (10) > 6 (1) > 1, 2 (absent: 0): position 2
@@ -334,9 +397,17 @@ def test_sampled_protocol_known_positions():
     def oracle(users, tracks):  # prefers the held-out track of each user
         return ((users == 1) & (tracks == 3)) | ((users == 2) & (tracks == 6))
 
-    table = sampled_protocol(test, heard, np.arange(1, 7), lists=lists,
-                             global_scores={"top_popular": popular}, pair_scorers={"oracle": oracle},
-                             n_negatives=3, ks=(1, 2, 3, 4), n_boot=50)
+    table = sampled_protocol(
+        test,
+        heard,
+        np.arange(1, 7),
+        lists=lists,
+        global_scores={"top_popular": popular},
+        pair_scorers={"oracle": oracle},
+        n_negatives=3,
+        ks=(1, 2, 3, 4),
+        n_boot=50,
+    )
     assert table.columns == ["model", "k", "metric", "segment", "value", "lower", "upper"]
     value = {(m, k): v for m, k, v in table.select("model", "k", "value").iter_rows()}
     assert [value[("perfect", k)] for k in (1, 2, 3, 4)] == [1, 1, 1, 1]
@@ -353,13 +424,24 @@ def test_sampled_protocol_at_100_negatives():
     # 300 users, each with 3 heard tracks and one held-out track, catalogue of 2,000 tracks
     rng = np.random.default_rng(1)
     held = rng.choice(np.arange(1, 2001), size=300)
-    heard = pairs([(u, int(t)) for u in range(300) for t in rng.choice(np.arange(1, 2001), 3)]
-                  + [(u, int(held[u])) for u in range(300)]).unique()
+    heard = pairs(
+        [(u, int(t)) for u in range(300) for t in rng.choice(np.arange(1, 2001), 3)]
+        + [(u, int(held[u])) for u in range(300)]
+    ).unique()
     test = pairs([(u, int(held[u])) for u in range(300)])
     first = lists_frame({u: [int(held[u])] for u in range(300)})
     empty = lists_frame({})
-    table = sampled_protocol(test, heard, np.arange(1, 2001), lists={"first": first, "empty": empty},
-                             n_negatives=100, ks=(5, 10), max_listens=250, n_boot=100, seed=4)
+    table = sampled_protocol(
+        test,
+        heard,
+        np.arange(1, 2001),
+        lists={"first": first, "empty": empty},
+        n_negatives=100,
+        ks=(5, 10),
+        max_listens=250,
+        n_boot=100,
+        seed=4,
+    )
     value = {(m, k): v for m, k, v in table.select("model", "k", "value").iter_rows()}
     assert value[("first", 5)] == 1.0 and value[("first", 10)] == 1.0
     # an empty list orders the 101 tracks at random: recall@10 about 10/101 on 250 listens
@@ -376,8 +458,9 @@ def test_sampled_protocol_at_100_negatives():
 def synthetic_run(tmp_path_factory) -> RunPaths:
     root = tmp_path_factory.mktemp("oracle")
     paths = RunPaths(root, "syn")
-    cfg = SyntheticConfig(n_users=120, n_tracks=400, max_tracks_per_user=150, n_genres=12,
-                          n_named_genres=10, chunk_users=120)
+    cfg = SyntheticConfig(
+        n_users=120, n_tracks=400, max_tracks_per_user=150, n_genres=12, n_named_genres=10, chunk_users=120
+    )
     generate(cfg, seed=3, out_dir=paths.data, progress=False)
     paths.split.write_text(json.dumps({"label_start": "2022-12-01", "test_start": "2022-12-16"}))
     return paths
@@ -402,11 +485,18 @@ def test_oracle_pool_is_the_best_of_the_pool(synthetic_run):
     paths = synthetic_run
     users = np.array([1, 2, 3])
     pool = {"some": lists_frame({1: [5, 6, 7], 2: [8, 9], 3: [10]})}
-    result = oracle_lists(paths, users, k_max=4, candidate_pool=pool, n_popular=3, max_exact_pairs=0,
-                          batch_pairs=4)
+    result = oracle_lists(
+        paths, users, k_max=4, candidate_pool=pool, n_popular=3, max_exact_pairs=0, batch_pairs=4
+    )
     inter = pl.read_parquet(paths.interactions).filter(pl.col("started_at") < TEST_START)
-    top3 = (inter.group_by("track_id").agg(pl.col("user_id").n_unique().alias("n"))
-            .sort(["n", "track_id"], descending=[True, False]).head(3).get_column("track_id").to_list())
+    top3 = (
+        inter.group_by("track_id")
+        .agg(pl.col("user_id").n_unique().alias("n"))
+        .sort(["n", "track_id"], descending=[True, False])
+        .head(3)
+        .get_column("track_id")
+        .to_list()
+    )
     own = {1: [5, 6, 7], 2: [8, 9], 3: [10]}
     for u in users:
         heard = set(inter.filter(pl.col("user_id") == u).get_column("track_id").to_list())
@@ -427,8 +517,18 @@ def test_no_oracle_for_real_sources(tmp_path):
 
 def test_write_metrics(tmp_path, table):
     paths = RunPaths(tmp_path, "w")
-    nan_row = pl.DataFrame({"model": ["x"], "k": [1], "metric": ["ndcg"], "segment": ["cold"],
-                            "value": [float("nan")], "lower": [None], "upper": [None]}, schema=table.schema)
+    nan_row = pl.DataFrame(
+        {
+            "model": ["x"],
+            "k": [1],
+            "metric": ["ndcg"],
+            "segment": ["cold"],
+            "value": [float("nan")],
+            "lower": [None],
+            "upper": [None],
+        },
+        schema=table.schema,
+    )
     frame = pl.concat([table, nan_row])
     parquet, js = write_metrics(frame, paths)
     assert parquet == paths.outputs / "metrics.parquet" and js == paths.outputs / "metrics.json"
@@ -440,8 +540,12 @@ def test_write_metrics(tmp_path, table):
 
 
 def test_expectation_checks_say_yes_and_no():
-    ndcg = pl.DataFrame({"model": ["random", "top_popular", "personal_als", "final", "oracle"],
-                         "value": [0.01, 0.05, 0.10, 0.20, 0.15]})
+    ndcg = pl.DataFrame(
+        {
+            "model": ["random", "top_popular", "personal_als", "final", "oracle"],
+            "value": [0.01, 0.05, 0.10, 0.20, 0.15],
+        }
+    )
     ordered, oracle = ev.expectation_checks(ndcg)
     assert "**yes**" in ordered  # 0.01 < 0.05 < 0.10
     assert "**no**" in oracle  # final 0.20 is above the oracle's 0.15
@@ -458,11 +562,23 @@ def test_evaluate_each_model_is_every_function_at_once():
     # the same tables as evaluate_models and metric_curves called on all models together, and the
     # kept cuts: top 1 of every model, whole lists of user 3 only
     lists = {"a": MODEL_A, "b": MODEL_B.lazy()}
-    each = ev.evaluate_each_model(lists, TEST, SEGMENTS, k_max=3, keep_k=1, keep_users=pl.Series([3]),
-                                  curve_ks=(1, 2, 3), cold=COLD, ks=(1, 2), beyond_k=2, n_items=100,
-                                  n_boot=200)
-    assert each.results.equals(evaluate_models(lists, TEST, SEGMENTS, ks=(1, 2), beyond_k=2, n_items=100,
-                                               cold=COLD, n_boot=200))
+    each = ev.evaluate_each_model(
+        lists,
+        TEST,
+        SEGMENTS,
+        k_max=3,
+        keep_k=1,
+        keep_users=pl.Series([3]),
+        curve_ks=(1, 2, 3),
+        cold=COLD,
+        ks=(1, 2),
+        beyond_k=2,
+        n_items=100,
+        n_boot=200,
+    )
+    assert each.results.equals(
+        evaluate_models(lists, TEST, SEGMENTS, ks=(1, 2), beyond_k=2, n_items=100, cold=COLD, n_boot=200)
+    )
     warm = pl.Series("user_id", [1, 2, 3], dtype=pl.Int32)
     warm_test = TEST.filter(pl.col("user_id") != 4)
     assert each.curves.equals(ev.metric_curves(lists, warm_test, warm, ks=(1, 2, 3)))

@@ -120,15 +120,17 @@ def test_rank_column_decides_not_row_order():
 
 def test_ties_broken_by_track_id_and_gaps_closed():
     # ranks (1, 21), (1, 20), (2, 22): the tie puts track 20 (smaller id) first
-    recos = frame([(5, 21, 1), (5, 20, 1), (5, 22, 2)], {"user_id": pl.Int32, "track_id": pl.Int32,
-                                                          "rank": pl.Int32})
+    recos = frame(
+        [(5, 21, 1), (5, 20, 1), (5, 22, 2)], {"user_id": pl.Int32, "track_id": pl.Int32, "rank": pl.Int32}
+    )
     relevant = rel_frame({5: [20]})
     assert Precision(1).calc(recos, relevant) == 1.0
     # the top 2 holds two items (20, 21), not three: P@2 = 1/2, never 1/3 or 2/3 by over-counting
     assert Precision(2).calc(recos, relevant) == 0.5
     # ranks 2, 5, 9 are positions 1, 2, 3: the relevant track at rank 9 is in the top 3
-    gaps = frame([(6, 30, 9), (6, 31, 2), (6, 32, 5)], {"user_id": pl.Int32, "track_id": pl.Int32,
-                                                         "rank": pl.Int32})
+    gaps = frame(
+        [(6, 30, 9), (6, 31, 2), (6, 32, 5)], {"user_id": pl.Int32, "track_id": pl.Int32, "rank": pl.Int32}
+    )
     assert HitRate(3).calc(gaps, rel_frame({6: [30]})) == 1.0
     assert HitRate(2).calc(gaps, rel_frame({6: [30]})) == 0.0
     # NDCG of the hit at position 3: (1/log2(4)) / 1 = 0.5
@@ -198,16 +200,17 @@ TRACKS = pl.DataFrame(
 
 
 def test_diversity_by_hand():
-    recos = reco_frame({
-        20: [1, 2, 3],   # pairs: (1,2) J=|{1}|/|{1,2}|=1/2 -> 0.5; (1,3) -> 1; (2,3) -> 1; mean 2.5/3
-        21: [2, 5, 4],   # 4 has no genre: only (2,5): same set {1,2}, J=1 -> 0
-        22: [4, 1],      # one track with genres: no pair -> left out
-        23: [2, 3, 2],   # distinct tracks {2, 3}: one pair, disjoint -> 1
-        24: [99, 1, 3],  # 99 is not in tracks (no genre): only (1,3) -> 1
-    })
+    recos = reco_frame(
+        {
+            20: [1, 2, 3],  # pairs: (1,2) J=|{1}|/|{1,2}|=1/2 -> 0.5; (1,3) -> 1; (2,3) -> 1; mean 2.5/3
+            21: [2, 5, 4],  # 4 has no genre: only (2,5): same set {1,2}, J=1 -> 0
+            22: [4, 1],  # one track with genres: no pair -> left out
+            23: [2, 3, 2],  # distinct tracks {2, 3}: one pair, disjoint -> 1
+            24: [99, 1, 3],  # 99 is not in tracks (no genre): only (1,3) -> 1
+        }
+    )
     diversity = IntraListDiversity(3, tracks=TRACKS)
-    assert values(diversity, recos, relevant=None) == pytest.approx(
-        {20: 2.5 / 3, 21: 0.0, 23: 1.0, 24: 1.0})
+    assert values(diversity, recos, relevant=None) == pytest.approx({20: 2.5 / 3, 21: 0.0, 23: 1.0, 24: 1.0})
     # mean over the four users: (0.83333 + 0 + 1 + 1) / 4 = 0.70833
     assert diversity.calc(recos) == pytest.approx((2.5 / 3 + 2) / 4)
     # k=2, user 20: only (1,2) -> 0.5
@@ -217,8 +220,10 @@ def test_diversity_by_hand():
 def test_diversity_with_many_genres_uses_several_words():
     # genres 0..199 need 4 words of 64 bits: track 1 = {0..99}, track 2 = {50..199}
     # |A ∩ B| = 50, |A ∪ B| = 200 -> distance 1 - 50/200 = 0.75
-    tracks = pl.DataFrame({"track_id": [1, 2], "genres": [list(range(100)), list(range(50, 200))]},
-                          schema={"track_id": pl.Int32, "genres": pl.List(pl.Int32)})
+    tracks = pl.DataFrame(
+        {"track_id": [1, 2], "genres": [list(range(100)), list(range(50, 200))]},
+        schema={"track_id": pl.Int32, "genres": pl.List(pl.Int32)},
+    )
     recos = reco_frame({1: [1, 2]})
     assert IntraListDiversity(2, tracks=tracks).calc(recos) == pytest.approx(0.75)
 
@@ -228,12 +233,28 @@ def test_diversity_with_many_genres_uses_several_words():
 
 def test_evaluate_matches_single_metrics():
     train = rel_frame({1: [1, 2], 2: [7]})
-    metrics = [Precision(2), Recall(3), NDCG(2), MAP(3), HitRate(1), Coverage(2, n_items=10),
-               Novelty(2, train=train), IntraListDiversity(2, tracks=TRACKS)]
+    metrics = [
+        Precision(2),
+        Recall(3),
+        NDCG(2),
+        MAP(3),
+        HitRate(1),
+        Coverage(2, n_items=10),
+        Novelty(2, train=train),
+        IntraListDiversity(2, tracks=TRACKS),
+    ]
     out = evaluate(RECOS, RELEVANT, metrics, n_boot=200)
     assert out.columns == ["metric", "k", "value", "lower", "upper"]
-    assert out["metric"].to_list() == ["precision", "recall", "ndcg", "map", "hitrate", "coverage",
-                                       "novelty", "diversity"]
+    assert out["metric"].to_list() == [
+        "precision",
+        "recall",
+        "ndcg",
+        "map",
+        "hitrate",
+        "coverage",
+        "novelty",
+        "diversity",
+    ]
     assert out["k"].to_list() == [2, 3, 2, 3, 1, 2, 2, 2]
     for metric, value in zip(metrics, out["value"].to_list(), strict=True):
         assert value == pytest.approx(metric.calc(RECOS, RELEVANT), nan_ok=True)
@@ -275,10 +296,14 @@ def naive(lists: dict, relevant: dict, k: int) -> dict[str, dict[int, float]]:
 
 def random_case(seed: int, n_users: int = 300, n_tracks: int = 40, length: int = 15):
     rng = np.random.default_rng(seed)
-    lists = {u: [int(t) for t in rng.integers(0, n_tracks, size=rng.integers(0, length))]
-             for u in range(n_users)}
-    relevant = {u: [int(t) for t in rng.integers(0, n_tracks, size=rng.integers(1, 8))]
-                for u in range(n_users) if rng.random() < 0.8}
+    lists = {
+        u: [int(t) for t in rng.integers(0, n_tracks, size=rng.integers(0, length))] for u in range(n_users)
+    }
+    relevant = {
+        u: [int(t) for t in rng.integers(0, n_tracks, size=rng.integers(1, 8))]
+        for u in range(n_users)
+        if rng.random() < 0.8
+    }
     recos = reco_frame({u: t for u, t in lists.items() if t})
     # shuffle rows and spread the ranks (x3) so that the sorting path is used too
     recos = recos.sample(fraction=1.0, shuffle=True, seed=seed).with_columns(pl.col("rank") * 3)
@@ -294,9 +319,10 @@ def test_random_data_matches_reference_and_stays_in_unit_interval(seed):
             got = values(cls(k), recos, relevant_frame)
             assert got == pytest.approx(reference[cls.name]), (cls.name, k)
             assert all(0.0 <= v <= 1.0 for v in got.values())
-    tracks = pl.DataFrame({"track_id": list(range(40)),
-                           "genres": [[t % 5, t % 7] if t % 4 else [] for t in range(40)]},
-                          schema={"track_id": pl.Int32, "genres": pl.List(pl.Int32)})
+    tracks = pl.DataFrame(
+        {"track_id": list(range(40)), "genres": [[t % 5, t % 7] if t % 4 else [] for t in range(40)]},
+        schema={"track_id": pl.Int32, "genres": pl.List(pl.Int32)},
+    )
     diversity = values(IntraListDiversity(10, tracks=tracks), recos, relevant_frame)
     assert diversity and all(0.0 <= v <= 1.0 for v in diversity.values())
     assert 0.0 <= Coverage(10, n_items=40).calc(recos, relevant_frame) <= 1.0
@@ -390,11 +416,16 @@ def test_paired_bootstrap():
 def test_user_split_over_two_blocks_is_not_taken_as_sorted():
     # user 1 appears twice, each block with ranks 1..n: ranks (1, 2) and (1) -> positions by
     # (rank, track_id): (1, 5) pos 1, (1, 6) pos 2, (2, 7) pos 3; relevant {7}: a hit at position 3
-    recos = frame([(1, 5, 1), (1, 7, 2), (2, 8, 1), (1, 6, 1)], {"user_id": pl.Int32, "track_id": pl.Int32,
-                                                                  "rank": pl.Int32})
+    recos = frame(
+        [(1, 5, 1), (1, 7, 2), (2, 8, 1), (1, 6, 1)],
+        {"user_id": pl.Int32, "track_id": pl.Int32, "rank": pl.Int32},
+    )
     relevant = rel_frame({1: [7]})
     assert TopLists.from_recos(recos, 3).frame.filter(pl.col("user_id") == 1).rows() == [
-        (1, 5, 1), (1, 6, 2), (1, 7, 3)]
+        (1, 5, 1),
+        (1, 6, 2),
+        (1, 7, 3),
+    ]
     assert HitRate(2).calc(recos, relevant) == 0.0
     assert NDCG(3).calc(recos, relevant) == pytest.approx(0.5)  # (1/log2(4)) / 1
 

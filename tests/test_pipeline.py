@@ -35,8 +35,13 @@ def copy_project(dest: Path) -> Path:
 def make(project: Path, *args: str) -> subprocess.CompletedProcess:
     venv = Path(sys.prefix)
     # SKIP_SETUP: never reinstall the package into this environment from the copy
-    return subprocess.run(["make", *args, f"VENV={venv}", "SKIP_SETUP=1"], cwd=project, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        ["make", *args, f"VENV={venv}", "SKIP_SETUP=1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +90,31 @@ def test_notebooks_plots_and_report(project):
         executed = json.loads((out / "notebooks" / f"{stage}.ipynb").read_text())
         injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and "params/tiny.yaml" in "".join(injected[0]["source"])
-        assert not any(o.get("output_type") == "error" for c in executed["cells"]
-                       for o in c.get("outputs", []))
+        assert not any(
+            o.get("output_type") == "error" for c in executed["cells"] for o in c.get("outputs", [])
+        )
     plots = {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
-    assert {"window_sizes", "listens_per_user", "listens_per_track", "events_over_time",
-            "genres", "artists", "calibration", "candidate_recall", "candidates_times",
-            "ranking_curves", "ranking_importance", "ranking_recall", "ranking_ndcg", "evaluation_ndcg",
-            "evaluation_recall", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
-            "evaluation_candidate_recall"} <= plots
+    assert {
+        "window_sizes",
+        "listens_per_user",
+        "listens_per_track",
+        "events_over_time",
+        "genres",
+        "artists",
+        "calibration",
+        "candidate_recall",
+        "candidates_times",
+        "ranking_curves",
+        "ranking_importance",
+        "ranking_recall",
+        "ranking_ndcg",
+        "evaluation_ndcg",
+        "evaluation_recall",
+        "evaluation_curves",
+        "evaluation_popularity_bias",
+        "evaluation_coverage",
+        "evaluation_candidate_recall",
+    } <= plots
     index = (out / "reports" / "index.html").read_text()
     for page in (f"{stage}.html" for stage in STAGES):
         assert f'href="{page}"' in index
@@ -154,8 +176,13 @@ def test_a_failed_data_stage_keeps_the_previous_run(project):
     data = project / "data" / "tiny"
     before = {p.name: p.read_bytes() for p in data.glob("*.*")}
     (project / "params" / "tiny_late.yaml").write_text(
-        (project / "params" / "tiny.yaml").read_text().replace("2022-12-01", "2030-12-01")
-        .replace("2022-12-16", "2030-12-16").replace("seed: 7", "seed: 8") + "run_name: tiny\n")
+        (project / "params" / "tiny.yaml")
+        .read_text()
+        .replace("2022-12-01", "2030-12-01")
+        .replace("2022-12-16", "2030-12-16")
+        .replace("seed: 7", "seed: 8")
+        + "run_name: tiny\n"
+    )
     result = make(project, "data", "PARAMS=params/tiny_late.yaml")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert {p.name: p.read_bytes() for p in data.glob("*.*")} == before, "the previous data is back"
@@ -192,12 +219,16 @@ def test_broken_input_file_gives_one_paragraph(project, tmp_path):
     assert len(message) == 1
 
 
-@pytest.mark.parametrize("source, folder", [
-    ("ium", "ium23l-music-v2"), ("movielens", "ml-latest-small"), ("lastfm", "hetrec2011-lastfm-2k"),
-])
+@pytest.mark.parametrize(
+    "source, folder",
+    [
+        ("ium", "ium23l-music-v2"),
+        ("movielens", "ml-latest-small"),
+        ("lastfm", "hetrec2011-lastfm-2k"),
+    ],
+)
 def test_real_profiles_run_end_to_end(project, shared_data, source, folder):
-    result = make(project, "all", f"PARAMS=params/{source}.yaml",
-                  f"DATA_PATH={shared_data / folder}")
+    result = make(project, "all", f"PARAMS=params/{source}.yaml", f"DATA_PATH={shared_data / folder}")
     assert result.returncode == 0, result.stdout + result.stderr
     split = json.loads((project / "data" / source / "split.json").read_text())
     assert all(w["rows"] > 0 for w in split["windows"].values())
@@ -227,7 +258,8 @@ def test_candidate_lists_keep_the_contract(project, window):
     split = json.loads((data / "split.json").read_text())
     end = split["label_start"] if window == "history" else split["test_start"]
     inter = pl.read_parquet(data / "interactions.parquet").filter(
-        pl.col("started_at") < pl.lit(end).str.to_datetime().cast(pl.Datetime("ns")))
+        pl.col("started_at") < pl.lit(end).str.to_datetime().cast(pl.Datetime("ns"))
+    )
     heard = inter.select("user_id", "track_id")
     track_ids = pl.read_parquet(data / "tracks.parquet").get_column("track_id").implode()
     popular = pl.read_parquet(folder / "top_popular.parquet")
@@ -241,8 +273,11 @@ def test_candidate_lists_keep_the_contract(project, window):
         assert lists.get_column("track_id").is_in(track_ids).all(), f"{name}: source track ids"
         assert lists.get_column("user_id").is_in(heard.get_column("user_id").implode()).all()
         # params/tiny.yaml asks for 200; content and i2i lists can be shorter (few shared tokens)
-        assert lists.get_column("rank").max() == 200 if name in ("personal_als", "random") else \
-            lists.get_column("rank").max() <= 200
+        assert (
+            lists.get_column("rank").max() == 200
+            if name in ("personal_als", "random")
+            else lists.get_column("rank").max() <= 200
+        )
     for name in SIMILAR_LISTS:
         near = pl.read_parquet(folder / f"{name}.parquet")
         assert near.columns == ["track_id", "similar_track_id", "score", "rank"], name
@@ -252,8 +287,12 @@ def test_candidate_lists_keep_the_contract(project, window):
 
 
 def test_running_make_in_a_copy_leaves_this_environment_alone(project):
-    where = subprocess.run([sys.executable, "-c", "import musicrec; print(musicrec.__file__)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import musicrec; print(musicrec.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).resolve().is_relative_to(ROOT), where
 
 
@@ -270,8 +309,9 @@ def test_recommendations_keep_the_contract(project):
     assert recos.group_by("user_id").len().get_column("len").max() <= n
     gaps = recos.group_by("user_id").agg((pl.col("rank").sort() == pl.int_range(1, pl.len() + 1)).all())
     assert gaps.get_column("rank").all(), "ranks 1..N without gaps"
-    assert recos.join(before.select("user_id", "track_id"), on=["user_id", "track_id"]).height == 0, \
+    assert recos.join(before.select("user_id", "track_id"), on=["user_id", "track_id"]).height == 0, (
         "no already-heard track"
+    )
     warm = recos.filter(pl.col("source") == "ranker")
     assert set(warm.get_column("user_id")) == set(before.get_column("user_id"))
     popular = pl.read_parquet(out / "candidates" / "top_popular.parquet").sort("rank").head(n)
@@ -331,8 +371,11 @@ def test_abtest_replays_the_test_window_on_demand(project):
     replay = abtest["replay"]
     # tiny has fewer test-window users than the notebook's max_users: every one is replayed
     assert (replay["users"], replay["events_posted"]) == (test_window["users"], test_window["rows"])
-    assert replay["requests"] == replay["sessions"] == sum(v["recommendations"]
-                                                           for v in abtest["results"]["variants"])
+    assert (
+        replay["requests"]
+        == replay["sessions"]
+        == sum(v["recommendations"] for v in abtest["results"]["variants"])
+    )
     assert [v["variant"] for v in abtest["results"]["variants"]] == ["blended", "offline"]
     assert abtest["verdict"].startswith("At 95% confidence")
     assert {"ab_success", "ab_success_by_day"} <= {p.stem for p in (project / "plots" / "tiny").glob("*.png")}

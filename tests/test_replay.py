@@ -35,9 +35,15 @@ from musicrec.service.settings import ExperimentConfig, ServiceConfig
 
 D = dt.datetime
 LISTENS = [  # user, track, when
-    (1, 1, D(2022, 11, 1)), (1, 2, D(2022, 11, 1)), (2, 3, D(2022, 11, 1)),
-    (1, 20, D(2022, 12, 16, 10)), (1, 21, D(2022, 12, 16, 11)), (1, 10, D(2022, 12, 18, 9)),
-    (1, 22, D(2022, 12, 18, 12)), (2, 16, D(2022, 12, 17, 8)), (3, 4, D(2022, 12, 16, 23)),
+    (1, 1, D(2022, 11, 1)),
+    (1, 2, D(2022, 11, 1)),
+    (2, 3, D(2022, 11, 1)),
+    (1, 20, D(2022, 12, 16, 10)),
+    (1, 21, D(2022, 12, 16, 11)),
+    (1, 10, D(2022, 12, 18, 9)),
+    (1, 22, D(2022, 12, 18, 12)),
+    (2, 16, D(2022, 12, 17, 8)),
+    (3, 4, D(2022, 12, 16, 23)),
     (3, 5, D(2022, 12, 17, 1)),
 ]
 TEST_WINDOW = [row for row in LISTENS if row[2] >= D(2022, 12, 16)]
@@ -64,9 +70,16 @@ SALT = next(f"s{i}" for i in range(100) if ab.assign(1, experiment(f"s{i}")) == 
 def run_root(tmp_path_factory) -> Path:
     root = write_run(tmp_path_factory.mktemp("project"))
     users, tracks, times = zip(*LISTENS, strict=True)
-    pl.DataFrame({"user_id": users, "track_id": tracks, "started_at": times, "track_seq": [1] * len(LISTENS),
-                  "weight": [1.0] * len(LISTENS)}, schema=INTERACTIONS_SCHEMA).write_parquet(
-        root / "data" / RUN / "interactions.parquet")
+    pl.DataFrame(
+        {
+            "user_id": users,
+            "track_id": tracks,
+            "started_at": times,
+            "track_seq": [1] * len(LISTENS),
+            "weight": [1.0] * len(LISTENS),
+        },
+        schema=INTERACTIONS_SCHEMA,
+    ).write_parquet(root / "data" / RUN / "interactions.parquet")
     return root
 
 
@@ -130,18 +143,34 @@ def test_experiment_default_and_overrides():
 def test_variants_are_described_by_their_blending():
     service = ServiceConfig.model_validate({"blending": {"strategy": "rrf", "online_share": 0.4}})
     rows = rp.describe_variants(rp.DEFAULT_EXPERIMENT, service)
-    assert rows == [{"variant": "blended", "share": 0.5, "blending": "the service's: rrf, online_share=0.4"},
-                    {"variant": "offline", "share": 0.5, "blending": "strategy=offline"}]
+    assert rows == [
+        {"variant": "blended", "share": 0.5, "blending": "the service's: rrf, online_share=0.4"},
+        {"variant": "offline", "share": 0.5, "blending": "strategy=offline"},
+    ]
 
 
 # the replay -------------------------------------------------------------------------------------
 
 
 def test_counts(replayed):
-    assert {key: replayed.counts[key] for key in ("test_window_users", "test_window_listens", "users",
-                                                   "sessions", "requests", "events_posted")} == {
-        "test_window_users": 3, "test_window_listens": 7, "users": 3, "sessions": 5, "requests": 5,
-        "events_posted": 7}
+    assert {
+        key: replayed.counts[key]
+        for key in (
+            "test_window_users",
+            "test_window_listens",
+            "users",
+            "sessions",
+            "requests",
+            "events_posted",
+        )
+    } == {
+        "test_window_users": 3,
+        "test_window_listens": 7,
+        "users": 3,
+        "sessions": 5,
+        "requests": 5,
+        "events_posted": 7,
+    }
     assert replayed.counts["event_posts"] == 3  # one a day
     assert replayed.counts["seconds"] > 0
 
@@ -177,8 +206,11 @@ def test_results_by_hand(replayed):
     assert (table.get_column("user_success_rate") == 1.0).all()
     by_day = replayed.by_day
     per_day = by_day.group_by("day").agg(pl.col("lists").sum(), pl.col("successes").sum()).sort("day")
-    assert per_day.rows() == [(dt.date(2022, 12, 16), 2, 1), (dt.date(2022, 12, 17), 2, 2),
-                              (dt.date(2022, 12, 18), 1, 1)]
+    assert per_day.rows() == [
+        (dt.date(2022, 12, 16), 2, 1),
+        (dt.date(2022, 12, 17), 2, 2),
+        (dt.date(2022, 12, 18), 1, 1),
+    ]
     assert (by_day.get_column("lower") <= by_day.get_column("success_rate")).all()
 
 
@@ -194,8 +226,15 @@ def test_the_result_is_written(replayed, run_root):
 def test_a_second_replay_starts_from_a_fresh_store(run_root, tmp_path):
     db = tmp_path / "ab.sqlite"
     for max_users in (None, 1):
-        again = rp.replay(Profile(run_name=RUN), root=run_root, experiment=experiment(SALT),
-                          max_users=max_users, seed=3, db_path=db, write=False)
+        again = rp.replay(
+            Profile(run_name=RUN),
+            root=run_root,
+            experiment=experiment(SALT),
+            max_users=max_users,
+            seed=3,
+            db_path=db,
+            write=False,
+        )
     assert again.counts["users"] == 1 and again.path is None
     assert stored(db, "SELECT count(*) FROM recommendations")[0][0] == again.counts["sessions"]
     assert stored(db, "SELECT count(DISTINCT user_id) FROM events")[0][0] == 1
@@ -228,8 +267,10 @@ def results(a: tuple[int, int], b: tuple[int, int], confidence: float = 0.95) ->
 def test_verdict_when_the_variant_wins():
     # 150/1000 against 100/1000: z = 3.38, p = 0.0007
     text = rp.verdict(results((100, 1000), (150, 1000)))
-    assert text.startswith("At 95% confidence, b beats a on the share of users with a successful list: "
-                           "b 15.0% [12.9%, 17.3%] against a 10.0% [8.3%, 12.0%], +5.0 points [+2.1, +7.9]")
+    assert text.startswith(
+        "At 95% confidence, b beats a on the share of users with a successful list: "
+        "b 15.0% [12.9%, 17.3%] against a 10.0% [8.3%, 12.0%], +5.0 points [+2.1, +7.9]"
+    )
     assert text.endswith("(two-proportion z-test, p = 0.0007).")
     assert "+20.0 points" in rp.verdict(results((100, 1000), (300, 1000)))
     assert re.search(r"p = \d\.\de-\d+\)\.$", rp.verdict(results((100, 1000), (300, 1000))))
@@ -243,8 +284,10 @@ def test_verdict_when_the_control_wins():
 
 def test_verdict_when_nothing_is_significant():
     text = rp.verdict(results((100, 1000), (105, 1000)))
-    assert ("the difference between b and a on the share of users with a successful list is not significant"
-            in text)
+    assert (
+        "the difference between b and a on the share of users with a successful list is not significant"
+        in text
+    )
     assert "+0.5 points" in text and text.endswith("the replay cannot tell them apart.")
     # the same difference on 46 times the users: z = 2.5, significant at 90%, not at 99.9%
     assert "b beats a" in rp.verdict(results((4_600, 46_000), (4_830, 46_000), 0.90))
@@ -262,8 +305,10 @@ def test_verdict_without_anything_to_test():
 def test_tables_of_hand_made_results():
     res = results((100, 1000), (150, 1000))
     table = rp.variant_table(res)
-    assert table.select("variant", "users", "lists", "successes").rows() == [("a", 1000, 1000, 100),
-                                                                           ("b", 1000, 1000, 150)]
+    assert table.select("variant", "users", "lists", "successes").rows() == [
+        ("a", 1000, 1000, 100),
+        ("b", 1000, 1000, 150),
+    ]
     assert table.get_column("lower").to_list()[0] == pytest.approx(ab.wilson_interval(100, 1000)[0])
     tests = rp.significance_table(res)
     assert tests.get_column("metric").to_list() == ["recommendation_success", "user_success"]

@@ -12,17 +12,29 @@ from musicrec.results import END, START, interval_cell, results_table, update_re
 def write_metrics(root, run: str, rows: list[tuple[str, str, int, str, float, float | None, float | None]]):
     folder = root / "outputs" / run
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps([
-        {"model": m, "metric": metric, "k": k, "segment": seg, "value": v, "lower": lo, "upper": hi}
-        for m, metric, k, seg, v, lo, hi in rows]))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            [
+                {"model": m, "metric": metric, "k": k, "segment": seg, "value": v, "lower": lo, "upper": hi}
+                for m, metric, k, seg, v, lo, hi in rows
+            ]
+        )
+    )
 
 
 def test_table_has_a_row_per_model_and_a_column_per_run_and_metric(tmp_path):
-    write_metrics(tmp_path, "a", [
-        ("final", "ndcg", 10, "all", 0.25, 0.2, 0.3), ("final", "recall", 10, "all", 0.125, 0.1, 0.15),
-        ("random", "ndcg", 10, "all", 0.0, 0.0, 0.0), ("random", "recall", 10, "all", 0.0, 0.0, 0.0),
-        ("final", "ndcg", 10, "heavy", 0.9, 0.8, 1.0),  # another segment: not in the table
-        ("final", "ndcg", 5, "all", 0.7, 0.6, 0.8)])  # another k: not in the table
+    write_metrics(
+        tmp_path,
+        "a",
+        [
+            ("final", "ndcg", 10, "all", 0.25, 0.2, 0.3),
+            ("final", "recall", 10, "all", 0.125, 0.1, 0.15),
+            ("random", "ndcg", 10, "all", 0.0, 0.0, 0.0),
+            ("random", "recall", 10, "all", 0.0, 0.0, 0.0),
+            ("final", "ndcg", 10, "heavy", 0.9, 0.8, 1.0),  # another segment: not in the table
+            ("final", "ndcg", 5, "all", 0.7, 0.6, 0.8),
+        ],
+    )  # another k: not in the table
     write_metrics(tmp_path, "b", [("final", "ndcg", 10, "all", 0.5, None, None)])
     lines = results_table(["a", "b"], tmp_path).splitlines()
     assert lines[0] == "| model | a ndcg@10 | a recall@10 | b ndcg@10 | b recall@10 |"

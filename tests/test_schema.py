@@ -122,8 +122,9 @@ def test_dates_out_of_range():
 
 
 def test_tracks_checks():
-    good = pl.DataFrame({"track_id": [1, 2], "albums": [[1], []], "artists": [[3], None],
-                         "genres": [[5, 6], [5]]})
+    good = pl.DataFrame(
+        {"track_id": [1, 2], "albums": [[1], []], "artists": [[3], None], "genres": [[5, 6], [5]]}
+    )
     out = validate_tracks(good)
     assert out.get_column("artists").to_list() == [[3], []], "nulls become empty lists"
     with pytest.raises(DataContractError, match=r"tracks.parquet, column 'track_id'.*repeat"):
@@ -143,8 +144,9 @@ def test_catalog_names_checks():
 
 def test_track_seq_overflow_is_an_error():
     n = 32768
-    df = pl.DataFrame({"user_id": [1] * n, "track_id": list(range(n)),
-                       "started_at": [dt.datetime(2022, 1, 1)] * n})
+    df = pl.DataFrame(
+        {"user_id": [1] * n, "track_id": list(range(n)), "started_at": [dt.datetime(2022, 1, 1)] * n}
+    )
     with pytest.raises(DataContractError, match="more than track_seq"):
         with_track_seq(df)
 
@@ -163,8 +165,7 @@ def test_empty_window_is_an_error(tmp_path):
     validate_interactions(interactions(), track_ids=TRACK_IDS, file=FILE).write_parquet(path)
     # data covers Jan 1 .. Jan 5; a labels window Jan 4 .. Jan 4 holds nothing
     with pytest.raises(DataContractError, match=r"labels window \(2022-01-04 .. 2022-01-04\)"):
-        compute_split(path, SplitConfig(label_start=dt.date(2022, 1, 4),
-                                        test_start=dt.date(2022, 1, 5)))
+        compute_split(path, SplitConfig(label_start=dt.date(2022, 1, 4), test_start=dt.date(2022, 1, 5)))
 
 
 def test_split_counts_and_cold_users(tmp_path):
@@ -184,8 +185,9 @@ def test_split_counts_and_cold_users(tmp_path):
 
 
 def lazy(df: pl.DataFrame) -> pl.LazyFrame:
-    return df.with_columns(pl.col("user_id").cum_count().over("user_id").cast(pl.Int16)
-                           .alias("track_seq")).lazy()
+    return df.with_columns(
+        pl.col("user_id").cum_count().over("user_id").cast(pl.Int16).alias("track_seq")
+    ).lazy()
 
 
 def test_lazy_checks_pass_valid_input_and_keep_it_lazy():
@@ -195,14 +197,17 @@ def test_lazy_checks_pass_valid_input_and_keep_it_lazy():
     assert dict(frame.schema) == INTERACTIONS_SCHEMA and frame.height == 5
 
 
-@pytest.mark.parametrize("bad, column, problem", [
-    ({"track_id": [10, 11, 10, 10, 11]}, "user_id, track_id", "1 rows repeat"),
-    ({"track_id": [10, 11, 10, 99, 11]}, "track_id", "1 track ids missing from tracks"),
-    ({"user_id": [1, None, 2, 2, 3]}, "user_id", "1 rows with a null value"),
-    ({"user_id": [1, 1, 2, 2, 2**40]}, "user_id", "values outside"),
-    ({"user_id": ["a", "a", "b", "b", "c"]}, "user_id", "wrong type"),
-    ({"started_at": ["2022-01-01"] * 5}, "started_at", "wrong type"),
-])
+@pytest.mark.parametrize(
+    "bad, column, problem",
+    [
+        ({"track_id": [10, 11, 10, 10, 11]}, "user_id, track_id", "1 rows repeat"),
+        ({"track_id": [10, 11, 10, 99, 11]}, "track_id", "1 track ids missing from tracks"),
+        ({"user_id": [1, None, 2, 2, 3]}, "user_id", "1 rows with a null value"),
+        ({"user_id": [1, 1, 2, 2, 2**40]}, "user_id", "values outside"),
+        ({"user_id": ["a", "a", "b", "b", "c"]}, "user_id", "wrong type"),
+        ({"started_at": ["2022-01-01"] * 5}, "started_at", "wrong type"),
+    ],
+)
 def test_lazy_checks_name_the_problem(bad, column, problem):
     with pytest.raises(DataContractError) as info:
         validate_interactions_lazy(lazy(interactions(**bad)), TRACK_IDS, FILE)

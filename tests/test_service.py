@@ -47,9 +47,15 @@ from musicrec.service.settings import BlendingConfig, ExperimentConfig, ServiceC
 
 RUN = "hand"
 TOKEN = "test-token"
-EXPERIMENT = {"name": "exp", "salt": "s1", "success_window_hours": 24,
-              "variants": [{"name": "final", "share": 0.5},
-                           {"name": "offline_only", "share": 0.5, "blending": {"strategy": "offline"}}]}
+EXPERIMENT = {
+    "name": "exp",
+    "salt": "s1",
+    "success_window_hours": 24,
+    "variants": [
+        {"name": "final", "share": 0.5},
+        {"name": "offline_only", "share": 0.5, "blending": {"strategy": "offline"}},
+    ],
+}
 
 
 def utc(*args: int) -> dt.datetime:
@@ -61,32 +67,64 @@ def write_run(root: Path, run: str = RUN) -> Path:
     (outputs / "candidates").mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     tracks = list(range(1, 41))
-    pl.DataFrame({"track_id": tracks, "albums": [[] for _ in tracks],
-                  "artists": [[100 + t % 3] for t in tracks], "genres": [[] for _ in tracks]},
-                 schema=TRACKS_SCHEMA).write_parquet(data / "tracks.parquet")
-    pl.DataFrame({"id": tracks + [100, 101, 102], "type": ["track"] * 40 + ["artist"] * 3,
-                  "name": [f"Track {t}" for t in tracks] + ["Artist 100", "Artist 101", "Artist 102"]},
-                 schema=CATALOG_NAMES_SCHEMA).write_parquet(data / "catalog_names.parquet")
+    pl.DataFrame(
+        {
+            "track_id": tracks,
+            "albums": [[] for _ in tracks],
+            "artists": [[100 + t % 3] for t in tracks],
+            "genres": [[] for _ in tracks],
+        },
+        schema=TRACKS_SCHEMA,
+    ).write_parquet(data / "tracks.parquet")
+    pl.DataFrame(
+        {
+            "id": tracks + [100, 101, 102],
+            "type": ["track"] * 40 + ["artist"] * 3,
+            "name": [f"Track {t}" for t in tracks] + ["Artist 100", "Artist 101", "Artist 102"],
+        },
+        schema=CATALOG_NAMES_SCHEMA,
+    ).write_parquet(data / "catalog_names.parquet")
     nov, dec = dt.datetime(2022, 11, 1), dt.datetime(2022, 12, 20)
-    pl.DataFrame({"user_id": [1, 1, 1, 2, 3], "track_id": [1, 2, 30, 3, 4],
-                  "started_at": [nov, nov, dec, nov, dec], "track_seq": [1, 2, 3, 1, 1],
-                  "weight": [1.0] * 5},
-                 schema=INTERACTIONS_SCHEMA).write_parquet(data / "interactions.parquet")
+    pl.DataFrame(
+        {
+            "user_id": [1, 1, 1, 2, 3],
+            "track_id": [1, 2, 30, 3, 4],
+            "started_at": [nov, nov, dec, nov, dec],
+            "track_seq": [1, 2, 3, 1, 1],
+            "weight": [1.0] * 5,
+        },
+        schema=INTERACTIONS_SCHEMA,
+    ).write_parquet(data / "interactions.parquet")
     (data / "split.json").write_text(json.dumps({"label_start": "2022-12-01", "test_start": "2022-12-16"}))
-    recs = pl.DataFrame({"user_id": [1] * 6 + [2] * 3 + [3] * 5,
-                         "track_id": [10, 11, 12, 13, 14, 15, 10, 16, 17, 4, 1, 2, 3, 5],
-                         "score": [6.0, 5, 4, 3, 2, 1, 3, 2, 1, 5, 4, 3, 2, 1],
-                         "rank": [1, 2, 3, 4, 5, 6, 1, 2, 3, 1, 2, 3, 4, 5]}, schema=USER_RECS_SCHEMA)
+    recs = pl.DataFrame(
+        {
+            "user_id": [1] * 6 + [2] * 3 + [3] * 5,
+            "track_id": [10, 11, 12, 13, 14, 15, 10, 16, 17, 4, 1, 2, 3, 5],
+            "score": [6.0, 5, 4, 3, 2, 1, 3, 2, 1, 5, 4, 3, 2, 1],
+            "rank": [1, 2, 3, 4, 5, 6, 1, 2, 3, 1, 2, 3, 4, 5],
+        },
+        schema=USER_RECS_SCHEMA,
+    )
     recs.with_columns(source=pl.Series(["ranker"] * 9 + ["top_popular"] * 5)).write_parquet(
-        outputs / "recommendations.parquet")
-    pl.DataFrame({"track_id": [20, 20, 20, 21, 21, 21, 25, 25, 1, 1],
-                  "similar_track_id": [21, 10, 22, 22, 23, 20, 26, 27, 2, 5],
-                  "score": [0.9, 0.8, 0.5, 0.7, 0.6, 0.1, 0.9, 0.8, 0.9, 0.5],
-                  "rank": [1, 2, 3, 1, 2, 3, 1, 2, 1, 2]}, schema=SIMILAR_SCHEMA).write_parquet(
-        outputs / "candidates" / "similar.parquet")
-    pl.DataFrame({"track_id": [1, 2, 3, 4, 5, 6, 7, 8], "score": [100.0, 90, 80, 70, 60, 50, 40, 30],
-                  "rank": list(range(1, 9))}, schema=GLOBAL_SCHEMA).write_parquet(
-        outputs / "candidates" / "top_popular.parquet")
+        outputs / "recommendations.parquet"
+    )
+    pl.DataFrame(
+        {
+            "track_id": [20, 20, 20, 21, 21, 21, 25, 25, 1, 1],
+            "similar_track_id": [21, 10, 22, 22, 23, 20, 26, 27, 2, 5],
+            "score": [0.9, 0.8, 0.5, 0.7, 0.6, 0.1, 0.9, 0.8, 0.9, 0.5],
+            "rank": [1, 2, 3, 1, 2, 3, 1, 2, 1, 2],
+        },
+        schema=SIMILAR_SCHEMA,
+    ).write_parquet(outputs / "candidates" / "similar.parquet")
+    pl.DataFrame(
+        {
+            "track_id": [1, 2, 3, 4, 5, 6, 7, 8],
+            "score": [100.0, 90, 80, 70, 60, 50, 40, 30],
+            "rank": list(range(1, 9)),
+        },
+        schema=GLOBAL_SCHEMA,
+    ).write_parquet(outputs / "candidates" / "top_popular.parquet")
     return root
 
 
@@ -96,8 +134,13 @@ def run_root(tmp_path_factory) -> Path:
 
 
 def make_app(root: Path, db: Path, token: str | None = TOKEN, **config):
-    return create_app(Profile(run_name=RUN), root=root, db_path=db, admin_token=token,
-                      config=ServiceConfig.model_validate(config))
+    return create_app(
+        Profile(run_name=RUN),
+        root=root,
+        db_path=db,
+        admin_token=token,
+        config=ServiceConfig.model_validate(config),
+    )
 
 
 @pytest.fixture
@@ -149,8 +192,8 @@ def test_interleave_order_and_dedup():
 
 
 def test_interleave_removes_heard_and_repeats_then_fills_from_popular():
-    offline = Ranked.of([10, 11, 10, 12], source="ranker")     # 10 twice
-    online = Ranked.of([11, 30, 31], source="online_i2i")      # 11 also offline
+    offline = Ranked.of([10, 11, 10, 12], source="ranker")  # 10 twice
+    online = Ranked.of([11, 30, 31], source="online_i2i")  # 11 also offline
     picks = blend(offline, online, POPULAR, 8, heard=[12, 31, 2], config=BlendingConfig(online_share=0.5))
     # offline clean: 10, 11; online clean: 11, 30. Slot 1 offline 10, slot 2 online 11,
     # slot 3 offline 11 (placed: skip; the list is out), online 30, then popular 1, 3, 4, 5
@@ -159,10 +202,12 @@ def test_interleave_removes_heard_and_repeats_then_fills_from_popular():
 
 
 def test_blend_share_extremes_offline_strategy_and_short_k():
-    assert [p.track_id for p in blend(OFFLINE, ONLINE, POPULAR, 3, config=BlendingConfig(online_share=1.0))] \
-        == [21, 26, 10]
-    assert [p.track_id for p in blend(OFFLINE, ONLINE, POPULAR, 3, config=BlendingConfig(online_share=0.0))] \
-        == [10, 11, 12]
+    assert [
+        p.track_id for p in blend(OFFLINE, ONLINE, POPULAR, 3, config=BlendingConfig(online_share=1.0))
+    ] == [21, 26, 10]
+    assert [
+        p.track_id for p in blend(OFFLINE, ONLINE, POPULAR, 3, config=BlendingConfig(online_share=0.0))
+    ] == [10, 11, 12]
     only = blend(OFFLINE, ONLINE, POPULAR, 8, config=BlendingConfig(strategy="offline", online_share=1.0))
     assert [p.track_id for p in only] == [10, 11, 12, 13, 14, 15, 1, 2]
     assert blend(OFFLINE, ONLINE, POPULAR, 0) == []
@@ -191,7 +236,12 @@ def test_rrf_by_hand():
 def test_config_defaults_and_validation():
     cfg = ServiceConfig()
     assert (cfg.host, cfg.port, cfg.blending.strategy, cfg.blending.online_share, cfg.max_k) == (
-        "127.0.0.1", 8000, "interleave", 0.3, 100)
+        "127.0.0.1",
+        8000,
+        "interleave",
+        0.3,
+        100,
+    )
     cfg = ServiceConfig.model_validate({"experiment": EXPERIMENT})
     assert cfg.blending_for("offline_only").strategy == "offline"
     assert cfg.blending_for("final") == cfg.blending
@@ -262,22 +312,42 @@ def test_events_are_heard(client):
 
 def test_names(client):
     r = client.get("/recommendations/1", params={"k": 2, "names": "true"})
-    assert [(t["track"], t["artist"]) for t in r.json()["tracks"]] == [("Track 10", "Artist 101"),
-                                                                       ("Track 11", "Artist 102")]
+    assert [(t["track"], t["artist"]) for t in r.json()["tracks"]] == [
+        ("Track 10", "Artist 101"),
+        ("Track 11", "Artist 102"),
+    ]
     assert "track" not in client.get("/recommendations/1", params={"k": 2}).json()["tracks"][0]
     s = client.get("/similar/20", params={"k": 2, "names": True}).json()
-    assert s["similar"][0] == {"track_id": 21, "score": pytest.approx(0.9), "track": "Track 21",
-                               "artist": "Artist 100"}
+    assert s["similar"][0] == {
+        "track_id": 21,
+        "score": pytest.approx(0.9),
+        "track": "Track 21",
+        "artist": "Artist 100",
+    }
 
 
-@pytest.mark.parametrize("url", [
-    "/recommendations/abc", "/recommendations/1.5", "/recommendations/-1", f"/recommendations/{2**31}",
-    "/recommendations/1?k=0", "/recommendations/1?k=101", "/recommendations/1?k=ten",
-    "/recommendations/1?names=maybe", "/recommendations/1?at=yesterday",
-    "/events/abc", "/events/1?k=0", "/events/1?k=1001",
-    "/similar/abc", "/similar/20?k=0", "/similar/20?k=101",
-    "/ab/bad%20name/results", "/ab/exp/results?window_hours=0",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/recommendations/abc",
+        "/recommendations/1.5",
+        "/recommendations/-1",
+        f"/recommendations/{2**31}",
+        "/recommendations/1?k=0",
+        "/recommendations/1?k=101",
+        "/recommendations/1?k=ten",
+        "/recommendations/1?names=maybe",
+        "/recommendations/1?at=yesterday",
+        "/events/abc",
+        "/events/1?k=0",
+        "/events/1?k=1001",
+        "/similar/abc",
+        "/similar/20?k=0",
+        "/similar/20?k=101",
+        "/ab/bad%20name/results",
+        "/ab/exp/results?window_hours=0",
+    ],
+)
 def test_bad_query_is_a_4xx_with_a_message(client, url):
     r = client.get(url)
     assert r.status_code == 422, (url, r.status_code, r.text)
@@ -296,9 +366,14 @@ def test_similar(client):
 def test_post_and_get_events(client):
     r = client.post("/events", json={"user_id": 5, "track_id": 7, "timestamp": "2022-12-20T08:00:00"})
     assert r.status_code == 201 and r.json()["stored"] == 1
-    r = client.post("/events", json=[{"user_id": 5, "track_id": 8, "timestamp": "2022-12-20T09:00:00Z"},
-                                     {"user_id": 5, "track_id": 9, "timestamp": "2022-12-20T07:00:00+00:00"},
-                                     {"user_id": 6, "track_id": 9}])
+    r = client.post(
+        "/events",
+        json=[
+            {"user_id": 5, "track_id": 8, "timestamp": "2022-12-20T09:00:00Z"},
+            {"user_id": 5, "track_id": 9, "timestamp": "2022-12-20T07:00:00+00:00"},
+            {"user_id": 6, "track_id": 9},
+        ],
+    )
     assert r.status_code == 201 and r.json()["stored"] == 3 and len(set(r.json()["ids"])) == 3
     events = client.get("/events/5").json()["events"]
     assert [e["track_id"] for e in events] == [8, 7, 9]  # newest first by the listen's time
@@ -307,14 +382,22 @@ def test_post_and_get_events(client):
     assert client.get("/events/77").json() == {"user_id": 77, "events": []}
 
 
-@pytest.mark.parametrize("body", [
-    {"user_id": 1, "track_id": 999},                     # unknown track
-    [{"user_id": 1, "track_id": 5}, {"user_id": 1, "track_id": 999}],  # all or nothing
-    {"user_id": "x", "track_id": 5}, {"user_id": 1.5, "track_id": 5}, {"user_id": -1, "track_id": 5},
-    {"user_id": 1}, {"user_id": 1, "track_id": 5, "extra": 1},
-    {"user_id": 1, "track_id": 5, "timestamp": "soon"},
-    [], "text", 5,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": 1, "track_id": 999},  # unknown track
+        [{"user_id": 1, "track_id": 5}, {"user_id": 1, "track_id": 999}],  # all or nothing
+        {"user_id": "x", "track_id": 5},
+        {"user_id": 1.5, "track_id": 5},
+        {"user_id": -1, "track_id": 5},
+        {"user_id": 1},
+        {"user_id": 1, "track_id": 5, "extra": 1},
+        {"user_id": 1, "track_id": 5, "timestamp": "soon"},
+        [],
+        "text",
+        5,
+    ],
+)
 def test_bad_events_are_refused_and_nothing_stored(client, body):
     r = client.post("/events", json=body)
     assert r.status_code == 422, r.text
@@ -329,13 +412,13 @@ def test_malformed_json_is_a_4xx(client):
 
 
 def test_stats_count_sources_errors_and_events(client):
-    client.get("/recommendations/9")                      # top-popular fallback
-    client.get("/recommendations/3")                      # the cold user's top-popular list
-    client.get("/recommendations/1")                      # personal
+    client.get("/recommendations/9")  # top-popular fallback
+    client.get("/recommendations/3")  # the cold user's top-popular list
+    client.get("/recommendations/1")  # personal
     post(client, 1, 20)
-    client.get("/recommendations/1")                      # online blended
-    client.get("/recommendations/abc")                    # client error
-    client.get("/similar/999")                            # client error
+    client.get("/recommendations/1")  # online blended
+    client.get("/recommendations/abc")  # client error
+    client.get("/similar/999")  # client error
     stats = client.get("/stats").json()
     assert stats["recommendations"]["by_source"] == {"personal": 1, "online_blended": 1, "top_popular": 2}
     assert stats["recommendations"]["total"] == 4
@@ -365,15 +448,18 @@ def test_events_and_log_survive_a_restart(run_root, tmp_path):
 
 def test_concurrent_posts_through_the_app_are_all_stored(client):
     def worker(w: int) -> list[int]:
-        return [client.post("/events", json={"user_id": 1000 + w, "track_id": 1 + i % 40}).status_code
-                for i in range(25)]
+        return [
+            client.post("/events", json={"user_id": 1000 + w, "track_id": 1 + i % 40}).status_code
+            for i in range(25)
+        ]
 
     with ThreadPoolExecutor(8) as pool:
         statuses = [s for result in pool.map(worker, range(8)) for s in result]
     assert statuses == [201] * 200
     assert client.get("/stats").json()["events_in_store"] == 200
-    assert all(len(client.get(f"/events/{1000 + w}", params={"k": 100}).json()["events"]) == 25
-               for w in range(8))
+    assert all(
+        len(client.get(f"/events/{1000 + w}", params={"k": 100}).json()["events"]) == 25 for w in range(8)
+    )
 
 
 def test_buffered_log_is_written_by_the_flusher_on_reads_and_on_close(tmp_path):
@@ -437,8 +523,12 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     db, go = tmp_path / "shared.sqlite", tmp_path / "go"
     EventStore(db).close()
     code = WRITER.replace("range(N)", f"range({N_WRITES})")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), str(w), str(go)], stdout=subprocess.PIPE,
-                              text=True) for w in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(db), str(w), str(go)], stdout=subprocess.PIPE, text=True
+        )
+        for w in range(3)
+    ]
     assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 3
     store = EventStore(db)
     go.touch()  # every writer starts now
@@ -449,7 +539,11 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     con = store.connection()
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert dict(con.execute("SELECT user_id, count(DISTINCT track_id) FROM events GROUP BY user_id")) == {
-        0: N_WRITES, 1: N_WRITES, 2: N_WRITES, 9: N_WRITES}
+        0: N_WRITES,
+        1: N_WRITES,
+        2: N_WRITES,
+        9: N_WRITES,
+    }
     # the writers overlapped in time: each one's span of arrival times meets the others'
     spans = con.execute("SELECT user_id, min(received_at), max(received_at) FROM events GROUP BY user_id")
     spans = {u: (lo, hi) for u, lo, hi in spans}
@@ -477,8 +571,9 @@ def test_not_ready_until_loaded_then_reload_swaps_in(tmp_path):
 
 
 def test_background_load(run_root, tmp_path):
-    app = create_app(Profile(run_name=RUN), root=run_root, db_path=tmp_path / "e.sqlite",
-                     background_load=True)
+    app = create_app(
+        Profile(run_name=RUN), root=run_root, db_path=tmp_path / "e.sqlite", background_load=True
+    )
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         deadline = time.time() + 20
@@ -513,9 +608,11 @@ def test_reload_while_serving(client):
 def test_a_reload_asked_of_one_worker_reaches_the_others(run_root, tmp_path):
     """Workers share the store: a reload asked of one is seen by the others' watchers."""
     db = tmp_path / "shared.sqlite"
-    with TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as asked, \
-            TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as other, \
-            TestClient(make_app(run_root, db, reload_poll_seconds=0)) as deaf:
+    with (
+        TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as asked,
+        TestClient(make_app(run_root, db, reload_poll_seconds=0.05)) as other,
+        TestClient(make_app(run_root, db, reload_poll_seconds=0)) as deaf,
+    ):
         assert [c.get("/ready").json()["version"] for c in (asked, other, deaf)] == [1, 1, 1]
         assert asked.post("/admin/reload", headers={"X-Admin-Token": TOKEN}).json()["version"] == 2
         deadline = time.monotonic() + 10
@@ -563,9 +660,11 @@ def test_bucket_is_sha256_of_salt_and_user():
 
 
 def test_assignment_is_stable_and_follows_the_shares():
-    exp = ExperimentConfig(name="e", salt="pepper", variants=[{"name": "a", "share": 0.5},
-                                                              {"name": "b", "share": 0.3},
-                                                              {"name": "c", "share": 0.2}])
+    exp = ExperimentConfig(
+        name="e",
+        salt="pepper",
+        variants=[{"name": "a", "share": 0.5}, {"name": "b", "share": 0.3}, {"name": "c", "share": 0.2}],
+    )
     users = range(20_000)
     first = [ab.assign(u, exp) for u in users]
     assert first == [ab.assign(u, exp.model_copy()) for u in users]
@@ -598,7 +697,12 @@ def test_every_response_is_logged(run_root, tmp_path):
         r = c.get("/recommendations/1", params={"k": 3, "at": "2022-12-20T00:00:00"}).json()
     (logged,) = EventStore(db).recommendations()
     assert (logged.rec_id, logged.user_id, logged.experiment, logged.variant, logged.tracks) == (
-        r["recommendation_id"], 1, "exp", r["variant"], [10, 11, 12])
+        r["recommendation_id"],
+        1,
+        "exp",
+        r["variant"],
+        [10, 11, 12],
+    )
     assert logged.served_at == to_micros(dt.datetime(2022, 12, 20))
 
 
@@ -606,21 +710,29 @@ def hand_log(store: EventStore) -> None:
     """Variant final: 1 success of 4 lists, 1 of 3 users; offline_only: 2 of 4, 2 of 3 users."""
     day = dt.datetime(2022, 12, 20)
     h = dt.timedelta(hours=1)
-    log = [("a1", 1, "final", day, [10, 11]), ("a2", 1, "final", day + 24 * h, [12]),
-           ("a3", 2, "final", day, [13]), ("a4", 3, "final", day, [14]),
-           ("b1", 5, "offline_only", day, [10]), ("b2", 6, "offline_only", day, [11]),
-           ("b3", 6, "offline_only", day + 48 * h, [12]), ("b4", 7, "offline_only", day, [13])]
+    log = [
+        ("a1", 1, "final", day, [10, 11]),
+        ("a2", 1, "final", day + 24 * h, [12]),
+        ("a3", 2, "final", day, [13]),
+        ("a4", 3, "final", day, [14]),
+        ("b1", 5, "offline_only", day, [10]),
+        ("b2", 6, "offline_only", day, [11]),
+        ("b3", 6, "offline_only", day + 48 * h, [12]),
+        ("b4", 7, "offline_only", day, [13]),
+    ]
     for rec_id, user, variant, served, tracks in log:
         store.log_recommendation(rec_id, to_micros(served), user, "exp", variant, tracks, len(tracks))
-    store.add_events([
-        (1, 11, to_micros(day + 5 * h)),       # a1: success, 5 h after serving
-        (1, 12, to_micros(day + 49 * h)),      # a2: 25 h after serving: outside the window
-        (2, 13, to_micros(day - 1 * h)),       # a3: before serving
-        (4, 14, to_micros(day + 1 * h)),       # a4: another user's listen
-        (5, 10, to_micros(day)),               # b1: at the moment of serving: counts
-        (6, 11, to_micros(day + 24 * h)),      # b2: exactly at the end of the window: counts
-        (7, 99, to_micros(day + 1 * h)),       # b4: a track not in the list
-    ])
+    store.add_events(
+        [
+            (1, 11, to_micros(day + 5 * h)),  # a1: success, 5 h after serving
+            (1, 12, to_micros(day + 49 * h)),  # a2: 25 h after serving: outside the window
+            (2, 13, to_micros(day - 1 * h)),  # a3: before serving
+            (4, 14, to_micros(day + 1 * h)),  # a4: another user's listen
+            (5, 10, to_micros(day)),  # b1: at the moment of serving: counts
+            (6, 11, to_micros(day + 24 * h)),  # b2: exactly at the end of the window: counts
+            (7, 99, to_micros(day + 1 * h)),  # b4: a track not in the list
+        ]
+    )
 
 
 def test_ab_results_on_a_hand_made_log(run_root, tmp_path):
@@ -631,10 +743,20 @@ def test_ab_results_on_a_hand_made_log(run_root, tmp_path):
         assert r.status_code == 200
         res = r.json()
         final, offline = res["variants"]
-        assert (final["variant"], final["recommendations"], final["successes"], final["users"],
-                final["users_with_success"]) == ("final", 4, 1, 3, 1)
-        assert (offline["variant"], offline["recommendations"], offline["successes"], offline["users"],
-                offline["users_with_success"]) == ("offline_only", 4, 2, 3, 2)
+        assert (
+            final["variant"],
+            final["recommendations"],
+            final["successes"],
+            final["users"],
+            final["users_with_success"],
+        ) == ("final", 4, 1, 3, 1)
+        assert (
+            offline["variant"],
+            offline["recommendations"],
+            offline["successes"],
+            offline["users"],
+            offline["users_with_success"],
+        ) == ("offline_only", 4, 2, 3, 2)
         assert final["success_rate"] == 0.25 and offline["success_rate"] == 0.5
         # Wilson, 1 of 4, z = 1.959964: centre 0.372473, half-width 0.326885
         assert final["ci"] == pytest.approx([0.045587, 0.699358], abs=1e-5)
@@ -653,7 +775,9 @@ def test_ab_results_on_a_hand_made_log(run_root, tmp_path):
         assert [v["successes"] for v in short] == [0, 1]
         assert c.get("/ab/other/results").status_code == 404
         assert c.delete("/ab/exp/results", headers={"X-Admin-Token": TOKEN}).json() == {
-            "experiment": "exp", "deleted": 8}
+            "experiment": "exp",
+            "deleted": 8,
+        }
         after = c.get("/ab/exp/results").json()
         assert [v["recommendations"] for v in after["variants"]] == [0, 0]
         assert after["variants"][0]["success_rate"] is None and after["tests"][0]["z"] is None
@@ -696,10 +820,26 @@ def live_service(run_root, tmp_path, *extra: str):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "musicrec.service", "--params", str(params), "--root",
-                             str(run_root), "--port", str(port), "--db-path", str(tmp_path / "e.sqlite"),
-                             "--log-level", "warning", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "musicrec.service",
+            "--params",
+            str(params),
+            "--root",
+            str(run_root),
+            "--port",
+            str(port),
+            "--db-path",
+            str(tmp_path / "e.sqlite"),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline, ready = time.time() + 60, None
@@ -731,8 +871,24 @@ def test_load_generator_counts_requests_and_every_event_is_stored(run_root, tmp_
         pytest.skip("wrk is not installed (Debian's package wrk); the Python client is tested instead")
     with live_service(run_root, tmp_path, "--workers", str(workers)) as (url, params):
         out = tmp_path / "bench.json"
-        code = loadtest.main(["--params", str(params), "--root", str(run_root), "--url", url,
-                              "--seconds", "2", "--concurrency", "4", "--client", client, "--out", str(out)])
+        code = loadtest.main(
+            [
+                "--params",
+                str(params),
+                "--root",
+                str(run_root),
+                "--url",
+                url,
+                "--seconds",
+                "2",
+                "--concurrency",
+                "4",
+                "--client",
+                client,
+                "--out",
+                str(out),
+            ]
+        )
         result = json.loads(out.read_text())
     assert code == 0 and result["client"] == client
     assert result["requests"] > 0 and result["errors"] == 0 and result["failures"] == {}
@@ -746,15 +902,18 @@ def test_load_generator_counts_requests_and_every_event_is_stored(run_root, tmp_
 
 
 def test_wrk_output_is_read_with_its_errors():
-    output = "\n".join([
-        "Running 2s test @ http://127.0.0.1:8000",
-        "  Socket errors: connect 0, read 2, write 0, timeout 1",
-        "Requests/sec:   1000.00",
-        "musicrec created=5 ok=10 failed=3 last_failure=503",
-        "musicrec p50=1.500",
-        "musicrec p90=2.000",
-        "musicrec p99=9.250",
-        "musicrec max=12.000 requests=18 seconds=2.000"])
+    output = "\n".join(
+        [
+            "Running 2s test @ http://127.0.0.1:8000",
+            "  Socket errors: connect 0, read 2, write 0, timeout 1",
+            "Requests/sec:   1000.00",
+            "musicrec created=5 ok=10 failed=3 last_failure=503",
+            "musicrec p50=1.500",
+            "musicrec p90=2.000",
+            "musicrec p99=9.250",
+            "musicrec max=12.000 requests=18 seconds=2.000",
+        ]
+    )
     result = loadtest._wrk_result(output, "http://x", 4, loadtest.DEFAULT_MIX, events_stored=4)
     assert (result["requests"], result["requests_per_second"], result["errors"]) == (18, 9.0, 6)
     assert result["failures"] == {"read": 2, "timeout": 1, "non-2xx (last: 503)": 3}
@@ -772,8 +931,12 @@ def test_wrk_script_follows_the_mix():
 
 
 def test_python_m_musicrec_service_bad_profile(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "musicrec.service", "--params", str(tmp_path / "none.yaml")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "musicrec.service", "--params", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "no such profile" in r.stderr
 
 
@@ -788,6 +951,15 @@ def test_openapi_lists_every_endpoint(client):
     r = client.get("/openapi.json")
     assert r.status_code == 200
     assert set(r.json()["paths"]) == {
-        "/health", "/ready", "/recommendations/{user_id}", "/events", "/events/{user_id}",
-        "/similar/{track_id}", "/stats", "/ab", "/ab/{experiment}/results", "/admin/reload"}
+        "/health",
+        "/ready",
+        "/recommendations/{user_id}",
+        "/events",
+        "/events/{user_id}",
+        "/similar/{track_id}",
+        "/stats",
+        "/ab",
+        "/ab/{experiment}/results",
+        "/admin/reload",
+    }
     assert client.get("/docs").status_code == 200

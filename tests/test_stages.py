@@ -38,8 +38,14 @@ def test_code_files_follow_imports_but_not_presentation_or_the_service():
     assert {"musicrec.candidates.stage", "musicrec.candidates.als", "musicrec.io"} <= set(candidates)
     # imported with importlib by name (musicrec.candidates.{name})
     assert {"musicrec.candidates.content", "musicrec.candidates.audio"} <= set(candidates)
-    for name in ("musicrec.report", "musicrec.plots", "musicrec.cli", "musicrec.service.app",
-                 "musicrec.evaluation", "musicrec.ranking.stage"):
+    for name in (
+        "musicrec.report",
+        "musicrec.plots",
+        "musicrec.cli",
+        "musicrec.service.app",
+        "musicrec.evaluation",
+        "musicrec.ranking.stage",
+    ):
         assert name not in candidates
     evaluation = st.code_files(ROOT / "notebooks" / "05_evaluation.ipynb")
     assert "musicrec.evaluation" in evaluation and "musicrec.metrics" in evaluation
@@ -51,8 +57,9 @@ def test_code_files_follow_imports_but_not_presentation_or_the_service():
 def project(tmp_path, monkeypatch):
     """A project root with the notebooks and a copy of the package (so its code can be edited)."""
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(st.PACKAGE_ROOT, tmp_path / "src" / "musicrec",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        st.PACKAGE_ROOT, tmp_path / "src" / "musicrec", ignore=shutil.ignore_patterns("__pycache__")
+    )
     monkeypatch.setattr(st, "PACKAGE_ROOT", tmp_path / "src" / "musicrec")
     return tmp_path
 
@@ -112,8 +119,11 @@ def test_a_missing_or_edited_artefact_plans_its_stage_and_what_follows(project):
     run_all(profile, paths, names=("04_ranking", "05_evaluation"))
     assert st.plan(profile, paths, names=st.PIPELINE) == {}
     (paths.candidates / "part.parquet").write_text("edited by hand")
-    assert list(st.plan(profile, paths, names=st.PIPELINE)) == ["03_candidates", "04_ranking",
-                                                                "05_evaluation"]
+    assert list(st.plan(profile, paths, names=st.PIPELINE)) == [
+        "03_candidates",
+        "04_ranking",
+        "05_evaluation",
+    ]
 
 
 def test_code_edits_plan_only_the_stages_that_import_it(project):
@@ -141,8 +151,10 @@ def test_a_failed_stage_leaves_the_previous_artefacts_and_stamp(project):
     profile, paths = tiny(project)
     run_all(profile, paths)
     stamp = st.stamp_path(paths, "01_data").read_text()
-    with pytest.raises(RuntimeError, match="the split does not fit"), \
-            st.transaction(st.stage("01_data"), profile, paths, "ml-100k"):
+    with (
+        pytest.raises(RuntimeError, match="the split does not fit"),
+        st.transaction(st.stage("01_data"), profile, paths, "ml-100k"),
+    ):
         paths.interactions.write_text("ml-100k listens")  # replaced, then the split fails
         raise RuntimeError("the split does not fit")
     assert paths.interactions.read_text() == "v1" and paths.split.read_text() == "v1"
@@ -172,9 +184,11 @@ def test_a_killed_stage_is_undone_at_the_next_start(project):
 
 def test_a_second_run_of_the_same_run_is_refused_naming_the_holder(tmp_path):
     paths = RunPaths(tmp_path, "tiny")
-    with st.run_lock(paths, "musicrec stage 03_candidates"), \
-            pytest.raises(st.RunLocked, match=r"in use by pid \d+ \(musicrec stage 03_candidates"), \
-            st.run_lock(paths, "musicrec stage 01_data"):
+    with (
+        st.run_lock(paths, "musicrec stage 03_candidates"),
+        pytest.raises(st.RunLocked, match=r"in use by pid \d+ \(musicrec stage 03_candidates"),
+        st.run_lock(paths, "musicrec stage 01_data"),
+    ):
         pass
     with st.run_lock(paths, "musicrec stage 01_data"):  # released
         pass

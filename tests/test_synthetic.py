@@ -17,8 +17,9 @@ from musicrec.config import SyntheticConfig
 from musicrec.schema import INTERACTIONS_SCHEMA
 from musicrec.sources.synthetic import generate, true_preference
 
-SMALL = SyntheticConfig(n_users=3000, n_tracks=4000, max_tracks_per_user=1500, n_genres=40,
-                        n_named_genres=36, chunk_users=700)
+SMALL = SyntheticConfig(
+    n_users=3000, n_tracks=4000, max_tracks_per_user=1500, n_genres=40, n_named_genres=36, chunk_users=700
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,10 @@ def generated(tmp_path_factory) -> Path:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.parquet"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.parquet"))
+    }
 
 
 def test_files_and_dtypes(generated):
@@ -62,8 +65,7 @@ def test_deterministic_for_a_seed(generated, tmp_path):
     generate(SMALL, seed=11, out_dir=tmp_path / "again", progress=False)
     assert digest(tmp_path / "again") == digest(generated)
     generate(SMALL, seed=12, out_dir=tmp_path / "other", progress=False)
-    assert digest(tmp_path / "other")["interactions.parquet"] != digest(generated)[
-        "interactions.parquet"]
+    assert digest(tmp_path / "other")["interactions.parquet"] != digest(generated)["interactions.parquet"]
 
 
 def test_activity_shapes(generated):
@@ -95,23 +97,39 @@ def test_pop_leads_the_genres(generated):
     inter = pl.read_parquet(generated / "interactions.parquet")
     tracks = pl.read_parquet(generated / "tracks.parquet")
     names = pl.read_parquet(generated / "catalog_names.parquet").filter(pl.col("type") == "genre")
-    top = (inter.join(tracks, on="track_id").explode("genres").group_by("genres").len()
-           .sort("len", descending=True).head(3)
-           .join(names, left_on="genres", right_on="id").sort("len", descending=True))
+    top = (
+        inter.join(tracks, on="track_id")
+        .explode("genres")
+        .group_by("genres")
+        .len()
+        .sort("len", descending=True)
+        .head(3)
+        .join(names, left_on="genres", right_on="id")
+        .sort("len", descending=True)
+    )
     assert top.get_column("name").to_list()[0] == "pop"
 
 
 def test_listening_runs_in_artist_streaks(generated):
     inter = pl.read_parquet(generated / "interactions.parquet").sort("user_id", "track_seq")
     prior = pl.read_parquet(generated / "oracle" / "track_prior.parquet")
-    artist = inter.join(prior.select("track_id", "artist"), on="track_id").sort(
-        "user_id", "track_seq")
+    artist = inter.join(prior.select("track_id", "artist"), on="track_id").sort("user_id", "track_seq")
     same_next = artist.select(
-        ((pl.col("artist") == pl.col("artist").shift(-1))
-         & (pl.col("user_id") == pl.col("user_id").shift(-1))).mean()).item()
-    shuffled = artist.with_columns(pl.col("artist").shuffle(seed=1).over("user_id")).select(
-        ((pl.col("artist") == pl.col("artist").shift(-1))
-         & (pl.col("user_id") == pl.col("user_id").shift(-1))).mean()).item()
+        (
+            (pl.col("artist") == pl.col("artist").shift(-1))
+            & (pl.col("user_id") == pl.col("user_id").shift(-1))
+        ).mean()
+    ).item()
+    shuffled = (
+        artist.with_columns(pl.col("artist").shuffle(seed=1).over("user_id"))
+        .select(
+            (
+                (pl.col("artist") == pl.col("artist").shift(-1))
+                & (pl.col("user_id") == pl.col("user_id").shift(-1))
+            ).mean()
+        )
+        .item()
+    )
     assert same_next > 2 * shuffled
 
 
@@ -124,8 +142,7 @@ def test_true_preference_ranks_future_listens_above_random_tracks(generated):
     all_tracks = pl.read_parquet(generated / "tracks.parquet").get_column("track_id").to_numpy()
     random_tracks = np.random.default_rng(0).choice(all_tracks, len(users))
     heard_pairs = set(zip(inter.get_column("user_id"), inter.get_column("track_id"), strict=True))
-    unheard = np.array([(u, t) not in heard_pairs for u, t in zip(users, random_tracks,
-                                                                   strict=True)])
+    unheard = np.array([(u, t) not in heard_pairs for u, t in zip(users, random_tracks, strict=True)])
     heard_score = true_preference(generated / "oracle", users, december["track_id"].to_numpy())
     random_score = true_preference(generated / "oracle", users, random_tracks)
     # the area under the ROC curve of these pairs, ties counting half

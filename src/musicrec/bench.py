@@ -38,6 +38,7 @@ STAGE_NAMES = {s.name: s.short for s in STAGES}
 
 # -- recording -------------------------------------------------------------------------------
 
+
 def _heading(markdown: str) -> str | None:
     """The first heading line of a markdown cell, without its ``#`` marks."""
     for line in markdown.splitlines():
@@ -50,15 +51,16 @@ def _first_line(code: str, width: int = 60) -> str:
     """The first non-blank line of a code cell (a comment without its ``#``), cut to ``width``."""
     line = next((s.strip() for s in code.splitlines() if s.strip()), "")
     line = line.lstrip("#").strip() if line.startswith("#") else line
-    return line if len(line) <= width else line[:width - 1] + "…"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _timestamp(value: str | None) -> float | None:
     return dt.datetime.fromisoformat(value).timestamp() if value else None
 
 
-def notebook_steps(notebook: str | Path, timeline: MemoryTimeline | None = None,
-                   trivial_seconds: float = TRIVIAL_SECONDS) -> list[dict[str, Any]]:
+def notebook_steps(
+    notebook: str | Path, timeline: MemoryTimeline | None = None, trivial_seconds: float = TRIVIAL_SECONDS
+) -> list[dict[str, Any]]:
     """Each executed code cell of a papermill-run notebook as a step.
 
     A step is named by the markdown heading above it; a second cell under the same heading
@@ -89,10 +91,17 @@ def notebook_steps(notebook: str | Path, timeline: MemoryTimeline | None = None,
         seconds = meta.get("duration")
         seconds = end - start if seconds is None else seconds
         peak = timeline.peak_between(start, end) if timeline is not None else None
-        steps.append({"step": name, "cell": index, "code": _first_line(cell.source),
-                      "start": meta["start_time"], "seconds": round(seconds, 2),
-                      "peak_rss_mb": None if peak is None else round(peak / 2**20, 1),
-                      "trivial": seconds < trivial_seconds})
+        steps.append(
+            {
+                "step": name,
+                "cell": index,
+                "code": _first_line(cell.source),
+                "start": meta["start_time"],
+                "seconds": round(seconds, 2),
+                "peak_rss_mb": None if peak is None else round(peak / 2**20, 1),
+                "trivial": seconds < trivial_seconds,
+            }
+        )
     return steps
 
 
@@ -109,12 +118,17 @@ def profile_size(paths: RunPaths) -> dict[str, int | None]:
 
 def machine() -> dict[str, Any]:
     """The machine the bench ran on: logical cpus, memory, platform, Python."""
-    return {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpus": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def git_commit(root: str | Path = ".") -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the project at ``root``."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -139,24 +153,37 @@ def write_bench(paths: RunPaths, params: str, rows: list[dict[str, Any]]) -> dic
     ran = {row["stage"] for row in rows}
     commit = git_commit(paths.root)
     rows = [{**row, "commit": commit["commit"]} for row in rows]
-    stages = sorted([r for r in earlier.get("stages", []) if r["stage"] not in ran] + rows,
-                    key=lambda r: r["stage"])
+    stages = sorted(
+        [r for r in earlier.get("stages", []) if r["stage"] not in ran] + rows, key=lambda r: r["stage"]
+    )
     generators = earlier.get("generators", [])
     if "03_candidates" in ran:
-        generators = [run for folder in (paths.candidates / "history", paths.candidates)
-                      if (folder / "runs.json").is_file() for run in read_json(folder / "runs.json")]
+        generators = [
+            run
+            for folder in (paths.candidates / "history", paths.candidates)
+            if (folder / "runs.json").is_file()
+            for run in read_json(folder / "runs.json")
+        ]
     ranking_steps = earlier.get("ranking_steps", [])
     if "04_ranking" in ran and (paths.ranking / "summary.json").is_file():
         ranking_steps = read_json(paths.ranking / "summary.json")["steps"]
-    bench = {"run": paths.run, "profile": str(params),
-             "date": dt.datetime.now().isoformat(timespec="seconds"), **commit,
-             "machine": machine(), "size": profile_size(paths), "stages": stages,
-             "generators": generators, "ranking_steps": ranking_steps}
+    bench = {
+        "run": paths.run,
+        "profile": str(params),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        **commit,
+        "machine": machine(),
+        "size": profile_size(paths),
+        "stages": stages,
+        "generators": generators,
+        "ranking_steps": ranking_steps,
+    }
     write_json(bench, bench_file)
     return bench
 
 
 # -- the README tables -----------------------------------------------------------------------
+
 
 def _count(n: float | None) -> str:
     """4.8M, 22.0M, 137k, 950."""
@@ -183,7 +210,7 @@ def per_10x(before: float, after: float, listens_before: float, listens_after: f
     if not (before > 0 and after > 0 and listens_before and listens_after) or listens_after == listens_before:
         return None
     exponent = math.log(after / before) / math.log(listens_after / listens_before)
-    return 10 ** exponent
+    return 10**exponent
 
 
 def load_benches(runs: Iterable[str], root: str | Path = ".") -> tuple[dict[str, dict], list[str]]:
@@ -210,8 +237,11 @@ def scaling_table(benches: dict[str, dict]) -> str:
     stages = sorted({stage for rows in by_stage.values() for stage in rows})
     listens = {run: b.get("size", {}).get("listens") for run, b in benches.items()}
     pairs = list(itertools.pairwise(runs))
-    header = ["stage", *(f"{run} ({_count(listens[run])} listens)" for run in runs),
-              *(f"per 10x listens, {a} → {b}" for a, b in pairs)]
+    header = [
+        "stage",
+        *(f"{run} ({_count(listens[run])} listens)" for run in runs),
+        *(f"per 10x listens, {a} → {b}" for a, b in pairs),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
 
     def cells(rows: dict[str, dict | None]) -> list[str]:
@@ -223,17 +253,28 @@ def scaling_table(benches: dict[str, dict]) -> str:
                 continue
             time = per_10x(ra["seconds"], rb["seconds"], listens[a], listens[b])
             memory = per_10x(ra["peak_rss_mb"], rb["peak_rss_mb"], listens[a], listens[b])
-            out.append(", ".join(f"{what} ×{f:.1f}" for what, f in (("time", time), ("memory", memory))
-                                 if f is not None))
+            out.append(
+                ", ".join(
+                    f"{what} ×{f:.1f}" for what, f in (("time", time), ("memory", memory)) if f is not None
+                )
+            )
         return out
 
     for stage in stages:
         row = {run: by_stage[run].get(stage) for run in runs}
         lines.append(f"| {STAGE_NAMES.get(stage, stage)} | " + " | ".join(cells(row)) + " |")
     if len(stages) > 1:  # the whole pipeline, where a run has every stage
-        total = {run: ({"seconds": sum(r["seconds"] for r in by_stage[run].values()),
-                        "peak_rss_mb": max(r["peak_rss_mb"] for r in by_stage[run].values())}
-                       if set(by_stage[run]) >= set(stages) else None) for run in runs}
+        total = {
+            run: (
+                {
+                    "seconds": sum(r["seconds"] for r in by_stage[run].values()),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in by_stage[run].values()),
+                }
+                if set(by_stage[run]) >= set(stages)
+                else None
+            )
+            for run in runs
+        }
         lines.append("| **all stages** | " + " | ".join(cells(total)) + " |")
     return "\n".join(lines)
 
@@ -256,8 +297,10 @@ def steps_table(bench: dict) -> str:
     lines = ["| stage | step | wall time | share | peak memory |", "|---|---|---|---|---|"]
     for s in slow_steps(bench):
         step = s["step"].replace("|", "\\|")
-        lines.append(f"| {STAGE_NAMES.get(s['stage'], s['stage'])} | {step} | {_seconds(s['seconds'])} "
-                     f"| {s['share']:.0%} | {_memory(s['peak_rss_mb'])} |")
+        lines.append(
+            f"| {STAGE_NAMES.get(s['stage'], s['stage'])} | {step} | {_seconds(s['seconds'])} "
+            f"| {s['share']:.0%} | {_memory(s['peak_rss_mb'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -265,9 +308,11 @@ def generators_table(bench: dict) -> str:
     """Each candidate generator per window: fit, recommend, similar seconds and peak memory."""
     lines = ["| generator | window | fit | recommend | similar | peak memory |", "|---|---|---|---|---|---|"]
     for g in bench.get("generators", []):
-        lines.append(f"| {g['generator']} | {g['window']} | {_seconds(g['fit_seconds'])} "
-                     f"| {_seconds(g['recommend_seconds'])} | {_seconds(g['similar_seconds'])} "
-                     f"| {_memory(g['peak_rss_gb'] * 1024)} |")
+        lines.append(
+            f"| {g['generator']} | {g['window']} | {_seconds(g['fit_seconds'])} "
+            f"| {_seconds(g['recommend_seconds'])} | {_seconds(g['similar_seconds'])} "
+            f"| {_memory(g['peak_rss_gb'] * 1024)} |"
+        )
     return "\n".join(lines)
 
 
@@ -281,9 +326,11 @@ def _run_heading(run: str, bench: dict) -> str:
     def whole(n: int | None) -> str:
         return "?" if n is None else f"{n:,}"
 
-    return (f"**{run}**: {_count(size.get('listens'))} listens, {whole(size.get('users'))} users, "
-            f"{whole(size.get('tracks'))} tracks; {host.get('cpus', '?')} cpus, "
-            f"{host.get('memory_gb', '?')} GB{load}; {date[:10]}, commit {commit}")
+    return (
+        f"**{run}**: {_count(size.get('listens'))} listens, {whole(size.get('users'))} users, "
+        f"{whole(size.get('tracks'))} tracks; {host.get('cpus', '?')} cpus, "
+        f"{host.get('memory_gb', '?')} GB{load}; {date[:10]}, commit {commit}"
+    )
 
 
 def bench_tables(runs: list[str], root: str | Path = ".") -> str:
@@ -291,8 +338,11 @@ def bench_tables(runs: list[str], root: str | Path = ".") -> str:
     benches, missing = load_benches(runs, root)
     parts = []
     if missing:
-        parts.append("No `bench.json` yet for " + ", ".join(f"`{run}`" for run in missing)
-                     + " (`make bench PARAMS=params/<profile>.yaml`): left out.")
+        parts.append(
+            "No `bench.json` yet for "
+            + ", ".join(f"`{run}`" for run in missing)
+            + " (`make bench PARAMS=params/<profile>.yaml`): left out."
+        )
     if not benches:
         return "\n\n".join(parts)
     parts.append(scaling_table(benches))
@@ -301,9 +351,13 @@ def bench_tables(runs: list[str], root: str | Path = ".") -> str:
         if not any("steps" in stage for stage in bench["stages"]):
             parts.append("No steps recorded (benched before `bench.json` kept them).")
         elif slow_steps(bench):
-            parts.append(f"Steps of {TRIVIAL_SECONDS:.0f} s or more that take {SLOW_SECONDS:.0f} s or "
-                         f"{SLOW_SHARE:.0%} of their stage:\n\n" + steps_table(bench))
+            parts.append(
+                f"Steps of {TRIVIAL_SECONDS:.0f} s or more that take {SLOW_SECONDS:.0f} s or "
+                f"{SLOW_SHARE:.0%} of their stage:\n\n" + steps_table(bench)
+            )
         if bench.get("generators"):
-            parts.append("Candidate generators (seconds; peak memory of the kernel while each ran):\n\n"
-                         + generators_table(bench))
+            parts.append(
+                "Candidate generators (seconds; peak memory of the kernel while each ran):\n\n"
+                + generators_table(bench)
+            )
     return "\n\n".join(parts)

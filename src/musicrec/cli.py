@@ -59,9 +59,13 @@ class StageRun:
     steps: list[dict] = field(default_factory=list)  # the notebook's cells: musicrec.bench.notebook_steps
 
     def as_dict(self) -> dict:
-        return {"stage": self.stage, "seconds": round(self.seconds, 2),
-                "peak_rss_mb": round(self.peak_rss_mb, 1), "notebook": str(self.notebook),
-                "finished": dt.datetime.now().isoformat(timespec="seconds")}
+        return {
+            "stage": self.stage,
+            "seconds": round(self.seconds, 2),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "notebook": str(self.notebook),
+            "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        }
 
 
 def _kernel_name() -> str:
@@ -99,8 +103,10 @@ def notebook_parameters(notebook: Path, given: dict[str, Any]) -> dict[str, Any]
         raise StageError(f"--param {', '.join(reserved)}: set these with --params, --data-path and --root")
     unknown = sorted(set(given) - known)
     if unknown:
-        raise StageError(f"--param {', '.join(unknown)}: not a parameter of {notebook.name} "
-                         f"(its parameters: {', '.join(sorted(known)) or 'none'})")
+        raise StageError(
+            f"--param {', '.join(unknown)}: not a parameter of {notebook.name} "
+            f"(its parameters: {', '.join(sorted(known)) or 'none'})"
+        )
     return given
 
 
@@ -115,9 +121,14 @@ def parse_param(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({exc})") from None
 
 
-def run_stage(stage: str, params: str | Path, data_path: str | None = None,
-              root: str | Path = ".", progress: bool = False,
-              overrides: dict[str, Any] | None = None) -> StageRun:
+def run_stage(
+    stage: str,
+    params: str | Path,
+    data_path: str | None = None,
+    root: str | Path = ".",
+    progress: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> StageRun:
     """Execute one stage notebook on a profile; raise :class:`StageError` on failure.
 
     ``overrides``: values for other names of the notebook's ``parameters`` cell. The run holds
@@ -131,18 +142,31 @@ def run_stage(stage: str, params: str | Path, data_path: str | None = None,
     if not source.is_file():
         raise StageError(f"stage {stage}: no notebook {source}")
     target = paths.notebooks / f"{stage}.ipynb"
-    parameters = {"params_path": str(Path(params).resolve()), "data_path": data_path or "",
-                  "root": str(root), **notebook_parameters(source, overrides or {})}
+    parameters = {
+        "params_path": str(Path(params).resolve()),
+        "data_path": data_path or "",
+        "root": str(root),
+        **notebook_parameters(source, overrides or {}),
+    }
     try:
-        with run_lock(paths, f"musicrec stage {stage}"), \
-                transaction(declared_stage(stage), profile, paths, data_path):
+        with (
+            run_lock(paths, f"musicrec stage {stage}"),
+            transaction(declared_stage(stage), profile, paths, data_path),
+        ):
             return _execute(stage, params, source, target, parameters, paths, progress)
     except RunLocked as exc:
         raise StageError(f"stage {stage}: {exc}") from None
 
 
-def _execute(stage: str, params: str | Path, source: Path, target: Path, parameters: dict[str, Any],
-             paths: RunPaths, progress: bool) -> StageRun:
+def _execute(
+    stage: str,
+    params: str | Path,
+    source: Path,
+    target: Path,
+    parameters: dict[str, Any],
+    paths: RunPaths,
+    progress: bool,
+) -> StageRun:
     """Run the notebook with papermill (see :func:`run_stage`)."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
@@ -153,8 +177,13 @@ def _execute(stage: str, params: str | Path, source: Path, target: Path, paramet
     with PeakMemory(children=True, timeline=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
         try:
             pm.execute_notebook(
-                str(source), str(tmp), parameters=parameters, kernel_name=_kernel_name(),
-                cwd=str(paths.root), progress_bar=progress, log_output=False,
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                kernel_name=_kernel_name(),
+                cwd=str(paths.root),
+                progress_bar=progress,
+                log_output=False,
                 request_save_on_cell_execute=False,
             )
         except pm.PapermillExecutionError as exc:
@@ -174,8 +203,13 @@ def _execute(stage: str, params: str | Path, source: Path, target: Path, paramet
     failed.unlink(missing_ok=True)
     from musicrec.bench import notebook_steps
 
-    run = StageRun(stage, time.perf_counter() - start, memory.peak / 2**20, target,
-                   notebook_steps(target, memory.timeline))
+    run = StageRun(
+        stage,
+        time.perf_counter() - start,
+        memory.peak / 2**20,
+        target,
+        notebook_steps(target, memory.timeline),
+    )
     timings = read_json(paths.timings) if paths.timings.is_file() else {}
     timings[stage] = run.as_dict()
     write_json(timings, paths.timings)
@@ -186,9 +220,13 @@ def bench_row(run: StageRun) -> dict:
     """A stage run as a ``bench.json`` row: times, memory, steps, and the load it ran under."""
     # what no cell's time covers: the kernel's start and shutdown, papermill's own work
     outside = run.seconds - sum(step["seconds"] for step in run.steps)
-    return {**run.as_dict(), "outside_cells_seconds": round(outside, 2),
-            # above the cpu count: other work shared the machine, times are upper bounds
-            "load_average": [round(x, 2) for x in os.getloadavg()], "steps": run.steps}
+    return {
+        **run.as_dict(),
+        "outside_cells_seconds": round(outside, 2),
+        # above the cpu count: other work shared the machine, times are upper bounds
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "steps": run.steps,
+    }
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -211,8 +249,10 @@ def _print_generators(runs: list[dict]) -> None:
         return
     print(f"\n{'generator':<14}{'window':<16}{'fit':>9}{'recommend':>11}{'similar':>9}{'peak RSS':>10}")
     for r in runs:
-        print(f"{r['generator']:<14}{r['window']:<16}{r['fit_seconds']:>8.1f}s{r['recommend_seconds']:>10.1f}s"
-              f"{r['similar_seconds']:>8.1f}s{r['peak_rss_gb']:>8.2f} GB")
+        print(
+            f"{r['generator']:<14}{r['window']:<16}{r['fit_seconds']:>8.1f}s{r['recommend_seconds']:>10.1f}s"
+            f"{r['similar_seconds']:>8.1f}s{r['peak_rss_gb']:>8.2f} GB"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,12 +264,22 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
     stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
     stage.add_argument("name", choices=STAGES + ON_DEMAND)
-    stage.add_argument("--param", dest="overrides", action="append", type=parse_param, default=[],
-                       metavar="NAME=VALUE", help="set a name of the notebook's parameters cell (VALUE as "
-                       "YAML), for example --param max_users=20000; repeatable")
+    stage.add_argument(
+        "--param",
+        dest="overrides",
+        action="append",
+        type=parse_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a name of the notebook's parameters cell (VALUE as "
+        "YAML), for example --param max_users=20000; repeatable",
+    )
     report = sub.add_parser("report", parents=[common], help="render the HTML reports")
-    report.add_argument("--screenshot", action="store_true",
-                        help="also save reports/index.png as headless Chromium renders it")
+    report.add_argument(
+        "--screenshot",
+        action="store_true",
+        help="also save reports/index.png as headless Chromium renders it",
+    )
     bench = sub.add_parser("bench", parents=[common], help="time stages afresh")
     bench.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES + ON_DEMAND)
     sub.add_parser("run-name", parents=[common], help="print the profile's run name")
@@ -240,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     tables.add_argument("runs", nargs="+", help="run names (outputs/<run>/bench.json), smallest first")
     tables.add_argument("--readme", default="README.md")
     tables.add_argument("--root", default=".")
-    tables.add_argument("--print", dest="stdout", action="store_true",
-                        help="print the tables instead of rewriting the README")
+    tables.add_argument(
+        "--print", dest="stdout", action="store_true", help="print the tables instead of rewriting the README"
+    )
     results = sub.add_parser("results", help="rewrite the README's results table from runs' metrics.json")
     results.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.json)")
     results.add_argument("--readme", default="README.md")
@@ -266,10 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stage":
             from musicrec.bench import write_bench
 
-            run = run_stage(args.name, args.params, args.data_path or None, args.root,
-                            progress=sys.stderr.isatty(), overrides=dict(args.overrides))
-            print(f"{args.name}: done in {run.seconds:.1f} s, peak memory "
-                  f"{run.peak_rss_mb / 1024:.2f} GB -> {run.notebook}")
+            run = run_stage(
+                args.name,
+                args.params,
+                args.data_path or None,
+                args.root,
+                progress=sys.stderr.isatty(),
+                overrides=dict(args.overrides),
+            )
+            print(
+                f"{args.name}: done in {run.seconds:.1f} s, peak memory "
+                f"{run.peak_rss_mb / 1024:.2f} GB -> {run.notebook}"
+            )
             if args.name in STAGES and not args.overrides:
                 # `make all` records what `make bench` would: the last run of each stage, with its steps
                 profile = load_profile(args.params, args.data_path or None)

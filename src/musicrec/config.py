@@ -55,8 +55,12 @@ class SyntheticConfig(_Strict):
     tracks_per_user_mean: float = Field(162.0, gt=0)
     max_tracks_per_user: PositiveInt = 16_637
     listens_per_track_median: float = Field(19.0, gt=0)
-    popularity_skew: float = Field(2.0, gt=0, description="scales the popularity log-sigma; "
-                                   "sampling without repeats flattens popularity, this restores it")
+    popularity_skew: float = Field(
+        2.0,
+        gt=0,
+        description="scales the popularity log-sigma; "
+        "sampling without repeats flattens popularity, this restores it",
+    )
     max_track_share: float = Field(111_062 / 222_629_898, gt=0, lt=1)
     n_genres: PositiveInt = 173
     n_named_genres: PositiveInt = 166
@@ -86,8 +90,9 @@ class SyntheticConfig(_Strict):
         if self.end_date <= self.start_date:
             raise ValueError("end_date must come after start_date")
         if self.tracks_per_user_mean <= self.tracks_per_user_median:
-            raise ValueError("tracks_per_user_mean must exceed tracks_per_user_median "
-                             "(the distribution is right-skewed)")
+            raise ValueError(
+                "tracks_per_user_mean must exceed tracks_per_user_median (the distribution is right-skewed)"
+            )
         if self.n_named_genres > self.n_genres:
             raise ValueError("n_named_genres cannot exceed n_genres")
         return self
@@ -101,9 +106,7 @@ class IumConfig(_Strict):
     (ADVERTISEMENT, BUY_PREMIUM) carry no track and are counted as dropped.
     """
 
-    event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"play": 1.0, "like": 2.0, "skip": -0.5}
-    )
+    event_weights: dict[str, float] = Field(default_factory=lambda: {"play": 1.0, "like": 2.0, "skip": -0.5})
 
 
 class MovieLensConfig(_Strict):
@@ -152,9 +155,7 @@ class SplitConfig(_Strict):
         if isinstance(a, dt.date) and isinstance(b, dt.date) and not a < b:
             raise ValueError("test_start must come after label_start")
         if isinstance(a, int) and isinstance(b, int) and not a > b:
-            raise ValueError(
-                "label_start (days before the end) must be larger than test_start"
-            )
+            raise ValueError("label_start (days before the end) must be larger than test_start")
         return self
 
     def resolve(self, first_day: dt.date, last_day: dt.date) -> tuple[dt.date, dt.date]:
@@ -169,9 +170,7 @@ class SplitConfig(_Strict):
             if day > last_day:
                 raise ProfileError(f"{key}: {day} is after the data ends on {last_day}")
         if not label < test:
-            raise ProfileError(
-                f"split.test_start: {test} must come after split.label_start ({label})"
-            )
+            raise ProfileError(f"split.test_start: {test} must come after split.label_start ({label})")
         return label, test
 
 
@@ -215,7 +214,8 @@ class AlsConfig(_Strict):
     n_users: PositiveInt = 100
     n_similar: PositiveInt = 10
     item_pool: PositiveInt | None = Field(
-        None, description="only the most listened tracks can be recommended or similar; all when unset")
+        None, description="only the most listened tracks can be recommended or similar; all when unset"
+    )
     batch_users: PositiveInt = 20_000
     batch_tracks: PositiveInt = 20_000
 
@@ -238,11 +238,14 @@ class ContentConfig(_Strict):
     # side by side: default NDCG@10 0.0347 / recall@100 0.148 against 0.0319 / 0.121 in 60% of
     # the time; scale10 0.0273 / 0.125 against 0.0244 / 0.099 in 37% of the time)
     max_postings: PositiveInt = Field(
-        20, description="a token (genre, artist, album) reaches only its this many tracks of "
+        20,
+        description="a token (genre, artist, album) reaches only its this many tracks of "
         "largest weight; scores stay exact, only candidates reached solely through the tail "
-        "of a bigger token are skipped. Exact when no token has more tracks")
+        "of a bigger token are skipped. Exact when no token has more tracks",
+    )
     max_pairs: PositiveInt = Field(
-        4_000_000, description="(user or track, candidate) pairs scored at once: bounds memory")
+        4_000_000, description="(user or track, candidate) pairs scored at once: bounds memory"
+    )
 
 
 class AudioConfig(_Strict):
@@ -259,7 +262,8 @@ class AudioConfig(_Strict):
     activation: Literal["tanh", "relu", "logistic", "identity"] = "tanh"
     batch_size: PositiveInt = 256
     exact_max_tracks: PositiveInt = Field(
-        50_000, description="up to this many embedded tracks, brute-force (exact) cosine search")
+        50_000, description="up to this many embedded tracks, brute-force (exact) cosine search"
+    )
     cell_size: PositiveInt = Field(2_000, description="above it, tracks per k-means cell")
     probe_cells: PositiveInt = Field(8, description="cells searched around a query's nearest cell")
 
@@ -281,7 +285,8 @@ class CandidatesConfig(_Strict):
     random: RandomConfig = Field(default_factory=RandomConfig)
     recall_at: list[PositiveInt] = Field(
         default_factory=lambda: [10, 50, 100],
-        description="list lengths for candidate recall; a generator is measured at the lengths it has")
+        description="list lengths for candidate recall; a generator is measured at the lengths it has",
+    )
 
 
 class RankingConfig(_Strict):
@@ -292,17 +297,25 @@ class RankingConfig(_Strict):
     source of candidates).
     """
 
-    candidates: dict[Literal["top_popular", "personal_als", "i2i_history", "content", "audio",
-                             "random"], NonNegativeInt] = Field(
-        default_factory=lambda: {"top_popular": 50, "personal_als": 100, "i2i_history": 50,
-                                 "content": 30, "audio": 30})
+    candidates: dict[
+        Literal["top_popular", "personal_als", "i2i_history", "content", "audio", "random"], NonNegativeInt
+    ] = Field(
+        default_factory=lambda: {
+            "top_popular": 50,
+            "personal_als": 100,
+            "i2i_history": 50,
+            "content": 30,
+            "audio": 30,
+        }
+    )
     n: PositiveInt = Field(100, description="length of the final list per user")
     recent_days: PositiveInt = Field(7, description="track popularity over the window's last days")
     i2i_last_k: PositiveInt = Field(20, description="recent listens for the i2i-support feature")
     loss: Literal["YetiRank", "Logloss"] = "YetiRank"
     negatives_per_user: PositiveInt = Field(20, description="negatives sampled per training user")
     train_users: PositiveInt | None = Field(
-        None, description="sample of users with labels to train on; all when unset")
+        None, description="sample of users with labels to train on; all when unset"
+    )
     validation_share: float = Field(0.2, gt=0, lt=1)
     iterations: PositiveInt = 300
     learning_rate: float = Field(0.1, gt=0, le=1)
@@ -327,10 +340,13 @@ class EvaluationConfig(_Strict):
     sampled_negatives: PositiveInt = Field(100, description="random unheard tracks per held-out listen")
     sampled_max_listens: PositiveInt = Field(200_000, description="test listens in the sampled protocol")
     oracle_n_popular: PositiveInt = Field(
-        1000, description="where the catalogue is too big to score exactly, the oracle ranks every "
-        "generator's candidates of the user plus these most popular tracks")
+        1000,
+        description="where the catalogue is too big to score exactly, the oracle ranks every "
+        "generator's candidates of the user plus these most popular tracks",
+    )
     oracle_max_exact_pairs: PositiveInt = Field(
-        500_000_000, description="users x tracks up to which the oracle scores the whole catalogue")
+        500_000_000, description="users x tracks up to which the oracle scores the whole catalogue"
+    )
 
 
 class Profile(_Strict):
@@ -389,8 +405,7 @@ def _describe(errors: list[dict]) -> str:
         by_key.setdefault(loc or "(top level)", []).append(error)
     parts = []
     for key, errs in by_key.items():
-        got = next((e["input"] for e in errs if "input" in e and not isinstance(e["input"], dict)),
-                   None)
+        got = next((e["input"] for e in errs if "input" in e and not isinstance(e["input"], dict)), None)
         if any(e["type"] == "extra_forbidden" for e in errs):
             message = "unknown key"
         elif key.endswith(("label_start", "test_start")) and len(errs) > 1:

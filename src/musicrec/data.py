@@ -47,11 +47,15 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
     _remove_stale(paths, written)
 
     lf = pl.scan_parquet(paths.interactions)
-    counts = lf.select(
-        pl.len().alias("rows"),
-        pl.col(C.user_id).n_unique().alias("users"),
-        pl.col(C.track_id).n_unique().alias("tracks_listened"),
-    ).collect(engine="streaming").to_dicts()[0]
+    counts = (
+        lf.select(
+            pl.len().alias("rows"),
+            pl.col(C.user_id).n_unique().alias("users"),
+            pl.col(C.track_id).n_unique().alias("tracks_listened"),
+        )
+        .collect(engine="streaming")
+        .to_dicts()[0]
+    )
     notes += _missing_metadata_notes(tracks)
     summary = {
         "source": source,
@@ -62,8 +66,7 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
         "notes": notes,
     }
     write_json(summary, paths.data_summary)
-    write_json(compute_split(paths.interactions, profile.split, file=str(paths.interactions)),
-               paths.split)
+    write_json(compute_split(paths.interactions, profile.split, file=str(paths.interactions)), paths.split)
     return summary
 
 
@@ -75,10 +78,12 @@ def _adapt(profile: Profile, paths: RunPaths, dropped: DropReport, notes: list[s
     label = f"{source} data in {raw}"
     tracks = validate_tracks(data.tracks, file=f"{label} (tracks)")
     names = validate_catalog_names(data.catalog_names, file=f"{label} (catalog names)")
-    checks = validate_interactions_lazy if isinstance(data.interactions, pl.LazyFrame) else \
-        validate_interactions
-    interactions = checks(data.interactions, track_ids=tracks.get_column(C.track_id),
-                          file=f"{label} (interactions)")
+    checks = (
+        validate_interactions_lazy if isinstance(data.interactions, pl.LazyFrame) else validate_interactions
+    )
+    interactions = checks(
+        data.interactions, track_ids=tracks.get_column(C.track_id), file=f"{label} (interactions)"
+    )
     for reason, n in data.dropped.counts.items():
         dropped.add(reason, n)
     notes += data.notes

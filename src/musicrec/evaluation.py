@@ -65,11 +65,19 @@ GENERATORS = ("random", "top_popular", "personal_als", "i2i_history", "content",
 LIGHT, MEDIUM, HEAVY, COLD, ALL = "light", "medium", "heavy", "cold", "all"
 SEGMENT_ORDER = (ALL, LIGHT, MEDIUM, HEAVY, COLD)
 #: Columns of :func:`evaluate_models` (and of ``metrics.parquet``).
-METRICS_SCHEMA = {"model": pl.Utf8, "k": pl.Int32, "metric": pl.Utf8, "segment": pl.Utf8,
-                  "value": pl.Float64, "lower": pl.Float64, "upper": pl.Float64}
+METRICS_SCHEMA = {
+    "model": pl.Utf8,
+    "k": pl.Int32,
+    "metric": pl.Utf8,
+    "segment": pl.Utf8,
+    "value": pl.Float64,
+    "lower": pl.Float64,
+    "upper": pl.Float64,
+}
 #: The ranking metrics of :func:`evaluate_models`, by name, in the order the tables show them.
 RANKING_METRICS: dict[str, type[RankingMetric]] = {
-    cls.name: cls for cls in (Precision, Recall, NDCG, MAP, HitRate)}
+    cls.name: cls for cls in (Precision, Recall, NDCG, MAP, HitRate)
+}
 
 ListsLike = pl.DataFrame | pl.LazyFrame
 #: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
@@ -86,9 +94,11 @@ def _test_start(paths: RunPaths) -> pl.Expr:
 
 def history_pairs(paths: RunPaths) -> pl.LazyFrame:
     """``user_id, track_id``: every listen before ``test_start`` (what "heard" means here)."""
-    return (pl.scan_parquet(paths.interactions)
-            .filter(pl.col(C.started_at) < _test_start(paths))
-            .select(C.user_id, C.track_id))
+    return (
+        pl.scan_parquet(paths.interactions)
+        .filter(pl.col(C.started_at) < _test_start(paths))
+        .select(C.user_id, C.track_id)
+    )
 
 
 def held_out_listens(paths: RunPaths) -> pl.DataFrame:
@@ -110,13 +120,18 @@ def warm_test_users(paths: RunPaths) -> pl.Series:
 
 def popularity(paths: RunPaths) -> pl.DataFrame:
     """``track_id, listeners``: distinct listeners before ``test_start`` of each catalogue track (0: none)."""
-    listeners = (history_pairs(paths).group_by(C.track_id)
-                 .agg(pl.col(C.user_id).n_unique().cast(pl.Int64).alias("listeners"))
-                 .collect(engine="streaming"))
+    listeners = (
+        history_pairs(paths)
+        .group_by(C.track_id)
+        .agg(pl.col(C.user_id).n_unique().cast(pl.Int64).alias("listeners"))
+        .collect(engine="streaming")
+    )
     catalogue = pl.read_parquet(paths.tracks, columns=[C.track_id])
-    return (catalogue.join(listeners, on=C.track_id, how="left")
-            .with_columns(pl.col("listeners").fill_null(0))
-            .sort(["listeners", C.track_id], descending=[True, False]))
+    return (
+        catalogue.join(listeners, on=C.track_id, how="left")
+        .with_columns(pl.col("listeners").fill_null(0))
+        .sort(["listeners", C.track_id], descending=[True, False])
+    )
 
 
 def history_users(paths: RunPaths) -> int:
@@ -126,8 +141,11 @@ def history_users(paths: RunPaths) -> int:
 
 def cold_lists(paths: RunPaths) -> pl.LazyFrame:
     """The cold users' lists: ``recommendations.parquet`` rows with ``source == "top_popular"``."""
-    return (pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "top_popular")
-            .select(C.user_id, C.track_id, pl.col(C.rank).cast(pl.Int32)))
+    return (
+        pl.scan_parquet(paths.recommendations)
+        .filter(pl.col("source") == "top_popular")
+        .select(C.user_id, C.track_id, pl.col(C.rank).cast(pl.Int32))
+    )
 
 
 # --------------------------------------------------------------------------- the lists
@@ -135,10 +153,14 @@ def cold_lists(paths: RunPaths) -> pl.LazyFrame:
 
 def _cut_lists(lists: ListsLike, users: pl.DataFrame, k_max: int) -> pl.LazyFrame:
     """``user_id, track_id, rank`` (Int32) of ``users``, ranks up to ``k_max``."""
-    return (lists.lazy().filter(pl.col(C.rank) <= k_max)
-            .join(users.lazy(), on=C.user_id, how="semi")
-            .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
-                    pl.col(C.rank).cast(pl.Int32)))
+    return (
+        lists.lazy()
+        .filter(pl.col(C.rank) <= k_max)
+        .join(users.lazy(), on=C.user_id, how="semi")
+        .select(
+            pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32), pl.col(C.rank).cast(pl.Int32)
+        )
+    )
 
 
 def _user_lists(path: Path, users: pl.DataFrame, k_max: int, source: str | None = None) -> pl.LazyFrame:
@@ -157,18 +179,24 @@ def popular_order(paths: RunPaths, listeners: pl.DataFrame | None = None) -> pl.
     top tracks the user has heard. ``listeners``: :func:`popularity` when already
     computed, else computed here.
     """
-    head = (pl.read_parquet(paths.candidates / "top_popular.parquet", columns=[C.track_id, C.rank])
-            .sort([C.rank, C.track_id]).get_column(C.track_id).cast(pl.Int32))
+    head = (
+        pl.read_parquet(paths.candidates / "top_popular.parquet", columns=[C.track_id, C.rank])
+        .sort([C.rank, C.track_id])
+        .get_column(C.track_id)
+        .cast(pl.Int32)
+    )
     if listeners is None:
         listeners = popularity(paths)
     rest = listeners.filter(~pl.col(C.track_id).is_in(head.implode())).get_column(C.track_id)
     order = pl.concat([head, rest.cast(pl.Int32)])
-    return pl.DataFrame({C.track_id: order, "position": pl.int_range(1, len(order) + 1, eager=True)
-                         .cast(pl.Int32)})
+    return pl.DataFrame(
+        {C.track_id: order, "position": pl.int_range(1, len(order) + 1, eager=True).cast(pl.Int32)}
+    )
 
 
-def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int,
-                      listeners: pl.DataFrame | None = None) -> pl.LazyFrame:
+def top_popular_lists(
+    paths: RunPaths, users: pl.Series | Iterable[int], k_max: int, listeners: pl.DataFrame | None = None
+) -> pl.LazyFrame:
     """The global top-popular list made per user: heard tracks removed, ranks recomputed.
 
     Heard = listened before ``test_start``. For each user only the first ``k_max + c``
@@ -185,13 +213,20 @@ def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: 
     users_df = _users_frame(users)
     order = popular_order(paths, listeners)
     n_catalogue = order.height
-    heard_positions = (history_pairs(paths).join(users_df.lazy(), on=C.user_id, how="semi")
-                       .join(order.lazy(), on=C.track_id)
-                       .select(pl.col(C.user_id).cast(pl.Int32), "position"))
+    heard_positions = (
+        history_pairs(paths)
+        .join(users_df.lazy(), on=C.user_id, how="semi")
+        .join(order.lazy(), on=C.track_id)
+        .select(pl.col(C.user_id).cast(pl.Int32), "position")
+    )
     bound = 2 * k_max
     while True:
-        near = (heard_positions.filter(pl.col("position") <= bound).collect(engine="streaming")
-                .unique().sort([C.user_id, "position"]))
+        near = (
+            heard_positions.filter(pl.col("position") <= bound)
+            .collect(engine="streaming")
+            .unique()
+            .sort([C.user_id, "position"])
+        )
         j = pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.user_id)
         counted = near.filter(pl.col("position") - j < k_max)
         before = counted.group_by(C.user_id).agg(pl.len().cast(pl.Int32).alias("c"))
@@ -199,21 +234,28 @@ def top_popular_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: 
         if need <= bound or bound >= n_catalogue:
             break
         bound = max(2 * bound, need)
-    span = (users_df.join(before, on=C.user_id, how="left")
-            .select(C.user_id, pl.min_horizontal(pl.col("c").fill_null(0) + k_max, pl.lit(n_catalogue))
-                    .cast(pl.Int32).alias("span")))
-    return (span.lazy()
-            .select(C.user_id, pl.int_ranges(1, pl.col("span") + 1, dtype=pl.Int32).alias("position"))
-            .explode("position")
-            .join(counted.lazy().select(C.user_id, "position"), on=[C.user_id, "position"], how="anti")
-            .join(order.lazy(), on="position")
-            .with_columns(pl.col("position").rank("ordinal").over(C.user_id).cast(pl.Int32).alias(C.rank))
-            .select(C.user_id, C.track_id, C.rank)
-            .sort([C.user_id, C.rank]))
+    span = users_df.join(before, on=C.user_id, how="left").select(
+        C.user_id,
+        pl.min_horizontal(pl.col("c").fill_null(0) + k_max, pl.lit(n_catalogue)).cast(pl.Int32).alias("span"),
+    )
+    return (
+        span.lazy()
+        .select(C.user_id, pl.int_ranges(1, pl.col("span") + 1, dtype=pl.Int32).alias("position"))
+        .explode("position")
+        .join(counted.lazy().select(C.user_id, "position"), on=[C.user_id, "position"], how="anti")
+        .join(order.lazy(), on="position")
+        .with_columns(pl.col("position").rank("ordinal").over(C.user_id).cast(pl.Int32).alias(C.rank))
+        .select(C.user_id, C.track_id, C.rank)
+        .sort([C.user_id, C.rank])
+    )
 
 
-def model_lists(paths: RunPaths, k_max: int, users: pl.Series | Iterable[int] | None = None,
-                listeners: pl.DataFrame | None = None) -> dict[str, pl.LazyFrame]:
+def model_lists(
+    paths: RunPaths,
+    k_max: int,
+    users: pl.Series | Iterable[int] | None = None,
+    listeners: pl.DataFrame | None = None,
+) -> dict[str, pl.LazyFrame]:
     """Every model's top ``k_max`` for the warm users: ``{model: user_id, track_id, rank}``.
 
     Models: ``random``, ``top_popular`` (:func:`top_popular_lists`), ``personal_als``,
@@ -239,18 +281,27 @@ def model_lists(paths: RunPaths, k_max: int, users: pl.Series | Iterable[int] | 
 
 def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
     """Every per-user list of the run, whole: the generators' files and the ranker's list."""
-    sources = {name: pl.scan_parquet(paths.candidates / f"{name}.parquet")
-               for name in GENERATORS if name != "top_popular"
-               and (paths.candidates / f"{name}.parquet").is_file()}
+    sources = {
+        name: pl.scan_parquet(paths.candidates / f"{name}.parquet")
+        for name in GENERATORS
+        if name != "top_popular" and (paths.candidates / f"{name}.parquet").is_file()
+    }
     if paths.recommendations.is_file():
         sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "ranker")
     return sources
 
 
-def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int = 100,
-                 candidate_pool: Mapping[str, ListsLike] | None = None, n_popular: int = 1000,
-                 max_exact_pairs: int = 500_000_000, batch_pairs: int = 2_000_000,
-                 block_users: int = 10_000, listeners: pl.DataFrame | None = None) -> pl.DataFrame | None:
+def oracle_lists(
+    paths: RunPaths,
+    users: pl.Series | Iterable[int],
+    k_max: int = 100,
+    candidate_pool: Mapping[str, ListsLike] | None = None,
+    n_popular: int = 1000,
+    max_exact_pairs: int = 500_000_000,
+    batch_pairs: int = 2_000_000,
+    block_users: int = 10_000,
+    listeners: pl.DataFrame | None = None,
+) -> pl.DataFrame | None:
     """Each user's top ``k_max`` unheard tracks by the synthetic generator's true preference.
 
     The ceiling of what a recommender could know (the probability that a draw of the user
@@ -288,8 +339,9 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     from musicrec.sources.synthetic import true_preference
 
     user_ids = _users_frame(users).get_column(C.user_id).to_numpy()
-    catalogue = np.sort(pl.read_parquet(paths.tracks, columns=[C.track_id]).get_column(C.track_id)
-                        .to_numpy()).astype(np.int32)
+    catalogue = np.sort(
+        pl.read_parquet(paths.tracks, columns=[C.track_id]).get_column(C.track_id).to_numpy()
+    ).astype(np.int32)
     exact = len(user_ids) * len(catalogue) <= max_exact_pairs
     if exact:
         dense = catalogue
@@ -301,21 +353,37 @@ def oracle_lists(paths: RunPaths, users: pl.Series | Iterable[int], k_max: int =
     bound = _PreferenceBound(paths.oracle)
     parts: list[pl.DataFrame] = []
     for lo in range(0, len(user_ids), block_users):
-        block = user_ids[lo:lo + block_users]
+        block = user_ids[lo : lo + block_users]
         block_df = pl.DataFrame({C.user_id: block})
         # the range lets parquet skip row groups of other users (files written in user order)
         in_range = pl.col(C.user_id).is_between(int(block[0]), int(block[-1]))
-        heard = (history_pairs(paths).filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
-                 .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
-                 .collect(engine="streaming"))
-        heard_keys = np.sort(pair_keys(heard.get_column(C.user_id).to_numpy(),
-                                       heard.get_column(C.track_id).to_numpy()))
+        heard = (
+            history_pairs(paths)
+            .filter(in_range)
+            .join(block_df.lazy(), on=C.user_id, how="semi")
+            .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+            .collect(engine="streaming")
+        )
+        heard_keys = np.sort(
+            pair_keys(heard.get_column(C.user_id).to_numpy(), heard.get_column(C.track_id).to_numpy())
+        )
         if exact:
             extra = np.zeros(0, dtype=np.int64)
         else:
-            pool = (pl.concat([lf.lazy().filter(in_range).join(block_df.lazy(), on=C.user_id, how="semi")
-                               .select(pair_key().alias("key")) for lf in sources.values()])
-                    .collect(engine="streaming").get_column("key").to_numpy())
+            pool = (
+                pl.concat(
+                    [
+                        lf.lazy()
+                        .filter(in_range)
+                        .join(block_df.lazy(), on=C.user_id, how="semi")
+                        .select(pair_key().alias("key"))
+                        for lf in sources.values()
+                    ]
+                )
+                .collect(engine="streaming")
+                .get_column("key")
+                .to_numpy()
+            )
             pool = np.sort(pool)  # distinct by a sort: np.unique's hashing is several times slower here
             pool = pool[np.r_[True, pool[1:] != pool[:-1]]] if len(pool) else pool
             # the dense tracks are scored for every user anyway; heard tracks are never listed
@@ -359,11 +427,15 @@ class _PreferenceBound:
         """``(users, genres)``: each user's weight of every genre (repeated genres summed)."""
         o, g = self.o, self.n_genres
         cells = np.arange(len(user_rows))[:, None] * g + o.genres[user_rows]
-        return np.bincount(cells.ravel(), weights=o.genre_weights[user_rows].astype(np.float64).ravel(),
-                           minlength=len(user_rows) * g).reshape(len(user_rows), g)
+        return np.bincount(
+            cells.ravel(),
+            weights=o.genre_weights[user_rows].astype(np.float64).ravel(),
+            minlength=len(user_rows) * g,
+        ).reshape(len(user_rows), g)
 
-    def estimate(self, weights: np.ndarray, user_rows: np.ndarray, local: np.ndarray,
-                 track_rows: np.ndarray) -> np.ndarray:
+    def estimate(
+        self, weights: np.ndarray, user_rows: np.ndarray, local: np.ndarray, track_rows: np.ndarray
+    ) -> np.ndarray:
         """Estimates for pairs ``(local[i], track_rows[i])``, broadcast like numpy arrays.
 
         ``weights``: :meth:`genre_weights` of ``user_rows``; ``local`` indexes those rows.
@@ -379,12 +451,25 @@ class _PreferenceBound:
         fav /= favourites.shape[1]
         popular = o.popular_share[users]
         in_taste = 1.0 - o.explore_share - popular
-        return (in_taste * ((1 - o.fav_share) * taste * o.p_ag[track_rows] + o.fav_share * fav)
-                * o.p_ta[track_rows] + o.explore_share / len(o.track_sorted) + popular * o.p_t[track_rows])
+        return (
+            in_taste
+            * ((1 - o.fav_share) * taste * o.p_ag[track_rows] + o.fav_share * fav)
+            * o.p_ta[track_rows]
+            + o.explore_share / len(o.track_sorted)
+            + popular * o.p_t[track_rows]
+        )
 
 
-def _oracle_block(bound: _PreferenceBound, block: np.ndarray, dense: np.ndarray, extra: np.ndarray,
-                  heard_keys: np.ndarray, k: int, batch_pairs: int, score: Callable) -> list[pl.DataFrame]:
+def _oracle_block(
+    bound: _PreferenceBound,
+    block: np.ndarray,
+    dense: np.ndarray,
+    extra: np.ndarray,
+    heard_keys: np.ndarray,
+    k: int,
+    batch_pairs: int,
+    score: Callable,
+) -> list[pl.DataFrame]:
     """The top ``k`` of each user of ``block`` (sorted) over ``dense`` tracks (all users, heard ones
     excluded) and ``extra`` pair keys (sorted, distinct, unheard, not in ``dense``), by ``score``.
 
@@ -403,16 +488,16 @@ def _oracle_block(bound: _PreferenceBound, block: np.ndarray, dense: np.ndarray,
     step = max(1, batch_pairs // max(per_user, 1))
     _, dense_rows = bound.rows(block[:1], dense) if len(dense) else (None, np.zeros(0, np.int64))
     for lo in range(0, len(block), step):
-        users = block[lo:lo + step]
+        users = block[lo : lo + step]
         user_rows, _ = bound.rows(users, dense[:0])
         weights = bound.genre_weights(user_rows)
         local = np.arange(len(users))
         grid = np.full((len(users), per_user), -np.inf)
         cols = np.broadcast_to(dense, (len(users), len(dense)))
         tracks = np.full((len(users), per_user), -1, dtype=np.int32)
-        tracks[:, :len(dense)] = cols
+        tracks[:, : len(dense)] = cols
         if len(dense):
-            grid[:, :len(dense)] = bound.estimate(weights, user_rows, local[:, None], dense_rows[None, :])
+            grid[:, : len(dense)] = bound.estimate(weights, user_rows, local[:, None], dense_rows[None, :])
             h0, h1 = np.searchsorted(heard_users, [users[0], users[-1] + 1])
             h_users, h_keys = heard_users[h0:h1], heard_keys[h0:h1]
             h_tracks = ((h_keys - (1 << 31)) & 0xFFFFFFFF).astype(np.int32)
@@ -423,7 +508,7 @@ def _oracle_block(bound: _PreferenceBound, block: np.ndarray, dense: np.ndarray,
         if e1 > e0:
             e_users, e_tracks = extra_users[e0:e1], extra_tracks[e0:e1]
             e_local = index_of(users, e_users)
-            slot = len(dense) + np.arange(e1 - e0) - (starts[lo:lo + len(users)] - e0)[e_local]
+            slot = len(dense) + np.arange(e1 - e0) - (starts[lo : lo + len(users)] - e0)[e_local]
             _, e_rows = bound.rows(e_users[:0], e_tracks)
             grid[e_local, slot] = bound.estimate(weights, user_rows, e_local, e_rows)
             tracks[e_local, slot] = e_tracks
@@ -435,17 +520,26 @@ def _oracle_block(bound: _PreferenceBound, block: np.ndarray, dense: np.ndarray,
         exact = np.asarray(score(bound.oracle, pair_users, pair_tracks), dtype=np.float64)
         estimated = grid[row, col]
         if not np.all(np.abs(estimated - exact) <= bound.RELATIVE * np.abs(exact)):
-            raise RuntimeError("oracle: the preference estimate is off true_preference; "
-                               "update evaluation._PreferenceBound to match musicrec.sources.synthetic")
+            raise RuntimeError(
+                "oracle: the preference estimate is off true_preference; "
+                "update evaluation._PreferenceBound to match musicrec.sources.synthetic"
+            )
         order = np.lexsort((pair_tracks, -exact, pair_users))
         pair_users, pair_tracks, exact = pair_users[order], pair_tracks[order], exact[order]
         first = np.r_[True, pair_users[1:] != pair_users[:-1]] if len(order) else np.zeros(0, bool)
         start_of = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
         rank = (np.arange(len(order)) - start_of + 1).astype(np.int32)
         top = rank <= k
-        out.append(pl.DataFrame({C.user_id: pair_users[top].astype(np.int32),
-                                 C.track_id: pair_tracks[top].astype(np.int32),
-                                 C.score: exact[top], C.rank: rank[top]}))
+        out.append(
+            pl.DataFrame(
+                {
+                    C.user_id: pair_users[top].astype(np.int32),
+                    C.track_id: pair_tracks[top].astype(np.int32),
+                    C.score: exact[top],
+                    C.rank: rank[top],
+                }
+            )
+        )
     return out
 
 
@@ -471,8 +565,9 @@ def history_terciles(history: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema={C.user_id: pl.Int32, "segment": pl.Utf8})
     low, high = (values[int(math.floor(q * (len(values) - 1)))] for q in (1 / 3, 2 / 3))
     n = pl.col("n_history")
-    segment = (pl.when(n <= low).then(pl.lit(LIGHT)).when(n <= high).then(pl.lit(MEDIUM))
-               .otherwise(pl.lit(HEAVY)))
+    segment = (
+        pl.when(n <= low).then(pl.lit(LIGHT)).when(n <= high).then(pl.lit(MEDIUM)).otherwise(pl.lit(HEAVY))
+    )
     return history.select(pl.col(C.user_id).cast(pl.Int32), segment.alias("segment"))
 
 
@@ -488,15 +583,23 @@ def user_segments(paths: RunPaths, test: pl.DataFrame | None = None) -> pl.DataF
     if test is None:
         test = held_out_listens(paths)
     test_users = pl.DataFrame({C.user_id: test.get_column(C.user_id).unique()})
-    history = (history_pairs(paths).join(test_users.lazy(), on=C.user_id, how="semi")
-               .group_by(C.user_id).agg(pl.len().alias("n_history")).collect(engine="streaming"))
+    history = (
+        history_pairs(paths)
+        .join(test_users.lazy(), on=C.user_id, how="semi")
+        .group_by(C.user_id)
+        .agg(pl.len().alias("n_history"))
+        .collect(engine="streaming")
+    )
     # a test user with no listen before test_start is cold
     cold = test_users.join(history, on=C.user_id, how="anti").get_column(C.user_id)
-    return pl.concat([
-        history_terciles(history),
-        pl.DataFrame({C.user_id: cold.cast(pl.Int32)}).with_columns(
-            pl.lit(COLD, dtype=pl.Utf8).alias("segment")),
-    ]).sort(C.user_id)
+    return pl.concat(
+        [
+            history_terciles(history),
+            pl.DataFrame({C.user_id: cold.cast(pl.Int32)}).with_columns(
+                pl.lit(COLD, dtype=pl.Utf8).alias("segment")
+            ),
+        ]
+    ).sort(C.user_id)
 
 
 # --------------------------------------------------------------------------- the metrics table
@@ -511,9 +614,18 @@ def _segment_order(names: Iterable[str]) -> list[str]:
     return [s for s in SEGMENT_ORDER if s in names] + sorted(names - set(SEGMENT_ORDER))
 
 
-def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups: dict[str, pl.Series],
-                     ranking: Sequence[RankingMetric], beyond: Sequence[ListMetric], beyond_k: int,
-                     n_boot: int, alpha: float, seed: int) -> list[dict]:
+def _evaluate_groups(
+    model: str,
+    recos: pl.DataFrame,
+    test: pl.DataFrame,
+    groups: dict[str, pl.Series],
+    ranking: Sequence[RankingMetric],
+    beyond: Sequence[ListMetric],
+    beyond_k: int,
+    n_boot: int,
+    alpha: float,
+    seed: int,
+) -> list[dict]:
     """Every metric of one model's lists, for each group of users, from one join of lists and test."""
     max_k = max([m.k for m in ranking] + [beyond_k])
     everyone = pl.concat(list(groups.values())).unique().sort()
@@ -532,18 +644,41 @@ def _evaluate_groups(model: str, recos: pl.DataFrame, test: pl.DataFrame, groups
             values = frame.filter(pl.col(C.user_id).is_in(members)).get_column(VALUE).to_numpy()
             value = float(values.mean()) if values.size else math.nan
             low, high = bootstrap_ci(values, n_boot, alpha, seed)
-            rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
-                         "value": value, "lower": low, "upper": high})
+            rows.append(
+                {
+                    "model": model,
+                    "k": m.k,
+                    "metric": m.name,
+                    "segment": segment,
+                    "value": value,
+                    "lower": low,
+                    "upper": high,
+                }
+            )
         for m in coverage:
             value = float(m.from_lists(top_beyond.for_users(users)))
-            rows.append({"model": model, "k": m.k, "metric": m.name, "segment": segment,
-                         "value": value, "lower": None, "upper": None})
+            rows.append(
+                {
+                    "model": model,
+                    "k": m.k,
+                    "metric": m.name,
+                    "segment": segment,
+                    "value": value,
+                    "lower": None,
+                    "upper": None,
+                }
+            )
     return rows
 
 
-def _beyond_metrics(beyond_k: int, train: pl.DataFrame | None, tracks: pl.DataFrame | None,
-                    n_items: int | None, listeners: pl.DataFrame | None,
-                    n_train_users: int | None) -> list[ListMetric]:
+def _beyond_metrics(
+    beyond_k: int,
+    train: pl.DataFrame | None,
+    tracks: pl.DataFrame | None,
+    n_items: int | None,
+    listeners: pl.DataFrame | None,
+    n_train_users: int | None,
+) -> list[ListMetric]:
     """Coverage, novelty and diversity at ``beyond_k``, each where its input is given."""
     if n_items is None and tracks is not None:
         n_items = tracks.height
@@ -559,13 +694,24 @@ def _beyond_metrics(beyond_k: int, train: pl.DataFrame | None, tracks: pl.DataFr
     return beyond
 
 
-def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
-                    ks: Sequence[int] = (5, 10, 100), beyond_k: int = 10, train: pl.DataFrame | None = None,
-                    tracks: pl.DataFrame | None = None, n_items: int | None = None,
-                    listeners: pl.DataFrame | None = None, n_train_users: int | None = None,
-                    beyond_metrics: Sequence[ListMetric] | None = None,
-                    cold: ListsLike | None = None, cold_models: Sequence[str] = ("top_popular", "final"),
-                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> pl.DataFrame:
+def evaluate_models(
+    lists: Mapping[str, ListsLike],
+    test: pl.DataFrame,
+    segments: pl.DataFrame,
+    ks: Sequence[int] = (5, 10, 100),
+    beyond_k: int = 10,
+    train: pl.DataFrame | None = None,
+    tracks: pl.DataFrame | None = None,
+    n_items: int | None = None,
+    listeners: pl.DataFrame | None = None,
+    n_train_users: int | None = None,
+    beyond_metrics: Sequence[ListMetric] | None = None,
+    cold: ListsLike | None = None,
+    cold_models: Sequence[str] = ("top_popular", "final"),
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pl.DataFrame:
     """Every model's metrics on the test window, for all warm users and for each segment.
 
     Parameters
@@ -615,12 +761,17 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
     warm = with_test.filter(pl.col("segment") != COLD)
     groups = {ALL: warm.get_column(C.user_id).sort()} | {
         name: warm.filter(pl.col("segment") == name).get_column(C.user_id).sort()
-        for name in _segment_order(warm.get_column("segment").unique()) if name != ALL}
+        for name in _segment_order(warm.get_column("segment").unique())
+        if name != ALL
+    }
     cold_users = with_test.filter(pl.col("segment") == COLD).get_column(C.user_id).sort()
 
     ranking: list[RankingMetric] = [cls(k) for k in ks for cls in RANKING_METRICS.values()]
-    beyond = (list(beyond_metrics) if beyond_metrics is not None else
-              _beyond_metrics(beyond_k, train, tracks, n_items, listeners, n_train_users))
+    beyond = (
+        list(beyond_metrics)
+        if beyond_metrics is not None
+        else _beyond_metrics(beyond_k, train, tracks, n_items, listeners, n_train_users)
+    )
     max_k = max([*ks, beyond_k])
 
     rows: list[dict] = []
@@ -630,8 +781,9 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
         rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
     if cold is not None and cold_users.len():
         recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
-        once = _evaluate_groups(COLD, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k,
-                                n_boot, alpha, seed)  # one list under every name: computed once
+        once = _evaluate_groups(
+            COLD, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k, n_boot, alpha, seed
+        )  # one list under every name: computed once
         rows += [r | {"model": model} for model in cold_models for r in once]
     out = pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
     return sort_metrics(out)
@@ -639,35 +791,55 @@ def evaluate_models(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments
 
 def sort_metrics(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows in reading order: models as given, then segment (all, light, medium, heavy, cold), metric, k."""
-    metric_order = ["precision", "recall", "ndcg", "map", "hitrate", "coverage", "novelty", "diversity",
-                    "sampled_recall"]
+    metric_order = [
+        "precision",
+        "recall",
+        "ndcg",
+        "map",
+        "hitrate",
+        "coverage",
+        "novelty",
+        "diversity",
+        "sampled_recall",
+    ]
     models = list(dict.fromkeys(frame.get_column("model").to_list()))
     segments = _segment_order(frame.get_column("segment").unique().to_list())
     metrics = metric_order + sorted(set(frame.get_column("metric").to_list()) - set(metric_order))
+
     def position(column: str, order: list[str]) -> pl.Expr:
         return pl.col(column).replace_strict(order, list(range(len(order))), return_dtype=pl.Int32)
 
-    return (frame.with_columns(position("model", models).alias("_m"),
-                               position("segment", segments).alias("_s"),
-                               position("metric", metrics).alias("_x"))
-            .sort(["_m", "_s", "_x", "k"]).drop("_m", "_s", "_x"))
+    return (
+        frame.with_columns(
+            position("model", models).alias("_m"),
+            position("segment", segments).alias("_s"),
+            position("metric", metrics).alias("_x"),
+        )
+        .sort(["_m", "_s", "_x", "k"])
+        .drop("_m", "_s", "_x")
+    )
 
 
 def metric_at(frame: pl.DataFrame, metric: str, k: int = 10, segment: str = ALL) -> pl.DataFrame:
     """The rows of one ``metric@k`` on ``segment`` of an :func:`evaluate_models` table, best first."""
-    return (frame.filter((pl.col("segment") == segment) & (pl.col("metric") == metric) & (pl.col("k") == k))
-            .sort("value", descending=True))
+    return frame.filter(
+        (pl.col("segment") == segment) & (pl.col("metric") == metric) & (pl.col("k") == k)
+    ).sort("value", descending=True)
 
 
-def headline(frame: pl.DataFrame, k: int = 10, segment: str = ALL,
-             metrics: Sequence[str] = ("ndcg", "recall")) -> pl.DataFrame:
+def headline(
+    frame: pl.DataFrame, k: int = 10, segment: str = ALL, metrics: Sequence[str] = ("ndcg", "recall")
+) -> pl.DataFrame:
     """One row per model: ``metric@k`` values with their intervals, best NDCG first (for display)."""
     part = frame.filter((pl.col("segment") == segment) & (pl.col("k") == k) & pl.col("metric").is_in(metrics))
     wide = None
     for m in metrics:
         one = part.filter(pl.col("metric") == m).select(
-            "model", pl.col("value").alias(f"{m}@{k}"), pl.col("lower").alias(f"{m}@{k} lower"),
-            pl.col("upper").alias(f"{m}@{k} upper"))
+            "model",
+            pl.col("value").alias(f"{m}@{k}"),
+            pl.col("lower").alias(f"{m}@{k} lower"),
+            pl.col("upper").alias(f"{m}@{k} upper"),
+        )
         wide = one if wide is None else wide.join(one, on="model", how="full", coalesce=True)
     return wide.sort(f"{metrics[0]}@{k}", descending=True, nulls_last=True)
 
@@ -675,8 +847,9 @@ def headline(frame: pl.DataFrame, k: int = 10, segment: str = ALL,
 # --------------------------------------------------------------------------- paired comparison
 
 
-def paired_comparison(per_user_a: pl.DataFrame, per_user_b: pl.DataFrame, n_boot: int = 1000,
-                      seed: int = 0, alpha: float = 0.05) -> dict:
+def paired_comparison(
+    per_user_a: pl.DataFrame, per_user_b: pl.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict:
     """Mean difference ``a - b`` of a per-user metric, with a paired bootstrap interval.
 
     ``per_user_a`` and ``per_user_b`` are ``user_id, value`` frames of the same metric
@@ -695,16 +868,23 @@ def paired_comparison(per_user_a: pl.DataFrame, per_user_b: pl.DataFrame, n_boot
     both = a.join(b, on=C.user_id, how="full", coalesce=True).fill_null(0.0)
     va, vb = both.get_column("a").to_numpy(), both.get_column("b").to_numpy()
     low, high = bootstrap_diff_ci(va, vb, n_boot, alpha, seed)
-    return {"n_users": int(both.height), "mean_a": _mean(va), "mean_b": _mean(vb), "diff": _mean(va - vb),
-            "lower": low, "upper": high}
+    return {
+        "n_users": int(both.height),
+        "mean_a": _mean(va),
+        "mean_b": _mean(vb),
+        "diff": _mean(va - vb),
+        "lower": low,
+        "upper": high,
+    }
 
 
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def verdict(model_a: str, model_b: str, metric: str, diff: float, lower: float, upper: float,
-            alpha: float = 0.05) -> str:
+def verdict(
+    model_a: str, model_b: str, metric: str, diff: float, lower: float, upper: float, alpha: float = 0.05
+) -> str:
     """One line from the interval of ``a - b``: a beats b, a is worse, or no significant difference."""
     level = f"{100 * (1 - alpha):g}% CI"
     interval = f"({level} {lower:+.4f} to {upper:+.4f})"
@@ -715,21 +895,39 @@ def verdict(model_a: str, model_b: str, metric: str, diff: float, lower: float, 
     return f"no significant difference between {model_a} and {model_b} on {metric}: {diff:+.4f} {interval}"
 
 
-def best_generator(results: pl.DataFrame, k: int = 10, metric: str = "ndcg", segment: str = ALL,
-                   exclude: Iterable[str] = ("final", "oracle")) -> str:
+def best_generator(
+    results: pl.DataFrame,
+    k: int = 10,
+    metric: str = "ndcg",
+    segment: str = ALL,
+    exclude: Iterable[str] = ("final", "oracle"),
+) -> str:
     """The model with the highest ``metric@k`` on ``segment`` in an :func:`evaluate_models` table."""
-    part = results.filter((pl.col("metric") == metric) & (pl.col("k") == k) & (pl.col("segment") == segment)
-                          & ~pl.col("model").is_in(list(exclude)) & pl.col("value").is_not_nan())
+    part = results.filter(
+        (pl.col("metric") == metric)
+        & (pl.col("k") == k)
+        & (pl.col("segment") == segment)
+        & ~pl.col("model").is_in(list(exclude))
+        & pl.col("value").is_not_nan()
+    )
     if not part.height:
         raise ValueError(f"no model other than {list(exclude)} has {metric}@{k} on segment {segment!r}")
     return part.sort(["value", "model"], descending=[True, False]).get_column("model")[0]
 
 
-def compare_final(lists: Mapping[str, ListsLike], test: pl.DataFrame, results: pl.DataFrame,
-                  users: pl.Series | Iterable[int] | None = None, k: int = 10,
-                  metrics: Sequence[str] = ("ndcg", "recall"), final: str = "final",
-                  exclude: Iterable[str] = ("oracle",), n_boot: int = 1000, alpha: float = 0.05,
-                  seed: int = 0) -> pl.DataFrame:
+def compare_final(
+    lists: Mapping[str, ListsLike],
+    test: pl.DataFrame,
+    results: pl.DataFrame,
+    users: pl.Series | Iterable[int] | None = None,
+    k: int = 10,
+    metrics: Sequence[str] = ("ndcg", "recall"),
+    final: str = "final",
+    exclude: Iterable[str] = ("oracle",),
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pl.DataFrame:
     """The final list against the best single generator (by NDCG@k in ``results``), paired by user.
 
     ``users``: the users compared, normally the warm test users (segment ``all``);
@@ -748,23 +946,42 @@ def compare_final(lists: Mapping[str, ListsLike], test: pl.DataFrame, results: p
     users_df = _users_frame(users)
     metric_objects = [RANKING_METRICS[m](k) for m in metrics]
     test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
-    per_model = {name: evaluate_per_user(_collect_lists(lists[name], users_df, k), test, metric_objects,
-                                         users=users_df.get_column(C.user_id))
-                 for name in (final, best)}
+    per_model = {
+        name: evaluate_per_user(
+            _collect_lists(lists[name], users_df, k),
+            test,
+            metric_objects,
+            users=users_df.get_column(C.user_id),
+        )
+        for name in (final, best)
+    }
     rows = []
     for i, m in enumerate(metric_objects):
         result = paired_comparison(per_model[final][i], per_model[best][i], n_boot, seed, alpha)
-        rows.append({"metric": m.name, "k": k, "model_a": final, "model_b": best} | result | {
-            "verdict": verdict(final, best, f"{m.name}@{k}", result["diff"], result["lower"], result["upper"],
-                               alpha)})
+        rows.append(
+            {"metric": m.name, "k": k, "model_a": final, "model_b": best}
+            | result
+            | {
+                "verdict": verdict(
+                    final, best, f"{m.name}@{k}", result["diff"], result["lower"], result["upper"], alpha
+                )
+            }
+        )
     return pl.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- sampled protocol
 
 
-def _negative_matrix(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray, n_negatives: int,
-                     rng: np.random.Generator, max_rounds: int, chunk: int = 20_000) -> np.ndarray:
+def _negative_matrix(
+    users: np.ndarray,
+    heard_keys: np.ndarray,
+    tracks: np.ndarray,
+    n_negatives: int,
+    rng: np.random.Generator,
+    max_rounds: int,
+    chunk: int = 20_000,
+) -> np.ndarray:
     """``len(users) × n_negatives`` distinct unheard tracks per row (``heard_keys`` sorted); -1 pads.
 
     Rows are drawn ``chunk`` at a time, which bounds the memory of the rejection step.
@@ -776,8 +993,14 @@ def _negative_matrix(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarr
     return out
 
 
-def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray, n_negatives: int,
-                   rng: np.random.Generator, max_rounds: int) -> np.ndarray:
+def _negative_rows(
+    users: np.ndarray,
+    heard_keys: np.ndarray,
+    tracks: np.ndarray,
+    n_negatives: int,
+    rng: np.random.Generator,
+    max_rounds: int,
+) -> np.ndarray:
     out = np.full((len(users), n_negatives), -1, dtype=np.int64)
     todo = np.arange(len(users))
     width = n_negatives + 10 + n_negatives // 4
@@ -803,21 +1026,30 @@ def _negative_rows(users: np.ndarray, heard_keys: np.ndarray, tracks: np.ndarray
         for row in todo:  # a handful of rows at most, after max_rounds doublings
             free = tracks[index_of(heard_keys, pair_keys(np.full(len(tracks), users[row]), tracks)) < 0]
             free = rng.permutation(free)[:n_negatives]
-            out[row, :len(free)] = free
+            out[row, : len(free)] = free
     return out
 
 
 def _heard_keys(heard: ListsLike, users: np.ndarray) -> np.ndarray:
     """Sorted pair keys of the ``heard`` rows of ``users``."""
-    frame = (heard.lazy().join(pl.DataFrame({C.user_id: np.unique(users).astype(np.int32)}).lazy(),
-                               on=C.user_id, how="semi")
-             .select(pl.col(C.user_id), pl.col(C.track_id)).collect(engine="streaming"))
+    frame = (
+        heard.lazy()
+        .join(pl.DataFrame({C.user_id: np.unique(users).astype(np.int32)}).lazy(), on=C.user_id, how="semi")
+        .select(pl.col(C.user_id), pl.col(C.track_id))
+        .collect(engine="streaming")
+    )
     keys = pair_keys(frame.get_column(C.user_id).to_numpy(), frame.get_column(C.track_id).to_numpy())
     return np.sort(keys)
 
 
-def sample_negatives(listens: pl.DataFrame, heard: ListsLike, catalogue: pl.Series | np.ndarray,
-                     n_negatives: int = 100, seed: int = 0, max_rounds: int = 8) -> pl.DataFrame:
+def sample_negatives(
+    listens: pl.DataFrame,
+    heard: ListsLike,
+    catalogue: pl.Series | np.ndarray,
+    n_negatives: int = 100,
+    seed: int = 0,
+    max_rounds: int = 8,
+) -> pl.DataFrame:
     """``listen, user_id, track_id``: ``n_negatives`` distinct tracks the user never heard, per listen.
 
     ``listens``: ``listen`` (an id), ``user_id``. ``heard``: ``user_id, track_id`` pairs
@@ -829,11 +1061,21 @@ def sample_negatives(listens: pl.DataFrame, heard: ListsLike, catalogue: pl.Seri
     """
     tracks = catalogue.to_numpy() if isinstance(catalogue, pl.Series) else np.asarray(catalogue)
     users = listens.get_column(C.user_id).to_numpy()
-    matrix = _negative_matrix(users, _heard_keys(heard, users), np.asarray(tracks, dtype=np.int64),
-                              n_negatives, np.random.default_rng(seed), max_rounds)
-    frame = pl.DataFrame({"listen": np.repeat(listens.get_column("listen").to_numpy(), n_negatives),
-                          C.user_id: np.repeat(users, n_negatives).astype(np.int32),
-                          C.track_id: matrix.ravel()})
+    matrix = _negative_matrix(
+        users,
+        _heard_keys(heard, users),
+        np.asarray(tracks, dtype=np.int64),
+        n_negatives,
+        np.random.default_rng(seed),
+        max_rounds,
+    )
+    frame = pl.DataFrame(
+        {
+            "listen": np.repeat(listens.get_column("listen").to_numpy(), n_negatives),
+            C.user_id: np.repeat(users, n_negatives).astype(np.int32),
+            C.track_id: matrix.ravel(),
+        }
+    )
     return frame.filter(pl.col(C.track_id) >= 0).with_columns(pl.col(C.track_id).cast(pl.Int32))
 
 
@@ -855,20 +1097,31 @@ def _positions(keys: np.ndarray, ties: np.ndarray) -> np.ndarray:
 def sampled_listens(test: pl.DataFrame, max_listens: int = 200_000, seed: int = 0) -> pl.DataFrame:
     """``user_id, track_id``: the test listens :func:`sampled_protocol` ranks (distinct, at most
     ``max_listens`` sampled with the seed, sorted)."""
-    listens = (test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).unique()
-               .sort([C.user_id, C.track_id]))
+    listens = (
+        test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+        .unique()
+        .sort([C.user_id, C.track_id])
+    )
     if listens.height > max_listens:
         listens = listens.sample(max_listens, seed=seed).sort([C.user_id, C.track_id])
     return listens
 
 
-def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series | np.ndarray,
-                     lists: Mapping[str, ListsLike] | None = None,
-                     global_scores: Mapping[str, pl.DataFrame] | None = None,
-                     pair_scorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
-                     n_negatives: int = 100, ks: Sequence[int] = (5, 10), max_listens: int = 200_000,
-                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                     batch_pairs: int = 2_000_000) -> pl.DataFrame:
+def sampled_protocol(
+    test: pl.DataFrame,
+    heard: ListsLike,
+    catalogue: pl.Series | np.ndarray,
+    lists: Mapping[str, ListsLike] | None = None,
+    global_scores: Mapping[str, pl.DataFrame] | None = None,
+    pair_scorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+    n_negatives: int = 100,
+    ks: Sequence[int] = (5, 10),
+    max_listens: int = 200_000,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    batch_pairs: int = 2_000_000,
+) -> pl.DataFrame:
     """The sampled protocol of one seed report: the held-out track among 100 random unheard ones.
 
     **Biased**, and shown only as a secondary table: random negatives are mostly obscure
@@ -902,8 +1155,9 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
     users = listens.get_column(C.user_id).to_numpy()
     tracks = catalogue.to_numpy() if isinstance(catalogue, pl.Series) else np.asarray(catalogue)
     rng = np.random.default_rng(seed)
-    negatives = _negative_matrix(users, _heard_keys(heard, users), np.asarray(tracks, dtype=np.int64),
-                                 n_negatives, rng, max_rounds=8)
+    negatives = _negative_matrix(
+        users, _heard_keys(heard, users), np.asarray(tracks, dtype=np.int64), n_negatives, rng, max_rounds=8
+    )
     # row i: the held-out track, then its negatives; -1 pads a row short of negatives
     grid = np.concatenate([listens.get_column(C.track_id).to_numpy()[:, None], negatives], axis=1)
     width = grid.shape[1]
@@ -941,17 +1195,35 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
         for k in ks:
             hit = (position <= k).astype(np.float64)
             low, high = bootstrap_ci(hit, n_boot, alpha, seed)
-            out.append({"model": name, "k": k, "metric": "sampled_recall", "segment": ALL,
-                        "value": _mean(hit), "lower": low, "upper": high})
+            out.append(
+                {
+                    "model": name,
+                    "k": k,
+                    "metric": "sampled_recall",
+                    "segment": ALL,
+                    "value": _mean(hit),
+                    "lower": low,
+                    "upper": high,
+                }
+            )
 
     for name, frame in (lists or {}).items():
-        ranks = (frame.lazy().join(sampled_users.lazy(), on=C.user_id, how="semi")
-                 .select(pair_key().alias("key"), pl.col(C.rank).cast(pl.Float64))
-                 .group_by("key").agg(pl.col(C.rank).min()).sort("key").collect(engine="streaming"))
+        ranks = (
+            frame.lazy()
+            .join(sampled_users.lazy(), on=C.user_id, how="semi")
+            .select(pair_key().alias("key"), pl.col(C.rank).cast(pl.Float64))
+            .group_by("key")
+            .agg(pl.col(C.rank).min())
+            .sort("key")
+            .collect(engine="streaming")
+        )
         add(name, lookup(ranks.get_column("key").to_numpy(), ranks.get_column(C.rank).to_numpy(), math.inf))
     for name, table in (global_scores or {}).items():
-        table = (table.select(pl.col(C.track_id).cast(pl.Int64), pl.col(C.score).cast(pl.Float64))
-                 .unique(C.track_id).sort(C.track_id))
+        table = (
+            table.select(pl.col(C.track_id).cast(pl.Int64), pl.col(C.score).cast(pl.Float64))
+            .unique(C.track_id)
+            .sort(C.track_id)
+        )
         ids, values = table.get_column(C.track_id).to_numpy(), table.get_column(C.score).to_numpy()
         row = _rows_of(ids, flat_tracks, len(ids))  # a direct table where track ids are dense
         add(name, -np.append(values, 0.0)[row])
@@ -959,7 +1231,7 @@ def sampled_protocol(test: pl.DataFrame, heard: ListsLike, catalogue: pl.Series 
         real = np.flatnonzero(~pad.ravel())
         keys = np.full(len(flat_tracks), math.inf)
         for lo in range(0, len(real), batch_pairs):
-            cells = real[lo:lo + batch_pairs]
+            cells = real[lo : lo + batch_pairs]
             keys[cells] = -np.asarray(scorer(flat_users[cells], flat_tracks[cells]), dtype=np.float64)
         add(name, keys)
     return pl.DataFrame(out, schema=METRICS_SCHEMA, orient="row")
@@ -974,18 +1246,23 @@ def write_metrics(frame: pl.DataFrame, paths: RunPaths) -> tuple[Path, Path]:
     NaN (a metric with no user to average over) becomes ``null`` in the JSON, which
     has no NaN.
     """
-    rows = [{key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in row.items()}
-            for row in frame.iter_rows(named=True)]
-    return (write_parquet(frame, paths.outputs / "metrics.parquet"),
-            write_json(rows, paths.outputs / "metrics.json"))
+    rows = [
+        {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in row.items()}
+        for row in frame.iter_rows(named=True)
+    ]
+    return (
+        write_parquet(frame, paths.outputs / "metrics.parquet"),
+        write_json(rows, paths.outputs / "metrics.json"),
+    )
 
 
 def write_comparison(comparison: pl.DataFrame, paths: RunPaths) -> Path:
     """Write ``outputs/<run>/evaluation.json``: :func:`compare_final`'s rows and their verdicts
     (the report's index page lists the verdicts)."""
     verdicts = comparison.get_column("verdict").to_list()
-    return write_json({"comparison": comparison.to_dicts(), "verdicts": verdicts},
-                      paths.outputs / "evaluation.json")
+    return write_json(
+        {"comparison": comparison.to_dicts(), "verdicts": verdicts}, paths.outputs / "evaluation.json"
+    )
 
 
 # --------------------------------------------------------------------------- one pass over the models
@@ -1008,10 +1285,17 @@ class ModelsPass:
     sampled: dict[str, pl.DataFrame]
 
 
-def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segments: pl.DataFrame,
-                        k_max: int, keep_k: int = 10, keep_users: pl.Series | None = None,
-                        curve_ks: Sequence[int] = CURVE_KS, cold: ListsLike | None = None,
-                        **evaluate: Any) -> ModelsPass:
+def evaluate_each_model(
+    lists: Mapping[str, ListsLike],
+    test: pl.DataFrame,
+    segments: pl.DataFrame,
+    k_max: int,
+    keep_k: int = 10,
+    keep_users: pl.Series | None = None,
+    curve_ks: Sequence[int] = CURVE_KS,
+    cold: ListsLike | None = None,
+    **evaluate: Any,
+) -> ModelsPass:
     """:func:`evaluate_models` and :func:`metric_curves` with each model's lists collected once.
 
     The lists (lazy frames of the files, or frames) are read one model at a time, to
@@ -1022,14 +1306,17 @@ def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segm
     functions called on every model at once.
     """
     segs = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
-    warm = segs.filter(pl.col("segment") != COLD).join(test.select(pl.col(C.user_id).cast(pl.Int32)).unique(),
-                                                        on=C.user_id, how="semi")
+    warm = segs.filter(pl.col("segment") != COLD).join(
+        test.select(pl.col(C.user_id).cast(pl.Int32)).unique(), on=C.user_id, how="semi"
+    )
     warm_df = pl.DataFrame({C.user_id: warm.get_column(C.user_id).sort()})
     warm_test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32)).join(
-        warm_df, on=C.user_id, how="semi")
+        warm_df, on=C.user_id, how="semi"
+    )
     keep_df = None if keep_users is None else _users_frame(keep_users)
-    inputs = {key: evaluate.pop(key, None)
-              for key in ("train", "tracks", "n_items", "listeners", "n_train_users")}
+    inputs = {
+        key: evaluate.pop(key, None) for key in ("train", "tracks", "n_items", "listeners", "n_train_users")
+    }
     evaluate["beyond_metrics"] = _beyond_metrics(int(evaluate.get("beyond_k", 10)), **inputs)  # built once
     tables, curves, rows, top, sampled = [], [], {}, {}, {}
     for name, frame in lists.items():
@@ -1050,33 +1337,48 @@ def evaluate_each_model(lists: Mapping[str, ListsLike], test: pl.DataFrame, segm
 # --------------------------------------------------------------------------- figures' data
 
 
-def metric_curves(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series,
-                  ks: Sequence[int] = CURVE_KS) -> pl.DataFrame:
+def metric_curves(
+    lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series, ks: Sequence[int] = CURVE_KS
+) -> pl.DataFrame:
     """``model, k, metric, value``: mean recall@k and NDCG@k over ``users`` for every k (no intervals)."""
     users_df = _users_frame(users)
     test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
     metrics = [m(k) for k in ks for m in (Recall, NDCG)]
     rows = []
     for name, recos in lists.items():
-        per_user = evaluate_per_user(_collect_lists(recos, users_df, max(ks)), test, metrics,
-                                     users=users_df.get_column(C.user_id))
-        rows += [{"model": name, "k": m.k, "metric": m.name, "value": _mean(v.get_column(VALUE).to_numpy())}
-                 for m, v in zip(metrics, per_user, strict=True)]
+        per_user = evaluate_per_user(
+            _collect_lists(recos, users_df, max(ks)), test, metrics, users=users_df.get_column(C.user_id)
+        )
+        rows += [
+            {"model": name, "k": m.k, "metric": m.name, "value": _mean(v.get_column(VALUE).to_numpy())}
+            for m, v in zip(metrics, per_user, strict=True)
+        ]
     return pl.DataFrame(rows)
 
 
-def popularity_bias(lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series,
-                    listeners: pl.DataFrame, k: int = 10) -> pl.DataFrame:
+def popularity_bias(
+    lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series, listeners: pl.DataFrame, k: int = 10
+) -> pl.DataFrame:
     """``model, listeners``: the popularity (listeners before the test window) of every recommended
     top-``k`` track, and under model ``"test listens"`` of what the users actually heard."""
     users_df = _users_frame(users)
-    frames = [test.join(users_df, on=C.user_id, how="semi").select(C.track_id)
-              .with_columns(pl.lit("test listens").alias("model"))]
+    frames = [
+        test.join(users_df, on=C.user_id, how="semi")
+        .select(C.track_id)
+        .with_columns(pl.lit("test listens").alias("model"))
+    ]
     for name, recos in lists.items():
-        frames.append(_collect_lists(recos, users_df, k).filter(pl.col(C.rank) <= k).select(C.track_id)
-                      .with_columns(pl.lit(name).alias("model")))
-    return (pl.concat(frames).join(listeners, on=C.track_id, how="left")
-            .select("model", pl.col("listeners").fill_null(0)))
+        frames.append(
+            _collect_lists(recos, users_df, k)
+            .filter(pl.col(C.rank) <= k)
+            .select(C.track_id)
+            .with_columns(pl.lit(name).alias("model"))
+        )
+    return (
+        pl.concat(frames)
+        .join(listeners, on=C.track_id, how="left")
+        .select("model", pl.col("listeners").fill_null(0))
+    )
 
 
 def candidate_recall_n(paths: RunPaths, k_max: int) -> int:
@@ -1086,9 +1388,14 @@ def candidate_recall_n(paths: RunPaths, k_max: int) -> int:
     return int(lengths.filter(lengths <= k_max).max() or lengths.min())
 
 
-def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike] | None, test: pl.DataFrame,
-                            users: pl.Series, k_max: int,
-                            curves: pl.DataFrame | None = None) -> tuple[int, pl.DataFrame]:
+def candidate_recall_beside(
+    paths: RunPaths,
+    lists: Mapping[str, ListsLike] | None,
+    test: pl.DataFrame,
+    users: pl.Series,
+    k_max: int,
+    curves: pl.DataFrame | None = None,
+) -> tuple[int, pl.DataFrame]:
     """Each generator's candidate recall (labels window, from the candidates stage) beside its
     recall on the test window at the same list length, and the final list's.
 
@@ -1106,14 +1413,22 @@ def candidate_recall_beside(paths: RunPaths, lists: Mapping[str, ListsLike] | No
         if not test_recall.height:
             raise ValueError(f"curves: no recall@{n}; compute them with {n} among the ks")
     else:
-        test_recall = metric_curves({m: f for m, f in (lists or {}).items() if m != "oracle"}, test, users,
-                                    ks=[n])
-    frame = (measured.filter(pl.col("n") == n)
-             .select(pl.col("generator").alias("model"), pl.col("recall").alias("candidate recall (labels)"))
-             .join(test_recall.filter(pl.col("metric") == "recall")
-                   .select("model", pl.col("value").alias("recall (test)")), on="model", how="full",
-                   coalesce=True)
-             .sort("recall (test)", descending=True, nulls_last=True))
+        test_recall = metric_curves(
+            {m: f for m, f in (lists or {}).items() if m != "oracle"}, test, users, ks=[n]
+        )
+    frame = (
+        measured.filter(pl.col("n") == n)
+        .select(pl.col("generator").alias("model"), pl.col("recall").alias("candidate recall (labels)"))
+        .join(
+            test_recall.filter(pl.col("metric") == "recall").select(
+                "model", pl.col("value").alias("recall (test)")
+            ),
+            on="model",
+            how="full",
+            coalesce=True,
+        )
+        .sort("recall (test)", descending=True, nulls_last=True)
+    )
     return n, frame
 
 
@@ -1124,10 +1439,14 @@ def expectation_checks(ndcg: pl.DataFrame) -> list[str]:
     checks = []
     if {"random", "top_popular", "personal_als"} <= set(value):
         ordered = value["random"] < value["top_popular"] < value["personal_als"]
-        checks.append(f"random < top-popular < ALS on NDCG@10: **{'yes' if ordered else 'no'}** "
-                      f"({value['random']:.4f}, {value['top_popular']:.4f}, {value['personal_als']:.4f}).")
+        checks.append(
+            f"random < top-popular < ALS on NDCG@10: **{'yes' if ordered else 'no'}** "
+            f"({value['random']:.4f}, {value['top_popular']:.4f}, {value['personal_als']:.4f})."
+        )
     if "oracle" in value:
         above = all(value["oracle"] > v for m, v in value.items() if m != "oracle")
-        checks.append(f"The oracle ({value['oracle']:.4f}) is above every model on NDCG@10: "
-                      f"**{'yes' if above else 'no'}**.")
+        checks.append(
+            f"The oracle ({value['oracle']:.4f}) is above every model on NDCG@10: "
+            f"**{'yes' if above else 'no'}**."
+        )
     return checks

@@ -85,8 +85,7 @@ def _require(frame: pl.DataFrame, columns: Sequence[str], what: str) -> None:
 def _ids(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
     """The columns with the id columns cast to Int32 (strict: ids beyond int32 are an error)."""
     return frame.select(
-        pl.col(c).cast(pl.Int32, strict=True) if c in (C.user_id, C.track_id) else pl.col(c)
-        for c in columns
+        pl.col(c).cast(pl.Int32, strict=True) if c in (C.user_id, C.track_id) else pl.col(c) for c in columns
     )
 
 
@@ -200,8 +199,13 @@ class Hits:
     _stats: dict[int, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def compute(cls, recos: pl.DataFrame | TopLists, relevant: pl.DataFrame, max_k: int,
-                users: pl.Series | Iterable[int] | None = None) -> Hits:
+    def compute(
+        cls,
+        recos: pl.DataFrame | TopLists,
+        relevant: pl.DataFrame,
+        max_k: int,
+        users: pl.Series | Iterable[int] | None = None,
+    ) -> Hits:
         """Join ``recos`` (or lists already cut) to ``relevant`` once, for every k ≤ ``max_k``."""
         lists = _lists(recos, max_k)
         _check_k(max_k, lists.max_k)
@@ -213,13 +217,15 @@ class Hits:
             keys = keys.filter(key_user.is_in(user_set.implode()))
         n_rel = keys.group_by(key_user).agg(pl.len().cast(pl.Int64).alias("n_relevant")).sort(C.user_id)
         hits = (
-            lists.top(max_k).lazy()
+            lists.top(max_k)
+            .lazy()
             .join(keys.lazy(), left_on=pair_key(), right_on="key", how="semi")
             .collect()
             .sort([C.user_id, POSITION])
             .unique([C.user_id, C.track_id], keep="first", maintain_order=True)
             .select(
-                C.user_id, POSITION,
+                C.user_id,
+                POSITION,
                 pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(C.user_id).alias(HIT_INDEX),
             )
         )
@@ -241,7 +247,9 @@ class Hits:
             )
             joined = self.users.join(per_user, on=C.user_id, how="left", maintain_order="left")
             self._stats[k] = joined.with_columns(
-                pl.col("n_hits").fill_null(0), pl.col("dcg").fill_null(0.0), pl.col("ap_sum").fill_null(0.0),
+                pl.col("n_hits").fill_null(0),
+                pl.col("dcg").fill_null(0.0),
+                pl.col("ap_sum").fill_null(0.0),
             )
         return self._stats[k]
 
@@ -257,12 +265,14 @@ class Metric:
     per_user: ClassVar[bool] = True
     k: int
 
-    def calc_per_user(self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None,
-                      users: pl.Series | None = None) -> pl.DataFrame:
+    def calc_per_user(
+        self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None, users: pl.Series | None = None
+    ) -> pl.DataFrame:
         raise NotImplementedError
 
-    def calc(self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None,
-             users: pl.Series | None = None) -> float:
+    def calc(
+        self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None, users: pl.Series | None = None
+    ) -> float:
         """The mean of :meth:`calc_per_user` (NaN when no user is evaluated)."""
         return _mean(self.calc_per_user(recos, relevant, users))
 
@@ -285,8 +295,9 @@ class RankingMetric(Metric):
     def __post_init__(self) -> None:
         _validate_k(self.k)
 
-    def calc_per_user(self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None,
-                      users: pl.Series | None = None) -> pl.DataFrame:
+    def calc_per_user(
+        self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None, users: pl.Series | None = None
+    ) -> pl.DataFrame:
         if relevant is None:
             raise ValueError(f"{type(self).__name__} needs the relevant interactions")
         return self.from_hits(Hits.compute(recos, relevant, self.k, users))
@@ -419,8 +430,9 @@ class ListMetric(Metric):
     def __post_init__(self) -> None:
         _validate_k(self.k)
 
-    def calc_per_user(self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None,
-                      users: pl.Series | None = None) -> pl.DataFrame:
+    def calc_per_user(
+        self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None, users: pl.Series | None = None
+    ) -> pl.DataFrame:
         lists = _lists(recos, self.k).for_users(_beyond_users(relevant, users))
         return self.from_lists(lists)
 
@@ -456,8 +468,9 @@ class Coverage(ListMetric):
     def calc_per_user(self, recos, relevant=None, users=None) -> pl.DataFrame:
         raise TypeError("coverage is a property of all lists together; use calc()")
 
-    def calc(self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None,
-             users: pl.Series | None = None) -> float:
+    def calc(
+        self, recos: pl.DataFrame, relevant: pl.DataFrame | None = None, users: pl.Series | None = None
+    ) -> float:
         lists = _lists(recos, self.k).for_users(_beyond_users(relevant, users))
         return self.from_lists(lists)
 
@@ -490,7 +503,8 @@ def novelty_from_counts(listeners: pl.DataFrame, n_users: int) -> tuple[pl.DataF
         raise ValueError("train: no interactions to measure novelty against")
     table = listeners.filter(pl.col("listeners") > 0).select(
         pl.col(C.track_id).cast(pl.Int32, strict=True),
-        (math.log2(n_users) - pl.col("listeners").cast(pl.Float64).log(2)).alias("novelty"))
+        (math.log2(n_users) - pl.col("listeners").cast(pl.Float64).log(2)).alias("novelty"),
+    )
     return table, math.log2(n_users)
 
 
@@ -528,8 +542,10 @@ class Novelty(ListMetric):
         elif self.listeners is not None and self.n_users is not None:
             table = novelty_from_counts(self.listeners, self.n_users)
         else:
-            raise ValueError("Novelty needs the training interactions (train=...), or their counts "
-                             "(listeners=..., n_users=...)")
+            raise ValueError(
+                "Novelty needs the training interactions (train=...), or their counts "
+                "(listeners=..., n_users=...)"
+            )
         object.__setattr__(self, "_table", table)
 
     def from_lists(self, lists: TopLists) -> pl.DataFrame:
@@ -586,10 +602,14 @@ class IntraListDiversity(ListMetric):
         slots = np.full((int(new_user.sum()), self.k), missing, dtype=np.int32)
         slots[np.cumsum(new_user) - 1, top.get_column(POSITION).to_numpy() - 1] = row
         words = np.ascontiguousarray(masks.T)
-        values = [_mean_pair_distance(slots[s:s + DIVERSITY_CHUNK], words, sizes, missing)
-                  for s in range(0, len(slots), DIVERSITY_CHUNK)]
-        out = pl.DataFrame({C.user_id: user[new_user], VALUE: np.concatenate([np.zeros(0), *values])},
-                           schema=_PER_USER_SCHEMA)
+        values = [
+            _mean_pair_distance(slots[s : s + DIVERSITY_CHUNK], words, sizes, missing)
+            for s in range(0, len(slots), DIVERSITY_CHUNK)
+        ]
+        out = pl.DataFrame(
+            {C.user_id: user[new_user], VALUE: np.concatenate([np.zeros(0), *values])},
+            schema=_PER_USER_SCHEMA,
+        )
         return out.filter(pl.col(VALUE).is_not_nan()).sort(C.user_id)
 
 
@@ -617,12 +637,7 @@ def genre_masks(tracks: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"tracks: missing column '{C.genres}'")
     tracks = tracks.select(pl.col(C.track_id).cast(pl.Int32), pl.col(C.genres)).sort(C.track_id)
     track_ids = tracks.get_column(C.track_id).to_numpy()
-    pairs = (
-        tracks.with_row_index("row")
-        .explode(C.genres)
-        .drop_nulls(C.genres)
-        .unique(["row", C.genres])
-    )
+    pairs = tracks.with_row_index("row").explode(C.genres).drop_nulls(C.genres).unique(["row", C.genres])
     genre_index = pairs.get_column(C.genres).rank("dense").cast(pl.Int64).to_numpy() - 1
     n_words = max(1, -(-int(genre_index.max() + 1 if len(genre_index) else 0) // 64))
     masks = np.zeros((len(track_ids) + 1, n_words), dtype=np.uint64)
@@ -646,7 +661,7 @@ def _mean_pair_distance(slots: np.ndarray, words: np.ndarray, sizes: np.ndarray,
     slots = slots.copy()
     k = slots.shape[1]
     for j in range(1, k):  # later copies of a track are dropped
-        repeated = (slots[:, :j] == slots[:, j:j + 1]).any(axis=1)
+        repeated = (slots[:, :j] == slots[:, j : j + 1]).any(axis=1)
         slots[repeated, j] = missing
     slot_words = [[w[slots[:, i]] for w in words] for i in range(k)]
     slot_sizes = [sizes[slots[:, i]] for i in range(k)]
@@ -676,8 +691,9 @@ def _support(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(distinct) <= BOOTSTRAP_MAX_SUPPORT:
         return distinct, counts
     low, high = float(values.min()), float(values.max())
-    bins = np.minimum(((values - low) / (high - low) * BOOTSTRAP_MAX_SUPPORT).astype(np.int64),
-                      BOOTSTRAP_MAX_SUPPORT - 1)
+    bins = np.minimum(
+        ((values - low) / (high - low) * BOOTSTRAP_MAX_SUPPORT).astype(np.int64), BOOTSTRAP_MAX_SUPPORT - 1
+    )
     counts = np.bincount(bins, minlength=BOOTSTRAP_MAX_SUPPORT)
     sums = np.bincount(bins, weights=values, minlength=BOOTSTRAP_MAX_SUPPORT)
     used = counts > 0
@@ -702,8 +718,9 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np
     return resampled @ support / x.size
 
 
-def bootstrap_ci(per_user_values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    per_user_values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval ``(lower, upper)`` of the mean over users.
 
     Users are resampled with replacement ``n_boot`` times (see
@@ -728,8 +745,9 @@ def bootstrap_ci(per_user_values: np.ndarray, n_boot: int = 1000, alpha: float =
     return float(low), float(high)
 
 
-def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
-                      seed: int = 0) -> tuple[float, float]:
+def bootstrap_diff_ci(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Paired bootstrap interval of ``mean(a) - mean(b)``, two models on the same users.
 
     ``a[i]`` and ``b[i]`` must be the same user (align per-user frames by a join on
@@ -751,8 +769,12 @@ def bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, alpha: f
 # --------------------------------------------------------------------------- evaluate
 
 
-def evaluate_per_user(recos: pl.DataFrame, relevant: pl.DataFrame, metrics: Sequence[Metric],
-                      users: pl.Series | Iterable[int] | None = None) -> list[pl.DataFrame | float]:
+def evaluate_per_user(
+    recos: pl.DataFrame,
+    relevant: pl.DataFrame,
+    metrics: Sequence[Metric],
+    users: pl.Series | Iterable[int] | None = None,
+) -> list[pl.DataFrame | float]:
     """Each metric's per-user frame (``user_id, value``), or its value for coverage, in order.
 
     The lists are cut and joined to ``relevant`` once for all metrics and ks. Use it
@@ -775,9 +797,15 @@ def evaluate_per_user(recos: pl.DataFrame, relevant: pl.DataFrame, metrics: Sequ
     return [m.from_hits(hits) if isinstance(m, RankingMetric) else m.from_lists(beyond) for m in metrics]
 
 
-def evaluate(recos: pl.DataFrame, relevant: pl.DataFrame, metrics: Sequence[Metric],
-             users: pl.Series | Iterable[int] | None = None, n_boot: int = 1000, alpha: float = 0.05,
-             seed: int = 0) -> pl.DataFrame:
+def evaluate(
+    recos: pl.DataFrame,
+    relevant: pl.DataFrame,
+    metrics: Sequence[Metric],
+    users: pl.Series | Iterable[int] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pl.DataFrame:
     """Every metric with a percentile bootstrap interval over users.
 
     Returns one row per metric: ``metric`` (its name), ``k``, ``value`` (mean over
@@ -804,6 +832,13 @@ def evaluate(recos: pl.DataFrame, relevant: pl.DataFrame, metrics: Sequence[Metr
             value, low, high = float(result), None, None
         rows.append({"metric": m.name, "k": int(m.k), "value": value, "lower": low, "upper": high})
     return pl.DataFrame(
-        rows, schema={"metric": pl.Utf8, "k": pl.Int32, "value": pl.Float64, "lower": pl.Float64,
-                      "upper": pl.Float64}, orient="row",
+        rows,
+        schema={
+            "metric": pl.Utf8,
+            "k": pl.Int32,
+            "value": pl.Float64,
+            "lower": pl.Float64,
+            "upper": pl.Float64,
+        },
+        orient="row",
     )

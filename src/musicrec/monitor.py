@@ -35,7 +35,7 @@ class MemoryTimeline:
         hi = bisect.bisect_right(self.times, end)
         if hi == 0 or lo >= len(self.times):
             return None
-        return max(self.rss[lo:max(hi, lo + 1)])
+        return max(self.rss[lo : max(hi, lo + 1)])
 
 
 class PeakMemory:

@@ -39,14 +39,17 @@ def events_over_time(daily: pl.DataFrame, split: dict | None = None):
     ax.plot(days, daily.get_column("listens").to_numpy(), color="#4c72b0", label="listens")
     ax.set_ylabel("listens per day")
     ax2 = ax.twinx()
-    ax2.plot(days, daily.get_column("users").to_numpy(), color="#c44e52", alpha=0.7,
-             label="active users")
+    ax2.plot(days, daily.get_column("users").to_numpy(), color="#c44e52", alpha=0.7, label="active users")
     ax2.set_ylabel("active users per day")
     if split:
         for name, w in split["windows"].items():
-            ax.axvspan(dt.date.fromisoformat(w["start"]),
-                       dt.date.fromisoformat(w["end"]) + dt.timedelta(days=1),
-                       color=WINDOW_COLOURS[name], alpha=0.12, label=f"{name} window")
+            ax.axvspan(
+                dt.date.fromisoformat(w["start"]),
+                dt.date.fromisoformat(w["end"]) + dt.timedelta(days=1),
+                color=WINDOW_COLOURS[name],
+                alpha=0.12,
+                label=f"{name} window",
+            )
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=8)
     ax.set_title("Activity over time")
@@ -79,8 +82,7 @@ def window_sizes(split: dict):
     ax1.set_yscale("log")
     warm = [x["warm_users"] for x in w]
     ax2.bar(names, warm, color="#4c72b0", label="warm (seen before)")
-    ax2.bar(names, [x["cold_users"] for x in w], bottom=warm, color="#c44e52",
-            label="cold (first seen here)")
+    ax2.bar(names, [x["cold_users"] for x in w], bottom=warm, color="#c44e52", label="cold (first seen here)")
     ax2.set_title("users per window")
     ax2.legend(frameon=False, fontsize=8)
     fig.tight_layout()
@@ -117,8 +119,9 @@ def table(df: pl.DataFrame | dict | list[dict], digits: int = 3):
 def stage_times(runs: pl.DataFrame):
     """Seconds spent fitting, recommending and finding similar tracks, per generator and window."""
     parts = ["fit_seconds", "recommend_seconds", "similar_seconds"]
-    labels = [f"{g}\n({w})" for g, w in zip(runs.get_column("generator"), runs.get_column("window"),
-                                            strict=True)]
+    labels = [
+        f"{g}\n({w})" for g, w in zip(runs.get_column("generator"), runs.get_column("window"), strict=True)
+    ]
     fig, ax = plt.subplots(figsize=(8, 0.35 * runs.height + 1.4))
     left = np.zeros(runs.height)
     for part, colour in zip(parts, ("#4c72b0", "#dd8452", "#55a868"), strict=True):
@@ -153,8 +156,13 @@ def learning_curves(curves: pl.DataFrame, best_iteration: int | None = None):
     fig, ax = plt.subplots(figsize=(7, 4))
     metric = curves.get_column("metric")[0] if curves.height else ""
     for (which,), part in curves.filter(pl.col("metric") == metric).group_by("set", maintain_order=True):
-        ax.plot(part.get_column("iteration"), part.get_column("value"), label=which,
-                marker="o" if which == "learn" else None, markersize=3)
+        ax.plot(
+            part.get_column("iteration"),
+            part.get_column("value"),
+            label=which,
+            marker="o" if which == "learn" else None,
+            markersize=3,
+        )
     if best_iteration is not None:
         ax.axvline(best_iteration, color="grey", linestyle="--", linewidth=1, label="best iteration")
     ax.set_xlabel("iteration (trees)")
@@ -167,6 +175,7 @@ def learning_curves(curves: pl.DataFrame, best_iteration: int | None = None):
 
 def _error_bars(frame: pl.DataFrame, value: str, low: str, high: str) -> np.ndarray:
     """``xerr`` of ``barh``: from ``value`` down to ``low`` and up to ``high`` (0 where missing)."""
+
     def column(name: str) -> np.ndarray:
         return frame.get_column(name).fill_null(np.nan).to_numpy()
 
@@ -195,8 +204,13 @@ def metric_curves(curves: pl.DataFrame):
     for ax, metric in zip(axes, ("recall", "ndcg"), strict=True):
         part = curves.filter(pl.col("metric") == metric).sort("k")
         for (name,), one in part.group_by("model", maintain_order=True):
-            style = {"linewidth": 3, "color": "black"} if name == "final" else \
-                {"linestyle": ":", "color": "grey"} if name == "oracle" else {}
+            style = (
+                {"linewidth": 3, "color": "black"}
+                if name == "final"
+                else {"linestyle": ":", "color": "grey"}
+                if name == "oracle"
+                else {}
+            )
             ax.plot(one.get_column("k"), one.get_column("value"), label=name, **style)
         ax.set_xscale("log")
         ax.set_xlabel("k (list length)")
@@ -227,8 +241,13 @@ def coverage_against_ndcg(points: pl.DataFrame):
     for row in points.iter_rows(named=True):
         colour = "#dd8452" if row["model"] == "final" else "#4c72b0"
         ax.scatter(row["coverage"], row["ndcg"], s=40, color=colour)
-        ax.annotate(row["model"], (row["coverage"], row["ndcg"]), fontsize=8, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            row["model"],
+            (row["coverage"], row["ndcg"]),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("catalogue coverage of the top 10 (log)")
     ax.set_ylabel("NDCG@10")
@@ -242,10 +261,20 @@ def recall_candidates_final(rows: pl.DataFrame):
     names = rows.get_column("model").to_list()
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.4))
-    ax.barh(y - 0.2, rows.get_column("candidate recall (labels)").fill_null(0).to_numpy(), 0.4,
-            label="candidate recall, labels window (candidates stage)", color="#c6d4e8")
-    ax.barh(y + 0.2, rows.get_column("recall (test)").fill_null(0).to_numpy(), 0.4,
-            label="recall on the test window", color="#4c72b0")
+    ax.barh(
+        y - 0.2,
+        rows.get_column("candidate recall (labels)").fill_null(0).to_numpy(),
+        0.4,
+        label="candidate recall, labels window (candidates stage)",
+        color="#c6d4e8",
+    )
+    ax.barh(
+        y + 0.2,
+        rows.get_column("recall (test)").fill_null(0).to_numpy(),
+        0.4,
+        label="recall on the test window",
+        color="#4c72b0",
+    )
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
@@ -267,8 +296,10 @@ def ab_success(table: pl.DataFrame, title: str = "A/B replay: success by variant
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * table.height + 2.2))
     names = table.get_column("variant").to_list()
     colours = [AB_COLOURS[i % len(AB_COLOURS)] for i in range(len(names))]
-    panels = (("success_rate", "lower", "upper", "lists that led to a listen"),
-              ("user_success_rate", "user_lower", "user_upper", "users with a successful list"))
+    panels = (
+        ("success_rate", "lower", "upper", "lists that led to a listen"),
+        ("user_success_rate", "user_lower", "user_upper", "users with a successful list"),
+    )
     for ax, (value, low, high, label) in zip(axes, panels, strict=True):
         y = table.get_column(value).fill_null(np.nan).to_numpy()
         err = _error_bars(table, value, low, high)
@@ -285,8 +316,11 @@ def ab_success(table: pl.DataFrame, title: str = "A/B replay: success by variant
     return fig
 
 
-def ab_success_by_day(by_day: pl.DataFrame, order: list[str] | None = None,
-                      title: str = "A/B replay: share of successful lists by day"):
+def ab_success_by_day(
+    by_day: pl.DataFrame,
+    order: list[str] | None = None,
+    title: str = "A/B replay: share of successful lists by day",
+):
     """One line per variant over the days, with the interval as a band (``day, variant, success_rate,
     lower, upper``: :func:`musicrec.service.replay.success_by_day`); ``order``: the variants' colours
     in :func:`ab_success`'s order."""
@@ -296,10 +330,22 @@ def ab_success_by_day(by_day: pl.DataFrame, order: list[str] | None = None,
         part = by_day.filter(pl.col("variant") == name).sort("day")
         days = part.get_column("day").to_list()
         colour = AB_COLOURS[i % len(AB_COLOURS)]
-        ax.plot(days, part.get_column("success_rate").to_numpy(), marker="o", markersize=3, color=colour,
-                label=name)
-        ax.fill_between(days, part.get_column("lower").to_numpy(), part.get_column("upper").to_numpy(),
-                        color=colour, alpha=0.2, linewidth=0)
+        ax.plot(
+            days,
+            part.get_column("success_rate").to_numpy(),
+            marker="o",
+            markersize=3,
+            color=colour,
+            label=name,
+        )
+        ax.fill_between(
+            days,
+            part.get_column("lower").to_numpy(),
+            part.get_column("upper").to_numpy(),
+            color=colour,
+            alpha=0.2,
+            linewidth=0,
+        )
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("successful lists")
     ax.legend(frameon=False)

@@ -14,9 +14,19 @@ from musicrec.results import interval_cell
 from musicrec.stages import STAGES
 
 STAGE_TITLES = {s.name: s.title for s in STAGES}
-KEY_FIGURES = ("evaluation_ndcg", "evaluation_curves", "evaluation_popularity_bias", "evaluation_coverage",
-               "events_over_time", "window_sizes", "listens_per_user", "calibration",
-               "candidate_recall", "ranking_importance", "ab_success")
+KEY_FIGURES = (
+    "evaluation_ndcg",
+    "evaluation_curves",
+    "evaluation_popularity_bias",
+    "evaluation_coverage",
+    "events_over_time",
+    "window_sizes",
+    "listens_per_user",
+    "calibration",
+    "candidate_recall",
+    "ranking_importance",
+    "ab_success",
+)
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;
@@ -41,8 +51,9 @@ def render_notebook(notebook: Path, target: Path) -> Path:
 
     config = Config()
     config.CoalesceStreamsPreprocessor.enabled = True  # merges a cell's stream outputs, applies \r
-    exporter = HTMLExporter(config=config, exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        config=config, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     with atomic_path(target) as tmp:
         tmp.write_text(body)
@@ -85,22 +96,32 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
         if r["segment"] != "all" or r["k"] != k or r["metric"] not in metrics or r["value"] is None:
             continue
         cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = interval_cell(
-            r["value"], r["lower"], r["upper"], digits=4)
+            r["value"], r["lower"], r["upper"], digits=4
+        )
         if r["metric"] == "ndcg":
             ndcg[r["model"]] = r["value"]
-    return [{"model": model, **{f"{m}@{k}": cells[model].get(f"{m}@{k}", "") for m in metrics}}
-            for model in sorted(cells, key=lambda model: -ndcg.get(model, 0.0))]
+    return [
+        {"model": model, **{f"{m}@{k}": cells[model].get(f"{m}@{k}", "") for m in metrics}}
+        for model in sorted(cells, key=lambda model: -ndcg.get(model, 0.0))
+    ]
 
 
 def ab_rows(abtest: dict) -> list[dict]:
     """Per variant of an A/B replay (``outputs/<run>/service/abtest.json``): users, lists, success rates."""
+
     def rate(value: float | None, low: float | None, high: float | None) -> str:
         return "" if value is None else f"{value:.1%} [{low:.1%}, {high:.1%}]"
 
-    return [{"variant": r["variant"], "users": r["users"], "lists": r["lists"],
-             "successful lists": rate(r["success_rate"], r["lower"], r["upper"]),
-             "users with a successful list": rate(r["user_success_rate"], r["user_lower"], r["user_upper"])}
-            for r in abtest.get("table", [])]
+    return [
+        {
+            "variant": r["variant"],
+            "users": r["users"],
+            "lists": r["lists"],
+            "successful lists": rate(r["success_rate"], r["lower"], r["upper"]),
+            "users with a successful list": rate(r["user_success_rate"], r["user_lower"], r["user_upper"]),
+        }
+        for r in abtest.get("table", [])
+    ]
 
 
 def ab_section(paths: RunPaths) -> str:
@@ -123,42 +144,52 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     profile = load_profile(params, data_path=data_path)
     paths = RunPaths.for_profile(profile, root)
     # the stages' executed notebooks only: never a failed run's copy nor a killed one's temporary file
-    executed = [paths.notebooks / f"{s.name}.ipynb" for s in STAGES
-                if (paths.notebooks / f"{s.name}.ipynb").is_file()]
+    executed = [
+        paths.notebooks / f"{s.name}.ipynb" for s in STAGES if (paths.notebooks / f"{s.name}.ipynb").is_file()
+    ]
     if not executed:
-        raise FileNotFoundError(f"report: no executed notebooks in {paths.notebooks}; "
-                                "run the stages first (make all)")
+        raise FileNotFoundError(
+            f"report: no executed notebooks in {paths.notebooks}; run the stages first (make all)"
+        )
     timings = read_json(paths.timings) if paths.timings.is_file() else {}
     stage_rows = []
     for nb in executed:
         page = render_notebook(nb, paths.reports / f"{nb.stem}.html")
         t = timings.get(nb.stem, {})
-        stage_rows.append({
-            "stage": f'<a href="{page.name}">{html.escape(STAGE_TITLES.get(nb.stem, nb.stem))}</a>',
-            "wall time (s)": t.get("seconds", ""), "peak memory (GB)":
-            round(t["peak_rss_mb"] / 1024, 2) if "peak_rss_mb" in t else "",
-            "finished": t.get("finished", ""),
-        })
+        stage_rows.append(
+            {
+                "stage": f'<a href="{page.name}">{html.escape(STAGE_TITLES.get(nb.stem, nb.stem))}</a>',
+                "wall time (s)": t.get("seconds", ""),
+                "peak memory (GB)": round(t["peak_rss_mb"] / 1024, 2) if "peak_rss_mb" in t else "",
+                "finished": t.get("finished", ""),
+            }
+        )
     stages_html = _table(stage_rows, markup=("stage",))
 
     summary = read_json(paths.data_summary) if paths.data_summary.is_file() else {}
     split = read_json(paths.split) if paths.split.is_file() else {}
-    data_rows = [{k: v for k, v in summary.items() if k in
-                  ("source", "rows", "users", "tracks", "tracks_listened")}] if summary else []
+    data_rows = (
+        [{k: v for k, v in summary.items() if k in ("source", "rows", "users", "tracks", "tracks_listened")}]
+        if summary
+        else []
+    )
     window_rows = [{"window": k, **v} for k, v in split.get("windows", {}).items()]
     dropped = [{"reason": k, "rows": v} for k, v in summary.get("dropped", {}).items()]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
-    figures = "".join(_figure(paths.plot(name)) for name in KEY_FIGURES
-                      if paths.plot(name).is_file())
+    figures = "".join(_figure(paths.plot(name)) for name in KEY_FIGURES if paths.plot(name).is_file())
     profile_yaml = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
     headline = headline_rows(paths)
     evaluation_file = paths.outputs / "evaluation.json"
     evaluation = read_json(evaluation_file) if evaluation_file.is_file() else {}
     verdicts = "".join(f"<li><strong>{html.escape(v)}</strong></li>" for v in evaluation.get("verdicts", []))
-    results_html = (f"""<h2>Results on the test window</h2>
+    results_html = (
+        f"""<h2>Results on the test window</h2>
 <p class="sub">Warm users (seen before the test window); 95% bootstrap intervals over users.
 Coverage: share of the catalogue in the top 10 lists.</p>{_table(headline)}
-{f"<ul>{verdicts}</ul>" if verdicts else ""}""" if headline else "")
+{f"<ul>{verdicts}</ul>" if verdicts else ""}"""
+        if headline
+        else ""
+    )
     ab_html = ab_section(paths)
 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -193,13 +224,29 @@ def screenshot(page: Path, target: Path | None = None, width: int = 1200, height
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
-        raise FileNotFoundError("no Chromium to take the screenshot with: `sudo apt-get install chromium` "
-                                "(Debian) or any Chrome on PATH")
+        raise FileNotFoundError(
+            "no Chromium to take the screenshot with: `sudo apt-get install chromium` "
+            "(Debian) or any Chrome on PATH"
+        )
     target = target or page.with_suffix(".png")
     with tempfile.TemporaryDirectory() as profile, atomic_path(target) as tmp:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                        f"--screenshot={tmp}", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={tmp}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     return target

@@ -43,7 +43,8 @@ def results_table(runs: list[str], root: str | Path = ".") -> str:
             part = frame.filter((pl.col("metric") == metric) & (pl.col("k") == k))
             for row in part.iter_rows(named=True):
                 cells.setdefault(row["model"], {})[f"{run} {metric}@{k}"] = interval_cell(
-                    row["value"], row["lower"], row["upper"])
+                    row["value"], row["lower"], row["upper"]
+                )
     columns = [f"{run} {metric}@{k}" for run in runs for metric, k in HEADLINE]
     order = sorted(cells, key=lambda m: (m != "oracle", m != "final", m))
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

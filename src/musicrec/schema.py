@@ -101,8 +101,9 @@ class DropReport:
         )
 
 
-def check_columns(df: pl.DataFrame, expected: dict[str, pl.DataType], file: str,
-                  optional: Iterable[str] = ()) -> None:
+def check_columns(
+    df: pl.DataFrame, expected: dict[str, pl.DataType], file: str, optional: Iterable[str] = ()
+) -> None:
     """Every expected column is present; a close misspelling is named in the error."""
     optional = set(optional)
     for column in expected:
@@ -110,9 +111,7 @@ def check_columns(df: pl.DataFrame, expected: dict[str, pl.DataType], file: str,
             continue
         near = [c for c in df.columns if _close(c, column)]
         hint = f" (found '{near[0]}': misspelled?)" if near else ""
-        raise DataContractError(
-            file, column, f"missing column{hint}; the file has {sorted(df.columns)}"
-        )
+        raise DataContractError(file, column, f"missing column{hint}; the file has {sorted(df.columns)}")
 
 
 def _close(a: str, b: str) -> bool:
@@ -142,7 +141,9 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
         bad = converted.is_null() & series.is_not_null()
         if bad.any():
             raise DataContractError(
-                file, column, f"{int(bad.sum())} values do not parse as dates",
+                file,
+                column,
+                f"{int(bad.sum())} values do not parse as dates",
                 df.filter(bad).select(column),
             )
         return df.with_columns(converted.alias(column))
@@ -151,13 +152,17 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
     if isinstance(dtype, pl.Datetime) and not isinstance(series.dtype, pl.Datetime):
         # integers would silently become 1970 dates in an unknown unit: refuse them
         raise DataContractError(
-            file, column, f"wrong type {series.dtype}, expected dates (datetime or ISO strings)",
+            file,
+            column,
+            f"wrong type {series.dtype}, expected dates (datetime or ISO strings)",
             df.select(column).drop_nulls().head(N_EXAMPLES),
         )
     numeric_target = dtype.is_integer() or dtype.is_float()
     if numeric_target and not (series.dtype.is_numeric() or series.dtype == pl.Null):
         raise DataContractError(
-            file, column, f"wrong type {series.dtype}, expected {dtype}",
+            file,
+            column,
+            f"wrong type {series.dtype}, expected {dtype}",
             df.select(column).drop_nulls().head(N_EXAMPLES),
         )
     converted = series.cast(dtype, strict=False)
@@ -166,7 +171,8 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
         bad = bad | (series.is_not_null() & (series != series.round(0)))
     if bad.any():
         raise DataContractError(
-            file, column,
+            file,
+            column,
             f"{int(bad.sum())} values do not fit {dtype} (wrong type or out of range)",
             df.filter(bad).select(column),
         )
@@ -176,8 +182,9 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
 def _reject_rows(df: pl.DataFrame, bad: pl.Series, file: str, column: str, problem: str) -> None:
     """Raise when any row is ``bad``: the count, the problem and the first such rows."""
     if bad.any():
-        raise DataContractError(file, column, f"{int(bad.sum())} {problem}",
-                                df.with_row_index("row").filter(bad))
+        raise DataContractError(
+            file, column, f"{int(bad.sum())} {problem}", df.with_row_index("row").filter(bad)
+        )
 
 
 def check_not_null(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
@@ -189,7 +196,8 @@ def check_unique(df: pl.DataFrame, columns: list[str], file: str, what: str) -> 
     dup = df.select(columns).is_duplicated()
     if dup.any():
         raise DataContractError(
-            file, ", ".join(columns),
+            file,
+            ", ".join(columns),
             f"{int(dup.sum())} rows repeat a {what} that must occur once",
             df.with_row_index("row").filter(dup).sort(columns),
         )
@@ -204,13 +212,15 @@ def validate_tracks(tracks: pl.DataFrame, file: str = "tracks.parquet") -> pl.Da
     for column in (C.albums, C.artists, C.genres):
         dtype = tracks.schema[column]
         if not isinstance(dtype, pl.List):
-            raise DataContractError(file, column, f"wrong type {dtype}, expected a list of ids",
-                                    tracks.select(C.track_id, column))
+            raise DataContractError(
+                file, column, f"wrong type {dtype}, expected a list of ids", tracks.select(C.track_id, column)
+            )
         cast = tracks.get_column(column).cast(pl.List(pl.Int32), strict=False)
         bad = cast.is_null() != tracks.get_column(column).is_null()
         if bad.any():
-            raise DataContractError(file, column, "ids that are not int32",
-                                    tracks.filter(bad).select(C.track_id, column))
+            raise DataContractError(
+                file, column, "ids that are not int32", tracks.filter(bad).select(C.track_id, column)
+            )
         tracks = tracks.with_columns(cast.fill_null(pl.lit([], dtype=pl.List(pl.Int32))).alias(column))
     return tracks.select(list(TRACKS_SCHEMA))
 
@@ -222,8 +232,9 @@ def validate_catalog_names(names: pl.DataFrame, file: str = "catalog_names.parqu
     check_not_null(names, [C.id, C.type], file)
     unknown = ~names.get_column(C.type).is_in(list(CATALOG_TYPES))
     if unknown.any():
-        raise DataContractError(file, C.type, f"unknown types (allowed: {CATALOG_TYPES})",
-                                names.filter(unknown))
+        raise DataContractError(
+            file, C.type, f"unknown types (allowed: {CATALOG_TYPES})", names.filter(unknown)
+        )
     check_unique(names, [C.type, C.id], file, "(type, id) pair")
     return names.select(list(CATALOG_NAMES_SCHEMA))
 
@@ -259,8 +270,13 @@ def validate_interactions(
         first, last = date_range
         ts = interactions.get_column(C.started_at)
         outside = (ts < first) | (ts > last)
-        _reject_rows(interactions, outside, file, C.started_at,
-                     f"dates fall outside the data's range {first} .. {last}")
+        _reject_rows(
+            interactions,
+            outside,
+            file,
+            C.started_at,
+            f"dates fall outside the data's range {first} .. {last}",
+        )
     if C.weight not in interactions.columns:
         interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
     interactions = check_dtype(interactions, C.weight, pl.Float32(), file)
@@ -268,8 +284,9 @@ def validate_interactions(
         check_unique(interactions, [C.user_id, C.track_id], file, "(user_id, track_id) pair")
     if track_ids is not None:
         unknown = ~interactions.get_column(C.track_id).is_in(track_ids.implode())
-        _reject_rows(interactions, unknown, file, C.track_id,
-                     "interactions name track ids missing from tracks")
+        _reject_rows(
+            interactions, unknown, file, C.track_id, "interactions name track ids missing from tracks"
+        )
     if C.track_seq not in interactions.columns:
         interactions = with_track_seq(interactions)
     else:
@@ -285,7 +302,8 @@ def with_track_seq(interactions: pl.DataFrame) -> pl.DataFrame:
     longest = out.get_column(C.track_seq).max()
     if longest is not None and longest > MAX_TRACK_SEQ:
         raise DataContractError(
-            "interactions", C.track_seq,
+            "interactions",
+            C.track_seq,
             f"a user has {longest} listens, more than track_seq (int16) can number",
         )
     return out.with_columns(pl.col(C.track_seq).cast(pl.Int16))
@@ -296,11 +314,19 @@ def check_lazy_types(interactions: pl.LazyFrame, file: str) -> None:
     schema = interactions.collect_schema()
     for column in (C.user_id, C.track_id, C.track_seq):
         if column in schema and not schema[column].is_integer():
-            raise DataContractError(file, column, f"wrong type {schema[column]}, expected integers",
-                                    interactions.select(column).head(N_EXAMPLES).collect())
+            raise DataContractError(
+                file,
+                column,
+                f"wrong type {schema[column]}, expected integers",
+                interactions.select(column).head(N_EXAMPLES).collect(),
+            )
     if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
-        raise DataContractError(file, C.started_at, f"wrong type {schema[C.started_at]}, expected dates",
-                                interactions.select(C.started_at).head(N_EXAMPLES).collect())
+        raise DataContractError(
+            file,
+            C.started_at,
+            f"wrong type {schema[C.started_at]}, expected dates",
+            interactions.select(C.started_at).head(N_EXAMPLES).collect(),
+        )
 
 
 def validate_interactions_lazy(
@@ -322,50 +348,72 @@ def validate_interactions_lazy(
     check_lazy_types(interactions, file)
     if C.weight not in schema:
         interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
-    limits = {C.user_id: (-(2**31), 2**31 - 1), C.track_id: (-(2**31), 2**31 - 1),
-              C.track_seq: (1, MAX_TRACK_SEQ)}
-    stats = interactions.select(
-        *[pl.col(c).null_count().alias(f"{c}_nulls") for c in (C.user_id, C.track_id, C.started_at)],
-        *[pl.col(c).min().alias(f"{c}_min") for c in limits],
-        *[pl.col(c).max().alias(f"{c}_max") for c in limits],
-    ).collect(engine="streaming").row(0, named=True)
+    limits = {
+        C.user_id: (-(2**31), 2**31 - 1),
+        C.track_id: (-(2**31), 2**31 - 1),
+        C.track_seq: (1, MAX_TRACK_SEQ),
+    }
+    stats = (
+        interactions.select(
+            *[pl.col(c).null_count().alias(f"{c}_nulls") for c in (C.user_id, C.track_id, C.started_at)],
+            *[pl.col(c).min().alias(f"{c}_min") for c in limits],
+            *[pl.col(c).max().alias(f"{c}_max") for c in limits],
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     with_row = interactions.with_row_index("row")
     for column in (C.user_id, C.track_id, C.started_at):
         if stats[f"{column}_nulls"]:
             raise DataContractError(
-                file, column, f"{stats[f'{column}_nulls']} rows with a null value",
-                with_row.filter(pl.col(column).is_null()).head(N_EXAMPLES).collect())
+                file,
+                column,
+                f"{stats[f'{column}_nulls']} rows with a null value",
+                with_row.filter(pl.col(column).is_null()).head(N_EXAMPLES).collect(),
+            )
     for column, (low, high) in limits.items():
         if stats[f"{column}_min"] is not None and not (
-                low <= stats[f"{column}_min"] and stats[f"{column}_max"] <= high):
+            low <= stats[f"{column}_min"] and stats[f"{column}_max"] <= high
+        ):
             raise DataContractError(
-                file, column, f"values outside {low} .. {high}",
-                with_row.filter(~pl.col(column).is_between(low, high)).head(N_EXAMPLES).collect())
+                file,
+                column,
+                f"values outside {low} .. {high}",
+                with_row.filter(~pl.col(column).is_between(low, high)).head(N_EXAMPLES).collect(),
+            )
     used = interactions.select(pl.col(C.track_id).unique()).collect(engine="streaming").to_series()
     unknown = used.filter(~used.is_in(track_ids.implode()))
     if unknown.len():
         raise DataContractError(
-            file, C.track_id, f"{unknown.len()} track ids missing from tracks",
+            file,
+            C.track_id,
+            f"{unknown.len()} track ids missing from tracks",
             with_row.filter(pl.col(C.track_id).is_in(unknown.head(N_EXAMPLES).implode()))
-            .head(N_EXAMPLES).collect())
+            .head(N_EXAMPLES)
+            .collect(),
+        )
     if unique_pairs:
         _check_unique_pairs_by_sorting(interactions, file)
-    return interactions.select(
-        [pl.col(c).cast(dtype) for c, dtype in INTERACTIONS_SCHEMA.items()]
-    )
+    return interactions.select([pl.col(c).cast(dtype) for c, dtype in INTERACTIONS_SCHEMA.items()])
 
 
 def _check_unique_pairs_by_sorting(interactions: pl.LazyFrame, file: str) -> None:
     """Repeated (user, track) pairs, found by sorting one int64 key per row."""
-    key = (pl.col(C.user_id).cast(pl.Int64) * 2**32
-           + pl.col(C.track_id).cast(pl.UInt32).cast(pl.Int64))
+    key = pl.col(C.user_id).cast(pl.Int64) * 2**32 + pl.col(C.track_id).cast(pl.UInt32).cast(pl.Int64)
     keys = interactions.select(key.alias("key")).collect(engine="streaming").to_series().to_numpy()
     keys = np.sort(keys)
     repeats = keys[1:][keys[1:] == keys[:-1]]
     if len(repeats):
         first = np.unique(repeats)[:N_EXAMPLES]
-        examples = pl.DataFrame({C.user_id: (first >> 32).astype(np.int32),
-                                 C.track_id: (first & 0xFFFFFFFF).astype(np.uint32).astype(np.int32)})
+        examples = pl.DataFrame(
+            {
+                C.user_id: (first >> 32).astype(np.int32),
+                C.track_id: (first & 0xFFFFFFFF).astype(np.uint32).astype(np.int32),
+            }
+        )
         raise DataContractError(
-            file, f"{C.user_id}, {C.track_id}",
-            f"{len(repeats)} rows repeat a (user_id, track_id) pair that must occur once", examples)
+            file,
+            f"{C.user_id}, {C.track_id}",
+            f"{len(repeats)} rows repeat a (user_id, track_id) pair that must occur once",
+            examples,
+        )

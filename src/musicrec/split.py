@@ -23,15 +23,18 @@ def window_expr(label_start: dt.date, test_start: dt.date) -> pl.Expr:
     """``history``/``labels``/``test`` for each row, from its ``started_at``."""
     ts = pl.col(C.started_at)
     return (
-        pl.when(ts < pl.lit(label_start).cast(pl.Datetime("ns"))).then(pl.lit("history"))
-        .when(ts < pl.lit(test_start).cast(pl.Datetime("ns"))).then(pl.lit("labels"))
+        pl.when(ts < pl.lit(label_start).cast(pl.Datetime("ns")))
+        .then(pl.lit("history"))
+        .when(ts < pl.lit(test_start).cast(pl.Datetime("ns")))
+        .then(pl.lit("labels"))
         .otherwise(pl.lit("test"))
         .alias("window")
     )
 
 
-def compute_split(interactions: str | Path | pl.LazyFrame, cfg: SplitConfig,
-                  file: str = "interactions.parquet") -> dict:
+def compute_split(
+    interactions: str | Path | pl.LazyFrame, cfg: SplitConfig, file: str = "interactions.parquet"
+) -> dict:
     """Resolve the boundaries and count rows and users per window.
 
     An empty window is a :class:`~musicrec.schema.DataContractError` naming the
@@ -48,15 +51,21 @@ def compute_split(interactions: str | Path | pl.LazyFrame, cfg: SplitConfig,
     label_start, test_start = cfg.resolve(first_day, last_day)
 
     windowed = lf.select(C.user_id, C.started_at).with_columns(window_expr(label_start, test_start))
-    per_window = windowed.group_by("window").agg(
-        pl.len().alias("rows"), pl.col(C.user_id).n_unique().alias("users")
-    ).collect(engine="streaming")
+    per_window = (
+        windowed.group_by("window")
+        .agg(pl.len().alias("rows"), pl.col(C.user_id).n_unique().alias("users"))
+        .collect(engine="streaming")
+    )
     counts = {row["window"]: row for row in per_window.to_dicts()}
     first_seen = lf.group_by(C.user_id).agg(pl.col(C.started_at).min().alias("first_seen"))
     seen = first_seen.select(
         (pl.col("first_seen") >= pl.lit(test_start).cast(pl.Datetime("ns"))).sum().alias("test"),
-        ((pl.col("first_seen") >= pl.lit(label_start).cast(pl.Datetime("ns")))
-         & (pl.col("first_seen") < pl.lit(test_start).cast(pl.Datetime("ns")))).sum().alias("labels"),
+        (
+            (pl.col("first_seen") >= pl.lit(label_start).cast(pl.Datetime("ns")))
+            & (pl.col("first_seen") < pl.lit(test_start).cast(pl.Datetime("ns")))
+        )
+        .sum()
+        .alias("labels"),
     ).collect(engine="streaming")
 
     ranges = {
@@ -64,23 +73,30 @@ def compute_split(interactions: str | Path | pl.LazyFrame, cfg: SplitConfig,
         "labels": (label_start, test_start - dt.timedelta(days=1)),
         "test": (test_start, last_day),
     }
-    keys = {"history": "split.label_start", "labels": "split.test_start / split.label_start",
-            "test": "split.test_start"}
+    keys = {
+        "history": "split.label_start",
+        "labels": "split.test_start / split.label_start",
+        "test": "split.test_start",
+    }
     windows = {}
     for name in WINDOWS:
         start, end = ranges[name]
         row = counts.get(name, {"rows": 0, "users": 0})
         if row["rows"] == 0:
             raise DataContractError(
-                file, C.started_at,
+                file,
+                C.started_at,
                 f"the {name} window ({start} .. {end}) holds no interactions; "
                 f"move {keys[name]} in the profile",
             )
         cold = int(seen.item(0, name)) if name in ("labels", "test") else 0
         windows[name] = {
-            "start": start.isoformat(), "end": end.isoformat(),
-            "rows": int(row["rows"]), "users": int(row["users"]),
-            "cold_users": cold, "warm_users": int(row["users"]) - cold,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "rows": int(row["rows"]),
+            "users": int(row["users"]),
+            "cold_users": cold,
+            "warm_users": int(row["users"]) - cold,
         }
     return {
         "data_start": first_day.isoformat(),

@@ -66,31 +66,76 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("01_data", "data", "Data", "data",
-          "generate or adapt the data, check it, split it (data/<run>/)",
-          (), ("seed", "data", "split"),
-          ("{data}/interactions.parquet", "{data}/tracks.parquet", "{data}/catalog_names.parquet",
-           "?{data}/track_features.parquet", "{data}/split.json", "{data}/summary.json", "?{data}/oracle"),
-          reads_data_path=True),
-    Stage("02_eda", "eda", "Exploratory analysis", "EDA",
-          "exploratory analysis and calibration (plots/<run>/)",
-          ("01_data",), ("data",), ()),
-    Stage("03_candidates", "candidates", "Candidates", "candidates",
-          "fit every candidate generator on history and on history + labels",
-          ("01_data",), ("seed", "candidates", "ranking.train_users"),
-          ("{outputs}/candidates", "?{outputs}/models/history", "?{outputs}/models/als*")),
-    Stage("04_ranking", "ranking", "Ranking", "ranking",
-          "CatBoost over the merged candidates: outputs/<run>/recommendations.parquet",
-          ("01_data", "03_candidates"), ("seed", "ranking", "candidates.audio"),
-          ("{outputs}/recommendations.parquet", "{outputs}/ranking", "{outputs}/models/ranker*")),
-    Stage("05_evaluation", "evaluate", "Evaluation", "evaluation",
-          "every model on the test window with intervals: outputs/<run>/metrics.parquet",
-          ("01_data", "03_candidates", "04_ranking"), ("seed", "evaluation"),
-          ("{outputs}/metrics.parquet", "{outputs}/metrics.json", "{outputs}/evaluation.json")),
-    Stage("06_ab_test", "abtest", "A/B test (the test window replayed through the service)", "A/B replay",
-          'replay the test window through the service as an A/B test (ABTEST="max_users=null")',
-          ("01_data", "03_candidates", "04_ranking"), ("seed", "service"),
-          ("{outputs}/service/abtest.json", "?{outputs}/service/abtest.sqlite*"), on_demand=True),
+    Stage(
+        "01_data",
+        "data",
+        "Data",
+        "data",
+        "generate or adapt the data, check it, split it (data/<run>/)",
+        (),
+        ("seed", "data", "split"),
+        (
+            "{data}/interactions.parquet",
+            "{data}/tracks.parquet",
+            "{data}/catalog_names.parquet",
+            "?{data}/track_features.parquet",
+            "{data}/split.json",
+            "{data}/summary.json",
+            "?{data}/oracle",
+        ),
+        reads_data_path=True,
+    ),
+    Stage(
+        "02_eda",
+        "eda",
+        "Exploratory analysis",
+        "EDA",
+        "exploratory analysis and calibration (plots/<run>/)",
+        ("01_data",),
+        ("data",),
+        (),
+    ),
+    Stage(
+        "03_candidates",
+        "candidates",
+        "Candidates",
+        "candidates",
+        "fit every candidate generator on history and on history + labels",
+        ("01_data",),
+        ("seed", "candidates", "ranking.train_users"),
+        ("{outputs}/candidates", "?{outputs}/models/history", "?{outputs}/models/als*"),
+    ),
+    Stage(
+        "04_ranking",
+        "ranking",
+        "Ranking",
+        "ranking",
+        "CatBoost over the merged candidates: outputs/<run>/recommendations.parquet",
+        ("01_data", "03_candidates"),
+        ("seed", "ranking", "candidates.audio"),
+        ("{outputs}/recommendations.parquet", "{outputs}/ranking", "{outputs}/models/ranker*"),
+    ),
+    Stage(
+        "05_evaluation",
+        "evaluate",
+        "Evaluation",
+        "evaluation",
+        "every model on the test window with intervals: outputs/<run>/metrics.parquet",
+        ("01_data", "03_candidates", "04_ranking"),
+        ("seed", "evaluation"),
+        ("{outputs}/metrics.parquet", "{outputs}/metrics.json", "{outputs}/evaluation.json"),
+    ),
+    Stage(
+        "06_ab_test",
+        "abtest",
+        "A/B test (the test window replayed through the service)",
+        "A/B replay",
+        'replay the test window through the service as an A/B test (ABTEST="max_users=null")',
+        ("01_data", "03_candidates", "04_ranking"),
+        ("seed", "service"),
+        ("{outputs}/service/abtest.json", "?{outputs}/service/abtest.sqlite*"),
+        on_demand=True,
+    ),
 )
 BY_NAME = {s.name: s for s in STAGES}
 #: What ``make all`` runs, in order; the on-demand stages run only when asked.
@@ -176,14 +221,24 @@ def imported_modules(tree: ast.AST, top_level_only: bool = False) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "musicrec":
             found.add(node.module)
             # ``from musicrec import evaluation``: a submodule, when there is such a file
-            found |= {f"{node.module}.{a.name}" for a in node.names
-                      if _module_file(f"{node.module}.{a.name}") is not None}
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
-              == "import_module" and node.args):
+            found |= {
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if _module_file(f"{node.module}.{a.name}") is not None
+            }
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+        ):
             arg = node.args[0]
-            text = (arg.value if isinstance(arg, ast.Constant) else
-                    arg.values[0].value if isinstance(arg, ast.JoinedStr) and arg.values
-                    and isinstance(arg.values[0], ast.Constant) else "")
+            text = (
+                arg.value
+                if isinstance(arg, ast.Constant)
+                else arg.values[0].value
+                if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant)
+                else ""
+            )
             if isinstance(text, str) and text.startswith("musicrec."):
                 if isinstance(arg, ast.JoinedStr):
                     found |= set(_package_modules(text.rstrip(".")))
@@ -317,8 +372,12 @@ def staleness(s: Stage, profile: Profile, paths: RunPaths, data_path: str | None
     return _differences(stamp.get("fingerprint", {}), fingerprint(s, profile, paths, data_path))
 
 
-def plan(profile: Profile, paths: RunPaths, data_path: str | None = None,
-         names: tuple[str, ...] = PIPELINE + ON_DEMAND) -> dict[str, list[str]]:
+def plan(
+    profile: Profile,
+    paths: RunPaths,
+    data_path: str | None = None,
+    names: tuple[str, ...] = PIPELINE + ON_DEMAND,
+) -> dict[str, list[str]]:
     """``{stage: reasons}`` of the stale stages among ``names``, in pipeline order; a stage
     downstream of a stale one is stale ("upstream X reruns"). An on-demand stage that never ran
     is left out: nothing asked for it (its rule runs it anyway when asked, its stamp being absent)."""
@@ -354,8 +413,10 @@ def run_lock(paths: RunPaths, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RunLocked(f"run {paths.run!r} is in use by {holder}: wait for it to finish, "
-                            f"or stop it (lock file {lock})") from None
+            raise RunLocked(
+                f"run {paths.run!r} is in use by {holder}: wait for it to finish, "
+                f"or stop it (lock file {lock})"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} ({what}, since {dt.datetime.now().isoformat(timespec='seconds')})")
@@ -431,9 +492,15 @@ def transaction(s: Stage, profile: Profile, paths: RunPaths, data_path: str | No
     except BaseException:
         recover(s, paths)
         raise
-    write_json({"stage": s.name, "fingerprint": started,
-                "artefacts": signature(s, paths),
-                "finished": dt.datetime.now().isoformat(timespec="seconds")}, stamp)
+    write_json(
+        {
+            "stage": s.name,
+            "fingerprint": started,
+            "artefacts": signature(s, paths),
+            "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        },
+        stamp,
+    )
     _drop(aside)
 
 
@@ -443,8 +510,9 @@ def makefile_rules() -> str:
     for s in STAGES:
         ups = " ".join(f"$(STAMPS)/{u}" for u in s.upstream)
         extra = " $(if $(ABTEST),always)" if s.name == "06_ab_test" else ""
-        lines.append(f"$(STAMPS)/{s.name}: $(call stale,{s.name}){extra}"
-                     f"{' ' + ups if ups else ''} | $(READY)")
+        lines.append(
+            f"$(STAMPS)/{s.name}: $(call stale,{s.name}){extra}{' ' + ups if ups else ''} | $(READY)"
+        )
         if s.name == "06_ab_test":
             lines.append(f"\t$(STAGE) {s.name} $(foreach p,$(ABTEST),--param '$(p)')")
             lines.append("\t$(REPORT)")

@@ -64,9 +64,12 @@ class AlsGenerator:
         confidence = self.confidence_matrix(data)
         with threadpool_limits(1, "blas"):
             self.model = AlternatingLeastSquares(
-                factors=cfg.factors, regularization=cfg.regularization, alpha=cfg.alpha,
+                factors=cfg.factors,
+                regularization=cfg.regularization,
+                alpha=cfg.alpha,
                 iterations=cfg.iterations if mode == "full" else cfg.warm_iterations,
-                random_state=self.seed, dtype=np.float32,
+                random_state=self.seed,
+                dtype=np.float32,
             )
             if mode == "full":
                 self.model.fit(confidence, show_progress=False)
@@ -117,7 +120,10 @@ class AlsGenerator:
         user_rows = np.asarray(user_rows, dtype=np.int32)
         with threadpool_limits(1, "blas"):
             cols, scores = self.model.recommend(
-                user_rows, self.data.matrix[user_rows], N=n, filter_already_liked_items=True,
+                user_rows,
+                self.data.matrix[user_rows],
+                N=n,
+                filter_already_liked_items=True,
                 items=self.items,
             )
         return _pad(cols, scores, n)
@@ -150,8 +156,9 @@ class AlsGenerator:
             in_pool[self.items] = True
         # row i of the user factors is user_ids[i]; column j of the item factors is track_ids[j]
         write_parquet(pl.DataFrame({C.user_id: self.user_ids}), folder / "als_users.parquet")
-        write_parquet(pl.DataFrame({C.track_id: self.track_ids, "in_pool": in_pool}),
-                      folder / "als_tracks.parquet")
+        write_parquet(
+            pl.DataFrame({C.track_id: self.track_ids, "in_pool": in_pool}), folder / "als_tracks.parquet"
+        )
         return folder
 
 

@@ -67,16 +67,19 @@ class AudioGenerator:
         self.n_tracks = len(data.track_ids)
         cols, features = self._standardised_features(data)
         if len(cols) == 0:
-            raise ValueError(f"{self.name}: no track_features match the catalogue's tracks: "
-                             "audio generator skipped")
+            raise ValueError(
+                f"{self.name}: no track_features match the catalogue's tracks: audio generator skipped"
+            )
         rng = np.random.default_rng(self.seed)
-        sample = np.sort(rng.choice(len(cols), min(len(cols), self.config.sample_tracks),
-                                    replace=False))
+        sample = np.sort(rng.choice(len(cols), min(len(cols), self.config.sample_tracks), replace=False))
         train = features[sample]
         self.model = MLPRegressor(
             hidden_layer_sizes=(self.config.hidden, self.config.embedding_dim, self.config.hidden),
-            activation=self.config.activation, batch_size=min(self.config.batch_size, len(train)),
-            max_iter=self.config.max_iter, random_state=self.seed)
+            activation=self.config.activation,
+            batch_size=min(self.config.batch_size, len(train)),
+            max_iter=self.config.max_iter,
+            random_state=self.seed,
+        )
         with warnings.catch_warnings():  # reported as "converged" in fit_report instead
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model.fit(train, train)
@@ -115,8 +118,10 @@ class AudioGenerator:
         gen = copy.copy(self)
         gen.data = data
         gen.profiles, gen.has_profile = gen._user_profiles(data)
-        gen.fit_report = self.fit_report | {"users_with_profile": int(gen.has_profile.sum()),
-                                            "reused": "embeddings and index of the history fit"}
+        gen.fit_report = self.fit_report | {
+            "users_with_profile": int(gen.has_profile.sum()),
+            "reused": "embeddings and index of the history fit",
+        }
         return gen
 
     def _standardised_features(self, data: FitData) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +129,7 @@ class AudioGenerator:
         frame = data.track_features
         numeric = [c for c, t in frame.schema.items() if c != C.track_id and t.is_numeric()]
         if not numeric:
-            raise ValueError(f"{self.name}: track_features has no numeric columns: "
-                             "audio generator skipped")
+            raise ValueError(f"{self.name}: track_features has no numeric columns: audio generator skipped")
         cols = data.track_columns(frame.get_column(C.track_id).to_numpy())
         keep = cols >= 0
         x = frame.select(pl.col(numeric).cast(pl.Float64)).to_numpy()[keep]
@@ -163,13 +167,14 @@ class AudioGenerator:
             base = per_user[first - 1] if first else 0
             last = max(first + 1, int(np.searchsorted(per_user, base + PROFILE_ROWS, side="right")))
             lo, hi = data.user_ids[first], data.user_ids[min(last, len(data.user_ids)) - 1]
-            recent = (data.interactions.lazy()
-                      .filter(pl.col(C.user_id).is_between(lo, hi))
-                      .group_by(C.user_id)
-                      .agg(pl.col(C.track_id).top_k_by([C.started_at, C.track_seq],
-                                                        self.config.recent_k))
-                      .explode(C.track_id)
-                      .collect())
+            recent = (
+                data.interactions.lazy()
+                .filter(pl.col(C.user_id).is_between(lo, hi))
+                .group_by(C.user_id)
+                .agg(pl.col(C.track_id).top_k_by([C.started_at, C.track_seq], self.config.recent_k))
+                .explode(C.track_id)
+                .collect()
+            )
             rows = data.user_rows(recent.get_column(C.user_id).to_numpy())
             cols = data.track_columns(recent.get_column(C.track_id).to_numpy())
             ok = (rows >= 0) & (cols >= 0)
@@ -212,26 +217,34 @@ class AudioGenerator:
         if len(self.centroids) == 1:
             return np.zeros(len(vectors), dtype=np.int64)
         step = max(1, DENSE_BLOCK // len(self.centroids))
-        return np.concatenate([np.argmax(vectors[lo:lo + step] @ self.centroids.T, axis=1)
-                               for lo in range(0, len(vectors), step)] or [np.zeros(0, np.int64)])
+        return np.concatenate(
+            [
+                np.argmax(vectors[lo : lo + step] @ self.centroids.T, axis=1)
+                for lo in range(0, len(vectors), step)
+            ]
+            or [np.zeros(0, np.int64)]
+        )
 
     # ---------------------------------------------------------- recommend
     def recommend(self, user_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         user_rows = np.asarray(user_rows, dtype=np.int64)
-        return self._search(self.profiles[user_rows], self.has_profile[user_rows], n,
-                            self.data.matrix[user_rows])
+        return self._search(
+            self.profiles[user_rows], self.has_profile[user_rows], n, self.data.matrix[user_rows]
+        )
 
     # ------------------------------------------------------------ similar
     def similar(self, track_cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         track_cols = np.asarray(track_cols, dtype=np.int64)
-        itself = sp.csr_matrix((np.ones(len(track_cols), dtype=np.float32),
-                                (np.arange(len(track_cols)), track_cols)),
-                               shape=(len(track_cols), self.n_tracks))
+        itself = sp.csr_matrix(
+            (np.ones(len(track_cols), dtype=np.float32), (np.arange(len(track_cols)), track_cols)),
+            shape=(len(track_cols), self.n_tracks),
+        )
         return self._search(self.embeddings[track_cols], self.has_embedding[track_cols], n, itself)
 
     # ------------------------------------------------------------ search
-    def _search(self, queries: np.ndarray, valid: np.ndarray, n: int, banned: sp.csr_matrix
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, queries: np.ndarray, valid: np.ndarray, n: int, banned: sp.csr_matrix
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` embedded tracks by cosine for each valid query, never a ``banned`` one."""
         cols = np.full((len(queries), n), -1, dtype=np.int64)
         scores = np.full((len(queries), n), -np.inf, dtype=np.float32)
@@ -246,20 +259,23 @@ class AudioGenerator:
         position = np.full(self.n_tracks, -1, dtype=np.int64)  # candidate column -> block column
         for group in np.split(np.arange(len(rows)), bounds):
             probes = self.probes[cell[group[0]]]
-            candidates = np.concatenate([self.cell_tracks[self.cell_start[c]:self.cell_start[c + 1]]
-                                         for c in probes])
+            candidates = np.concatenate(
+                [self.cell_tracks[self.cell_start[c] : self.cell_start[c + 1]] for c in probes]
+            )
             vectors = self.embeddings[candidates]
             position[candidates] = np.arange(len(candidates))
             step = max(1, DENSE_BLOCK // max(1, len(candidates)))
             for lo in range(0, len(group), step):
-                query_rows = rows[group[lo:lo + step]]
+                query_rows = rows[group[lo : lo + step]]
                 block = queries[query_rows] @ vectors.T
                 ban = banned[query_rows]
                 ban_cols = position[ban.indices]
                 hit = ban_cols >= 0
                 ban_rows = np.repeat(np.arange(len(query_rows)), np.diff(ban.indptr))
-                exclude = sp.csr_matrix((np.ones(int(hit.sum()), dtype=np.float32),
-                                         (ban_rows[hit], ban_cols[hit])), shape=block.shape)
+                exclude = sp.csr_matrix(
+                    (np.ones(int(hit.sum()), dtype=np.float32), (ban_rows[hit], ban_cols[hit])),
+                    shape=block.shape,
+                )
                 best, best_scores = top_n(block, n, exclude)
                 cols[query_rows] = np.where(best >= 0, candidates[np.maximum(best, 0)], -1)
                 scores[query_rows] = best_scores

@@ -19,10 +19,8 @@ import scipy.sparse as sp
 
 from musicrec.schema import C
 
-USER_RECS_SCHEMA = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float32,
-                    C.rank: pl.Int16}
-SIMILAR_SCHEMA = {C.track_id: pl.Int32, C.similar_track_id: pl.Int32, C.score: pl.Float32,
-                  C.rank: pl.Int16}
+USER_RECS_SCHEMA = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float32, C.rank: pl.Int16}
+SIMILAR_SCHEMA = {C.track_id: pl.Int32, C.similar_track_id: pl.Int32, C.score: pl.Float32, C.rank: pl.Int16}
 GLOBAL_SCHEMA = {C.track_id: pl.Int32, C.score: pl.Float32, C.rank: pl.Int16}
 
 
@@ -43,15 +41,19 @@ class FitData:
     track_features: pl.DataFrame | None = None
 
     @classmethod
-    def build(cls, interactions: pl.DataFrame, tracks: pl.DataFrame,
-              track_features: pl.DataFrame | None = None) -> FitData:
+    def build(
+        cls, interactions: pl.DataFrame, tracks: pl.DataFrame, track_features: pl.DataFrame | None = None
+    ) -> FitData:
         user_ids = np.sort(interactions.get_column(C.user_id).unique().to_numpy()).astype(np.int32)
         track_ids = np.sort(tracks.get_column(C.track_id).to_numpy()).astype(np.int32)
         rows = np.searchsorted(user_ids, interactions.get_column(C.user_id).to_numpy())
         cols = np.searchsorted(track_ids, interactions.get_column(C.track_id).to_numpy())
         weights = interactions.get_column(C.weight).to_numpy().astype(np.float32)
-        matrix = sp.csr_matrix((weights, (rows.astype(np.int32), cols.astype(np.int32))),
-                               shape=(len(user_ids), len(track_ids)), dtype=np.float32)
+        matrix = sp.csr_matrix(
+            (weights, (rows.astype(np.int32), cols.astype(np.int32))),
+            shape=(len(user_ids), len(track_ids)),
+            dtype=np.float32,
+        )
         matrix.sum_duplicates()
         return cls(interactions, tracks, user_ids, track_ids, matrix, track_features)
 
@@ -109,8 +111,7 @@ class Generator(Protocol):
         ...
 
 
-def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
+def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best columns of each row of a dense score block, best first.
 
     ``exclude`` (same shape, sparse) marks columns that must not be returned (the
@@ -123,8 +124,11 @@ def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
         scores[coo.row, coo.col] = -np.inf
     n_cols = scores.shape[1]
     k = min(n, n_cols)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n_cols else \
-        np.tile(np.arange(n_cols), (scores.shape[0], 1))
+    part = (
+        np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < n_cols
+        else np.tile(np.arange(n_cols), (scores.shape[0], 1))
+    )
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     cols = np.take_along_axis(part, order, axis=1)
@@ -137,25 +141,31 @@ def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
     return cols, best
 
 
-def to_user_frame(user_ids: np.ndarray, cols: np.ndarray, scores: np.ndarray,
-                  track_ids: np.ndarray) -> pl.DataFrame:
+def to_user_frame(
+    user_ids: np.ndarray, cols: np.ndarray, scores: np.ndarray, track_ids: np.ndarray
+) -> pl.DataFrame:
     """Rows (user, column, score) of a top-N block as a ``user_id, track_id, score, rank`` frame."""
     n = cols.shape[1]
     valid = cols >= 0
     users = np.repeat(np.asarray(user_ids, dtype=np.int32), n).reshape(cols.shape)
     ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.int16), cols.shape)
-    return pl.DataFrame({
-        C.user_id: users[valid], C.track_id: track_ids[cols[valid]],
-        C.score: scores[valid].astype(np.float32), C.rank: ranks[valid],
-    }, schema=USER_RECS_SCHEMA)
+    return pl.DataFrame(
+        {
+            C.user_id: users[valid],
+            C.track_id: track_ids[cols[valid]],
+            C.score: scores[valid].astype(np.float32),
+            C.rank: ranks[valid],
+        },
+        schema=USER_RECS_SCHEMA,
+    )
 
 
-def to_similar_frame(track_cols: np.ndarray, cols: np.ndarray, scores: np.ndarray,
-                     track_ids: np.ndarray) -> pl.DataFrame:
+def to_similar_frame(
+    track_cols: np.ndarray, cols: np.ndarray, scores: np.ndarray, track_ids: np.ndarray
+) -> pl.DataFrame:
     """A top-N block of neighbours as a ``track_id, similar_track_id, score, rank`` frame."""
     frame = to_user_frame(track_ids[track_cols], cols, scores, track_ids)
-    return frame.rename({C.user_id: C.track_id, C.track_id: C.similar_track_id}).cast(
-        SIMILAR_SCHEMA)
+    return frame.rename({C.user_id: C.track_id, C.track_id: C.similar_track_id}).cast(SIMILAR_SCHEMA)
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

@@ -30,8 +30,9 @@ def parse_variant(text: str) -> tuple[str, int | None]:
     return mode, int(iterations) if iterations else None
 
 
-def compare_als(profile: Profile, paths: RunPaths, variants: list[str], k: int = 10,
-                n_boot: int = 100) -> pl.DataFrame:
+def compare_als(
+    profile: Profile, paths: RunPaths, variants: list[str], k: int = 10, n_boot: int = 100
+) -> pl.DataFrame:
     """One row per variant: seconds to make the history + labels model, NDCG@k and recall@k.
 
     A variant's iterations apply to its own fit (``full``, ``warm``); the history model every
@@ -50,22 +51,31 @@ def compare_als(profile: Profile, paths: RunPaths, variants: list[str], k: int =
     out = []
     for text in variants:
         mode, iterations = parse_variant(text)
-        variant = cfg.model_copy(update={"refit": mode} | (
-            {"iterations" if mode == "full" else "warm_iterations": iterations} if iterations else {}))
+        variant = cfg.model_copy(
+            update={"refit": mode}
+            | ({"iterations" if mode == "full" else "warm_iterations": iterations} if iterations else {})
+        )
         start = time.perf_counter()
         model = AlsGenerator(variant, profile.seed).fit(data, None if mode == "full" else history)
         seconds = time.perf_counter() - start
-        lists = pl.concat([to_user_frame(data.user_ids[rows[part]], *model.recommend(rows[part], k),
-                                         data.track_ids) for part in batches(len(rows), 20_000)])
+        lists = pl.concat(
+            [
+                to_user_frame(data.user_ids[rows[part]], *model.recommend(rows[part], k), data.track_ids)
+                for part in batches(len(rows), 20_000)
+            ]
+        )
         scores = evaluate(lists, test, [NDCG(k), Recall(k)], users=users, n_boot=n_boot, seed=profile.seed)
-        out.append({"variant": text, "seconds": round(seconds, 1)} | {
-            f"{r['metric']}@{k}": round(r["value"], 4) for r in scores.iter_rows(named=True)})
+        out.append(
+            {"variant": text, "seconds": round(seconds, 1)}
+            | {f"{r['metric']}@{k}": round(r["value"], 4) for r in scores.iter_rows(named=True)}
+        )
     return pl.DataFrame(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicrec.candidates.compare",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m musicrec.candidates.compare", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--params", default="params/default.yaml")
     parser.add_argument("--root", default=".")
     parser.add_argument("variants", nargs="+", help="refit[:iterations], e.g. users warm full full:8")

@@ -75,8 +75,9 @@ class ContentGenerator:
         """Entry points (each token's ``max_postings`` heaviest tracks) and the cut weights."""
         self._cut_postings(max_postings)
         # [entry lists ; identity]: the identity rows carry the ban (see _rank)
-        self._entries = sp.vstack([self.postings, sp.identity(self.n_tracks, dtype=np.float32,
-                                                               format="csr")], format="csr")
+        self._entries = sp.vstack(
+            [self.postings, sp.identity(self.n_tracks, dtype=np.float32, format="csr")], format="csr"
+        )
         self._entry_lengths = np.diff(self._entries.indptr).astype(np.float64)
 
     def _cut_postings(self, max_postings: int) -> None:
@@ -95,9 +96,14 @@ class ContentGenerator:
         rank[order] = np.arange(len(order)) - postings.indptr[token[order]]
         keep = rank < max_postings
         self.postings = sp.csr_matrix(
-            (postings.data[keep], postings.indices[keep], np.concatenate(
-                [[0], np.cumsum(np.minimum(lengths, max_postings))])),
-            shape=postings.shape, dtype=np.float32)
+            (
+                postings.data[keep],
+                postings.indices[keep],
+                np.concatenate([[0], np.cumsum(np.minimum(lengths, max_postings))]),
+            ),
+            shape=postings.shape,
+            dtype=np.float32,
+        )
         self.postings.sort_indices()
         # cut weights as tracks x cut-tokens (local ids), for adding back to candidates
         self.cut_tokens = np.flatnonzero(lengths > max_postings)
@@ -106,7 +112,9 @@ class ContentGenerator:
         tracks = postings.indices[~keep]
         self.cut = sp.csr_matrix(
             (postings.data[~keep], (tracks, local[token[~keep]])),
-            shape=(self.n_tracks, len(self.cut_tokens)), dtype=np.float32)
+            shape=(self.n_tracks, len(self.cut_tokens)),
+            dtype=np.float32,
+        )
         self._cut_first = self.cut.indptr[:-1].astype(np.int64 if self.cut.nnz >= 2**31 else np.int32)
         self._cut_count = np.diff(self.cut.indptr).astype(np.int32)
 
@@ -123,14 +131,14 @@ class ContentGenerator:
     # ------------------------------------------------------------ similar
     def similar(self, track_cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         track_cols = np.asarray(track_cols, dtype=np.int64)
-        itself = sp.csr_matrix((np.ones(len(track_cols), dtype=np.float32),
-                                (np.arange(len(track_cols)), track_cols)),
-                               shape=(len(track_cols), self.n_tracks))
+        itself = sp.csr_matrix(
+            (np.ones(len(track_cols), dtype=np.float32), (np.arange(len(track_cols)), track_cols)),
+            shape=(len(track_cols), self.n_tracks),
+        )
         return self._rank(self.vectors[track_cols], n, itself)
 
     # ------------------------------------------------------------ scoring
-    def _rank(self, queries: sp.csr_matrix, n: int, banned: sp.csr_matrix
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def _rank(self, queries: sp.csr_matrix, n: int, banned: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` tracks by cosine for each query row, never a track stored in ``banned``.
 
         The ban rides along in the same sparse product: ``[queries | -BIG * banned]`` times
@@ -142,8 +150,10 @@ class ContentGenerator:
         if n_rows == 0:
             return cols, scores
         banned = sp.csr_matrix(banned)
-        penalty = sp.csr_matrix((np.full(banned.nnz, -BANNED, dtype=np.float32), banned.indices,
-                                 banned.indptr), shape=banned.shape)
+        penalty = sp.csr_matrix(
+            (np.full(banned.nnz, -BANNED, dtype=np.float32), banned.indices, banned.indptr),
+            shape=banned.shape,
+        )
         augmented = sp.hstack([queries, penalty], format="csr", dtype=np.float32)
         # candidate pairs of each query (an upper bound): the summed lengths of its entry lists
         pairs = abs(augmented).sign() @ self._entry_lengths
@@ -151,8 +161,9 @@ class ContentGenerator:
         def one_chunk(rows: np.ndarray) -> None:
             block = sp.csr_matrix(augmented[rows] @ self._entries, dtype=np.float32)
             if self.cut is not None:
-                _add_cut_weights(block, augmented[rows], self.cut_tokens, self.cut,
-                                 self._cut_first, self._cut_count)
+                _add_cut_weights(
+                    block, augmented[rows], self.cut_tokens, self.cut, self._cut_first, self._cut_count
+                )
             block.data[block.data <= -BANNED / 2] = -np.inf
             cols[rows], scores[rows] = csr_top_n(block, n)
 
@@ -175,8 +186,11 @@ def track_token_counts(tracks: pl.DataFrame, track_ids: np.ndarray) -> tuple[sp.
     row_of = np.searchsorted(track_ids, tracks.get_column(C.track_id).to_numpy())
     rows, cols, sizes, offset = [], [], {}, 0
     for column in TOKEN_COLUMNS:
-        flat = (tracks.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), column)
-                .explode(column).drop_nulls(column))
+        flat = (
+            tracks.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), column)
+            .explode(column)
+            .drop_nulls(column)
+        )
         ids, token = np.unique(flat.get_column(column).to_numpy(), return_inverse=True)
         rows.append(row_of[flat.get_column("_row").to_numpy()])
         cols.append(token.ravel() + offset)
@@ -184,8 +198,11 @@ def track_token_counts(tracks: pl.DataFrame, track_ids: np.ndarray) -> tuple[sp.
         offset += len(ids)
     rows_all = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     cols_all = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    counts = sp.csr_matrix((np.ones(len(rows_all), dtype=np.float32), (rows_all, cols_all)),
-                           shape=(len(track_ids), offset), dtype=np.float32)
+    counts = sp.csr_matrix(
+        (np.ones(len(rows_all), dtype=np.float32), (rows_all, cols_all)),
+        shape=(len(track_ids), offset),
+        dtype=np.float32,
+    )
     counts.sum_duplicates()
     return counts, sizes
 
@@ -218,8 +235,14 @@ def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
-def _add_cut_weights(block: sp.csr_matrix, queries: sp.csr_matrix, cut_tokens: np.ndarray,
-                     cut: sp.csr_matrix, cut_first: np.ndarray, cut_count: np.ndarray) -> None:
+def _add_cut_weights(
+    block: sp.csr_matrix,
+    queries: sp.csr_matrix,
+    cut_tokens: np.ndarray,
+    cut: sp.csr_matrix,
+    cut_first: np.ndarray,
+    cut_count: np.ndarray,
+) -> None:
     """Add, in place, the part of each candidate's score that goes through cut entries.
 
     ``cut`` is tracks x cut tokens; ``cut_first``/``cut_count`` are its row starts and

@@ -12,14 +12,22 @@ from musicrec.schema import C
 def last_listens(interactions: pl.DataFrame | pl.LazyFrame, k: int) -> pl.LazyFrame:
     """Each user's ``k`` latest listens (by ``started_at``, then ``track_seq``), newest first."""
     order = [C.started_at, C.track_seq] if C.track_seq in interactions.collect_schema() else [C.started_at]
-    return (interactions.lazy().select(C.user_id, C.track_id, *order)
-            .sort([C.user_id, *order], descending=[False] + [True] * len(order))
-            .group_by(C.user_id, maintain_order=True).head(k)
-            .select(C.user_id, C.track_id))
+    return (
+        interactions.lazy()
+        .select(C.user_id, C.track_id, *order)
+        .sort([C.user_id, *order], descending=[False] + [True] * len(order))
+        .group_by(C.user_id, maintain_order=True)
+        .head(k)
+        .select(C.user_id, C.track_id)
+    )
 
 
-def i2i_from_history(recent: pl.DataFrame | pl.LazyFrame, similar: pl.DataFrame | pl.LazyFrame,
-                     n: int = 100, heard: pl.DataFrame | pl.LazyFrame | None = None) -> pl.DataFrame:
+def i2i_from_history(
+    recent: pl.DataFrame | pl.LazyFrame,
+    similar: pl.DataFrame | pl.LazyFrame,
+    n: int = 100,
+    heard: pl.DataFrame | pl.LazyFrame | None = None,
+) -> pl.DataFrame:
     """Candidates from the similar lists of each user's recent listens, scored by summed similarity.
 
     Parameters
@@ -52,18 +60,24 @@ def i2i_from_history(recent: pl.DataFrame | pl.LazyFrame, similar: pl.DataFrame 
     >>> i2i_from_history(recent, similar, n=2)["track_id"].to_list()
     [12, 13]
     """
-    if isinstance(recent, pl.DataFrame) and _one_user(recent) and not isinstance(similar, pl.LazyFrame) \
-            and not isinstance(heard, pl.LazyFrame):
+    if (
+        isinstance(recent, pl.DataFrame)
+        and _one_user(recent)
+        and not isinstance(similar, pl.LazyFrame)
+        and not isinstance(heard, pl.LazyFrame)
+    ):
         return _i2i_one_user(recent, similar, n, heard)
     recent = recent.lazy().select(C.user_id, C.track_id)
     exclude = recent if heard is None else pl.concat([recent, heard.lazy().select(C.user_id, C.track_id)])
     candidates = (
         recent.join(similar.lazy().select(C.track_id, C.similar_track_id, C.score), on=C.track_id)
-        .group_by(C.user_id, C.similar_track_id).agg(pl.col(C.score).sum())
+        .group_by(C.user_id, C.similar_track_id)
+        .agg(pl.col(C.score).sum())
         .rename({C.similar_track_id: C.track_id})
         .join(exclude, on=[C.user_id, C.track_id], how="anti")
         .sort([C.user_id, C.score, C.track_id], descending=[False, True, False])
-        .group_by(C.user_id, maintain_order=True).head(n)
+        .group_by(C.user_id, maintain_order=True)
+        .head(n)
         .with_columns(pl.int_range(1, pl.len() + 1).over(C.user_id).alias(C.rank))
     )
     return candidates.collect().cast(USER_RECS_SCHEMA)
@@ -74,8 +88,9 @@ def _one_user(frame: pl.DataFrame) -> bool:
     return frame.height > 0 and frame.height <= 10_000 and users.min() == users.max()
 
 
-def _i2i_one_user(recent: pl.DataFrame, similar: pl.DataFrame, n: int,
-                  heard: pl.DataFrame | None) -> pl.DataFrame:
+def _i2i_one_user(
+    recent: pl.DataFrame, similar: pl.DataFrame, n: int, heard: pl.DataFrame | None
+) -> pl.DataFrame:
     """:func:`i2i_from_history` for one user's recent tracks, in numpy (the same join, sums and order)."""
     user = recent.get_column(C.user_id)[0]
     recent_tracks = recent.get_column(C.track_id).to_numpy()
@@ -95,7 +110,15 @@ def _i2i_one_user(recent: pl.DataFrame, similar: pl.DataFrame, n: int,
     keep = ~np.isin(tracks, excluded)
     tracks, scores = tracks[keep], scores[keep].astype(np.float32)
     order = np.lexsort((tracks, -scores))[:n]
-    columns = {C.user_id: np.full(len(order), user), C.track_id: tracks[order], C.score: scores[order],
-               C.rank: np.arange(1, len(order) + 1)}
-    return pl.DataFrame([pl.Series(name, values, dtype=USER_RECS_SCHEMA[name], strict=False)
-                         for name, values in columns.items()])
+    columns = {
+        C.user_id: np.full(len(order), user),
+        C.track_id: tracks[order],
+        C.score: scores[order],
+        C.rank: np.arange(1, len(order) + 1),
+    }
+    return pl.DataFrame(
+        [
+            pl.Series(name, values, dtype=USER_RECS_SCHEMA[name], strict=False)
+            for name, values in columns.items()
+        ]
+    )

@@ -10,8 +10,9 @@ from musicrec.candidates.base import GLOBAL_SCHEMA
 from musicrec.schema import C
 
 
-def top_popular(interactions: pl.DataFrame | pl.LazyFrame, n: int = 100,
-                days: int | None = None) -> pl.DataFrame:
+def top_popular(
+    interactions: pl.DataFrame | pl.LazyFrame, n: int = 100, days: int | None = None
+) -> pl.DataFrame:
     """The ``n`` tracks with the most distinct listeners, over the last ``days`` of the window.
 
     ``score`` is the number of distinct listeners; ties are broken by track id so the
@@ -29,14 +30,20 @@ def top_popular(interactions: pl.DataFrame | pl.LazyFrame, n: int = 100,
         start = dt.datetime.combine(end.date() - dt.timedelta(days=days - 1), dt.time())
         lf = lf.filter(pl.col(C.started_at) >= start)
     return (
-        lf.group_by(C.track_id).agg(pl.col(C.user_id).n_unique().alias(C.score))
-        .sort([C.score, C.track_id], descending=[True, False]).head(n)
+        lf.group_by(C.track_id)
+        .agg(pl.col(C.user_id).n_unique().alias(C.score))
+        .sort([C.score, C.track_id], descending=[True, False])
+        .head(n)
         .with_columns(pl.int_range(1, pl.len() + 1).alias(C.rank))
-        .collect().cast(GLOBAL_SCHEMA)
+        .collect()
+        .cast(GLOBAL_SCHEMA)
     )
 
 
 def listeners_per_track(interactions: pl.DataFrame) -> pl.DataFrame:
     """Distinct listeners of each track, most listened first."""
-    return (interactions.group_by(C.track_id).agg(pl.col(C.user_id).n_unique().alias("listeners"))
-            .sort(["listeners", C.track_id], descending=[True, False]))
+    return (
+        interactions.group_by(C.track_id)
+        .agg(pl.col(C.user_id).n_unique().alias("listeners"))
+        .sort(["listeners", C.track_id], descending=[True, False])
+    )

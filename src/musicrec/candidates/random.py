@@ -56,8 +56,9 @@ def _first_unheard_unique(cols: np.ndarray, user_rows: np.ndarray, data: FitData
     n_tracks = len(data.track_ids)
     sub = data.matrix[user_rows]
     sub.sort_indices()
-    heard_keys = np.repeat(np.arange(len(user_rows), dtype=np.int64), np.diff(sub.indptr)) * n_tracks \
-        + sub.indices
+    heard_keys = (
+        np.repeat(np.arange(len(user_rows), dtype=np.int64), np.diff(sub.indptr)) * n_tracks + sub.indices
+    )
     order = np.argsort(cols, axis=1, kind="stable")
     ordered = np.take_along_axis(cols, order, axis=1)
     repeated = np.zeros(ordered.shape, dtype=bool)

@@ -38,9 +38,15 @@ def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.D
             if not path.is_file():
                 continue
             # stream the lists past a hash of the (smaller) targets: memory stays flat at full scale
-            hits = (pl.scan_parquet(path).filter(pl.col(C.rank) <= n).select(C.user_id, C.track_id)
-                    .join(targets.lazy(), on=[C.user_id, C.track_id], how="inner")
-                    .unique().with_columns(pl.lit(True).alias(name)).collect(engine="streaming"))
+            hits = (
+                pl.scan_parquet(path)
+                .filter(pl.col(C.rank) <= n)
+                .select(C.user_id, C.track_id)
+                .join(targets.lazy(), on=[C.user_id, C.track_id], how="inner")
+                .unique()
+                .with_columns(pl.lit(True).alias(name))
+                .collect(engine="streaming")
+            )
             found_any = found_any.join(hits, on=[C.user_id, C.track_id], how="left")
             hit = found_any.get_column(name).fill_null(False)
             rows.append(_row(name, n, int(hit.sum()), total))
@@ -50,5 +56,10 @@ def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.D
 
 
 def _row(generator: str, n: int, found: int, total: int) -> dict:
-    return {"generator": generator, "n": n, "found": found, "targets": total,
-            "recall": found / total if total else float("nan")}
+    return {
+        "generator": generator,
+        "n": n,
+        "found": found,
+        "targets": total,
+        "recall": found / total if total else float("nan"),
+    }

@@ -61,9 +61,11 @@ def window_interactions(paths: RunPaths, window: str) -> pl.DataFrame:
     """The interactions a window's generators are fitted on (before labels, or before test)."""
     split = read_json(paths.split)
     end = split["label_start"] if window == "history" else split["test_start"]
-    return (pl.scan_parquet(paths.interactions)
-            .filter(pl.col(C.started_at) < pl.lit(dt.date.fromisoformat(end)).cast(pl.Datetime("ns")))
-            .collect())
+    return (
+        pl.scan_parquet(paths.interactions)
+        .filter(pl.col(C.started_at) < pl.lit(dt.date.fromisoformat(end)).cast(pl.Datetime("ns")))
+        .collect()
+    )
 
 
 def labels_targets(paths: RunPaths, users: np.ndarray | None = None) -> pl.DataFrame:
@@ -71,8 +73,9 @@ def labels_targets(paths: RunPaths, users: np.ndarray | None = None) -> pl.DataF
     what candidates should contain."""
     targets = window_targets(paths, "labels")
     if users is not None:
-        targets = targets.join(pl.DataFrame({C.user_id: users}).cast(targets.schema[C.user_id]),
-                               on=C.user_id, how="semi")
+        targets = targets.join(
+            pl.DataFrame({C.user_id: users}).cast(targets.schema[C.user_id]), on=C.user_id, how="semi"
+        )
     return targets
 
 
@@ -96,8 +99,9 @@ def list_users(profile: Profile, paths: RunPaths) -> np.ndarray | None:
     return training_users(labels_targets(paths), profile.ranking.train_users, profile.seed)
 
 
-def window_targets(paths: RunPaths, window: str, warm: bool | None = True,
-                   timestamps: bool = False) -> pl.DataFrame:
+def window_targets(
+    paths: RunPaths, window: str, warm: bool | None = True, timestamps: bool = False
+) -> pl.DataFrame:
     """``user_id, track_id`` listens of the ``labels`` or ``test`` window.
 
     ``warm=True``: of users seen before the window (what recommendations are judged
@@ -108,8 +112,10 @@ def window_targets(paths: RunPaths, window: str, warm: bool | None = True,
     bounds = {"labels": (split["label_start"], split["test_start"]), "test": (split["test_start"], None)}
     if window not in bounds:
         raise ValueError(f"window must be 'labels' or 'test', got {window!r}")
-    start, end = (None if b is None else pl.lit(dt.date.fromisoformat(b)).cast(pl.Datetime("ns"))
-                  for b in bounds[window])
+    start, end = (
+        None if b is None else pl.lit(dt.date.fromisoformat(b)).cast(pl.Datetime("ns"))
+        for b in bounds[window]
+    )
     lf = pl.scan_parquet(paths.interactions)
     seen = lf.filter(pl.col(C.started_at) < start).select(C.user_id).unique()
     inside = lf.filter(pl.col(C.started_at) >= start)
@@ -125,38 +131,76 @@ def output_dir(paths: RunPaths, window: str) -> Path:
     return paths.candidates / "history" if window == "history" else paths.candidates
 
 
-def _write_batches(path: Path, schema: dict, work: Callable[[np.ndarray], pl.DataFrame],
-                   parts: list[np.ndarray], workers: int, desc: str = "", progress: bool = False) -> int:
+def _write_batches(
+    path: Path,
+    schema: dict,
+    work: Callable[[np.ndarray], pl.DataFrame],
+    parts: list[np.ndarray],
+    workers: int,
+    desc: str = "",
+    progress: bool = False,
+) -> int:
     """Write ``work(part)`` for every part to one parquet file, in order, ``workers`` computed at a
     time (:func:`musicrec.parallel.in_order`); return the rows written."""
     with ParquetStream(path, schema) as out:
-        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc,
-                          disable=not progress):
+        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc, disable=not progress):
             out.write(frame)
     return out.rows
 
 
-def _stream_users(path: Path, data: FitData, recommend: Callable, n: int, batch: int,
-                  desc: str, progress: bool, workers: int = 1, rows: np.ndarray | None = None) -> int:
+def _stream_users(
+    path: Path,
+    data: FitData,
+    recommend: Callable,
+    n: int,
+    batch: int,
+    desc: str,
+    progress: bool,
+    workers: int = 1,
+    rows: np.ndarray | None = None,
+) -> int:
     """Write ``recommend(rows, n)`` for the users at matrix ``rows`` (all when None), batch by batch."""
     rows = np.arange(len(data.user_ids)) if rows is None else rows
 
     def work(index: np.ndarray) -> pl.DataFrame:
         return to_user_frame(data.user_ids[index], *recommend(index, n), data.track_ids)
 
-    return _write_batches(path, USER_RECS_SCHEMA, work, [rows[part] for part in batches(len(rows), batch)],
-                          workers, desc, progress)
+    return _write_batches(
+        path,
+        USER_RECS_SCHEMA,
+        work,
+        [rows[part] for part in batches(len(rows), batch)],
+        workers,
+        desc,
+        progress,
+    )
 
 
-def _stream_similar(path: Path, data: FitData, similar: Callable, n: int, batch: int,
-                    desc: str, progress: bool, workers: int = 1) -> int:
+def _stream_similar(
+    path: Path,
+    data: FitData,
+    similar: Callable,
+    n: int,
+    batch: int,
+    desc: str,
+    progress: bool,
+    workers: int = 1,
+) -> int:
     """Write ``similar(columns, n)`` for every track of the catalogue, batch by batch."""
+
     def work(cols: np.ndarray) -> pl.DataFrame:
         return to_similar_frame(cols, *similar(cols, n), data.track_ids)
 
     cols = np.arange(len(data.track_ids))
-    return _write_batches(path, SIMILAR_SCHEMA, work, [cols[part] for part in batches(len(cols), batch)],
-                          workers, desc, progress)
+    return _write_batches(
+        path,
+        SIMILAR_SCHEMA,
+        work,
+        [cols[part] for part in batches(len(cols), batch)],
+        workers,
+        desc,
+        progress,
+    )
 
 
 def _copy_from_history(name: str, out: Path) -> int:
@@ -189,8 +233,7 @@ class CandidateStage:
     the ALS history model from ``outputs/<run>/models/history/`` and computes the rest.
     """
 
-    def __init__(self, profile: Profile, paths: RunPaths, progress: bool = False,
-                 workers: int = WORKERS):
+    def __init__(self, profile: Profile, paths: RunPaths, progress: bool = False, workers: int = WORKERS):
         self.profile, self.paths, self.progress, self.workers = profile, paths, progress, workers
         self._history: dict[str, object] = {}
 
@@ -217,8 +260,9 @@ class CandidateStage:
 
         # top-popular: one global list
         run = GeneratorRun("top_popular", window)
-        popular = _timed(run, "fit_seconds", lambda: top_popular(interactions, cfg.top_popular.n,
-                                                                 cfg.top_popular.days))
+        popular = _timed(
+            run, "fit_seconds", lambda: top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days)
+        )
         write_parquet(popular, out / "top_popular.parquet")
         run.rows, run.files = popular.height, ["top_popular.parquet"]
         runs.append(run)
@@ -226,16 +270,30 @@ class CandidateStage:
         # random: the floor
         run = GeneratorRun("random", window)
         rnd = RandomGenerator(profile.seed).fit(data)
-        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
-            out / "random.parquet", data, rnd.recommend, cfg.random.n, cfg.als.batch_users,
-            f"random ({window})", progress, workers, self.rows))
+        run.rows = _timed(
+            run,
+            "recommend_seconds",
+            lambda: _stream_users(
+                out / "random.parquet",
+                data,
+                rnd.recommend,
+                cfg.random.n,
+                cfg.als.batch_users,
+                f"random ({window})",
+                progress,
+                workers,
+                self.rows,
+            ),
+        )
         run.files = ["random.parquet"]
         runs.append(run)
 
         runs.append(self._als(data, out, window))
         runs.append(self._i2i(data, interactions, out, window))
-        runs += [self._optional("content", "ContentGenerator", cfg.content, data, out, window, reuse),
-                 self._optional("audio", "AudioGenerator", cfg.audio, data, out, window, reuse)]
+        runs += [
+            self._optional("content", "ContentGenerator", cfg.content, data, out, window, reuse),
+            self._optional("audio", "AudioGenerator", cfg.audio, data, out, window, reuse),
+        ]
         write_json([asdict(r) for r in runs], out / "runs.json")
         for kept in self._history.values():
             kept.data = None  # what is kept never needs the history window's listens again (~7 GB at full)
@@ -248,23 +306,48 @@ class CandidateStage:
         previous = None
         if window == "history+labels" and cfg.refit != "full":
             previous = self._history.get("als") or AlsGenerator.load(
-                cfg, paths.models / "history", self.profile.seed)
+                cfg, paths.models / "history", self.profile.seed
+            )
         als = _timed(run, "fit_seconds", lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous))
-        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
-            out / "personal_als.parquet", data, als.recommend, cfg.n_users, cfg.batch_users,
-            f"ALS top-{cfg.n_users} ({window})", self.progress, self.workers, self.rows))
+        run.rows = _timed(
+            run,
+            "recommend_seconds",
+            lambda: _stream_users(
+                out / "personal_als.parquet",
+                data,
+                als.recommend,
+                cfg.n_users,
+                cfg.batch_users,
+                f"ALS top-{cfg.n_users} ({window})",
+                self.progress,
+                self.workers,
+                self.rows,
+            ),
+        )
         kept_items = cfg.refit == "users" and previous is not None
         if kept_items and (out / "history" / "similar.parquet").is_file():
             similar_rows = _timed(run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
             copied = "; similar lists: the history fit's (item factors kept)"
         else:
-            similar_rows = _timed(run, "similar_seconds", lambda: _stream_similar(
-                out / "similar.parquet", data, als.similar, cfg.n_similar, cfg.batch_tracks,
-                f"ALS similar ({window})", self.progress, self.workers))
+            similar_rows = _timed(
+                run,
+                "similar_seconds",
+                lambda: _stream_similar(
+                    out / "similar.parquet",
+                    data,
+                    als.similar,
+                    cfg.n_similar,
+                    cfg.batch_tracks,
+                    f"ALS similar ({window})",
+                    self.progress,
+                    self.workers,
+                ),
+            )
             copied = ""
         run.files = ["personal_als.parquet", "similar.parquet"]
         run.note = f"{similar_rows:,} similar pairs" + (
-            f"; item pool: the {len(als.items):,} most listened tracks" if als.items is not None else "")
+            f"; item pool: the {len(als.items):,} most listened tracks" if als.items is not None else ""
+        )
         run.note += (f"; refit: {cfg.refit}" if previous is not None else "") + copied
         als.save(paths.models / ("history" if window == "history" else ""))
         if window == "history":
@@ -285,8 +368,12 @@ class CandidateStage:
             lo = np.searchsorted(recent_users, users[0], side="left")
             hi = np.searchsorted(recent_users, users[-1], side="right")
             block = data.matrix[part]
-            heard = pl.DataFrame({C.user_id: np.repeat(users, np.diff(block.indptr)),
-                                  C.track_id: data.track_ids[block.indices]})
+            heard = pl.DataFrame(
+                {
+                    C.user_id: np.repeat(users, np.diff(block.indptr)),
+                    C.track_id: data.track_ids[block.indices],
+                }
+            )
             mine = recent.slice(lo, hi - lo)
             if hi - lo and mine.get_column(C.user_id).n_unique() > len(users):  # a sample of users
                 mine = mine.filter(pl.col(C.user_id).is_in(pl.Series(users).implode()))
@@ -302,8 +389,9 @@ class CandidateStage:
         run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
         return run
 
-    def _optional(self, name: str, class_name: str, gen_cfg, data: FitData, out: Path, window: str,
-                  reuse: bool) -> GeneratorRun:
+    def _optional(
+        self, name: str, class_name: str, gen_cfg, data: FitData, out: Path, window: str, reuse: bool
+    ) -> GeneratorRun:
         """Fit one optional generator and stream its user lists and similar lists (or say why not).
 
         Its similar lists come from the catalogue alone: with ``reuse``, the history fit's are copied.
@@ -318,31 +406,59 @@ class CandidateStage:
         make = getattr(importlib.import_module(f"musicrec.candidates.{name}"), class_name)
         fitted = self._history.get(name) if reuse else None
         try:
-            gen = _timed(run, "fit_seconds", lambda: fitted.for_window(data) if fitted is not None
-                         else make(gen_cfg, seed=profile.seed).fit(data))
+            gen = _timed(
+                run,
+                "fit_seconds",
+                lambda: (
+                    fitted.for_window(data)
+                    if fitted is not None
+                    else make(gen_cfg, seed=profile.seed).fit(data)
+                ),
+            )
         except ValueError as exc:
             run.note = f"skipped: {exc}"
             return run
         if window == "history":
             self._history[name] = gen
         batch = getattr(gen_cfg, "batch_users", profile.candidates.als.batch_users)
-        run.rows = _timed(run, "recommend_seconds", lambda: _stream_users(
-            out / f"{name}.parquet", data, gen.recommend, gen_cfg.n, batch, f"{name} ({window})",
-            self.progress, self.workers, self.rows))
+        run.rows = _timed(
+            run,
+            "recommend_seconds",
+            lambda: _stream_users(
+                out / f"{name}.parquet",
+                data,
+                gen.recommend,
+                gen_cfg.n,
+                batch,
+                f"{name} ({window})",
+                self.progress,
+                self.workers,
+                self.rows,
+            ),
+        )
         if fitted is not None and (out / "history" / f"{name}_similar.parquet").is_file():
             _timed(run, "similar_seconds", lambda: _copy_from_history(f"{name}_similar.parquet", out))
         else:
-            _timed(run, "similar_seconds", lambda: _stream_similar(
-                out / f"{name}_similar.parquet", data, gen.similar, gen_cfg.n_similar,
-                profile.candidates.als.batch_tracks, f"{name} similar ({window})", self.progress,
-                self.workers))
+            _timed(
+                run,
+                "similar_seconds",
+                lambda: _stream_similar(
+                    out / f"{name}_similar.parquet",
+                    data,
+                    gen.similar,
+                    gen_cfg.n_similar,
+                    profile.candidates.als.batch_tracks,
+                    f"{name} similar ({window})",
+                    self.progress,
+                    self.workers,
+                ),
+            )
         run.files = [f"{name}.parquet", f"{name}_similar.parquet"]
         run.note = str(getattr(gen, "fit_report", "") or "")
         return run
 
 
-def fit_window(profile: Profile, paths: RunPaths, window: str, progress: bool = False
-               ) -> list[GeneratorRun]:
+def fit_window(profile: Profile, paths: RunPaths, window: str, progress: bool = False) -> list[GeneratorRun]:
     """Fit every generator on ``window`` alone and write its lists (see :class:`CandidateStage`)."""
     return CandidateStage(profile, paths, progress).fit(window)
 

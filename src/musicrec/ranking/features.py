@@ -62,8 +62,9 @@ def _days_before(end: dt.date, column: pl.Expr) -> pl.Expr:
     return (_midnight(end) - column).dt.total_seconds() / 86_400.0
 
 
-def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.date,
-                   recent_days: int) -> pl.DataFrame:
+def track_features(
+    listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.date, recent_days: int
+) -> pl.DataFrame:
     """One row per catalogue track: popularity, its trend, age, and catalogue counts.
 
     Tracks nobody listened to in the window get zero listens and a null age.
@@ -72,12 +73,16 @@ def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.d
     recent = end - pl.duration(days=recent_days)
     before = end - pl.duration(days=2 * recent_days)
     started = pl.col(C.started_at)
-    stats = (listens.group_by(C.track_id).agg(
-        pl.len().cast(pl.Float32).alias("track_listens"),
-        (started >= recent).sum().cast(pl.Float32).alias("track_listens_recent"),
-        ((started >= before) & (started < recent)).sum().cast(pl.Float32).alias("_before"),
-        started.min().alias("_first"),
-    ).collect(engine="streaming"))
+    stats = (
+        listens.group_by(C.track_id)
+        .agg(
+            pl.len().cast(pl.Float32).alias("track_listens"),
+            (started >= recent).sum().cast(pl.Float32).alias("track_listens_recent"),
+            ((started >= before) & (started < recent)).sum().cast(pl.Float32).alias("_before"),
+            started.min().alias("_first"),
+        )
+        .collect(engine="streaming")
+    )
     return (
         tracks.select(
             pl.col(C.track_id),
@@ -89,7 +94,8 @@ def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.d
         .with_columns(pl.col("track_listens", "track_listens_recent", "_before").fill_null(0.0))
         .with_columns(
             ((pl.col("track_listens_recent") + 1) / (pl.col("_before") + 1))
-            .cast(pl.Float32).alias("track_trend"),
+            .cast(pl.Float32)
+            .alias("track_trend"),
             _days_before(window_end, pl.col("_first")).cast(pl.Float32).alias("track_age_days"),
         )
         .drop("_before", "_first")
@@ -98,12 +104,12 @@ def track_features(listens: pl.LazyFrame, tracks: pl.DataFrame, window_end: dt.d
 
 def _exploded(tracks: pl.DataFrame, column: str, name: str) -> pl.DataFrame:
     """``track_id, <name>``: one row per (track, list element)."""
-    return (tracks.select(C.track_id, pl.col(column).alias(name)).explode(name)
-            .drop_nulls(name))
+    return tracks.select(C.track_id, pl.col(column).alias(name)).explode(name).drop_nulls(name)
 
 
-def user_features(listens: pl.DataFrame, track_genres: pl.DataFrame, track_artists: pl.DataFrame,
-                  window_end: dt.date) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def user_features(
+    listens: pl.DataFrame, track_genres: pl.DataFrame, track_artists: pl.DataFrame, window_end: dt.date
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Per-user features, and the user-genre and user-artist listen counts they come from.
 
     Returns ``(users, user_genres, user_artists)``; ``user_genres`` has ``genre_share``
@@ -112,27 +118,36 @@ def user_features(listens: pl.DataFrame, track_genres: pl.DataFrame, track_artis
     users = listens.group_by(C.user_id).agg(
         pl.len().cast(pl.Float32).alias("user_listens"),
         pl.col(C.started_at).dt.date().n_unique().cast(pl.Float32).alias("user_active_days"),
-        _days_before(window_end, pl.col(C.started_at).max()).cast(pl.Float32)
-        .alias("user_days_since_last"),
+        _days_before(window_end, pl.col(C.started_at).max()).cast(pl.Float32).alias("user_days_since_last"),
     )
-    user_genres = (listens.select(C.user_id, C.track_id).join(track_genres, on=C.track_id)
-                   .group_by(C.user_id, "genre").agg(pl.len().alias("_n"))
-                   .join(users.select(C.user_id, "user_listens"), on=C.user_id)
-                   .with_columns((pl.col("_n") / pl.col("user_listens")).cast(pl.Float32)
-                                 .alias("genre_share")))
-    user_artists = (listens.select(C.user_id, C.track_id).join(track_artists, on=C.track_id)
-                    .group_by(C.user_id, "artist").agg(pl.len().cast(pl.Float32)
-                                                       .alias("artist_listens")))
+    user_genres = (
+        listens.select(C.user_id, C.track_id)
+        .join(track_genres, on=C.track_id)
+        .group_by(C.user_id, "genre")
+        .agg(pl.len().alias("_n"))
+        .join(users.select(C.user_id, "user_listens"), on=C.user_id)
+        .with_columns((pl.col("_n") / pl.col("user_listens")).cast(pl.Float32).alias("genre_share"))
+    )
+    user_artists = (
+        listens.select(C.user_id, C.track_id)
+        .join(track_artists, on=C.track_id)
+        .group_by(C.user_id, "artist")
+        .agg(pl.len().cast(pl.Float32).alias("artist_listens"))
+    )
     genre_stats = user_genres.group_by(C.user_id).agg(
         pl.col("genre_share").max().alias("user_top_genre_share"),
         ((pl.col("_n") / pl.col("_n").sum()) ** 2).sum().cast(pl.Float32).alias("user_genre_hhi"),
     )
-    artist_stats = (user_artists.join(users.select(C.user_id, "user_listens"), on=C.user_id)
-                    .group_by(C.user_id).agg(
-                        (pl.col("artist_listens").max() / pl.col("user_listens").first())
-                        .cast(pl.Float32).alias("user_top_artist_share")))
-    users = (users.join(genre_stats, on=C.user_id, how="left")
-             .join(artist_stats, on=C.user_id, how="left"))
+    artist_stats = (
+        user_artists.join(users.select(C.user_id, "user_listens"), on=C.user_id)
+        .group_by(C.user_id)
+        .agg(
+            (pl.col("artist_listens").max() / pl.col("user_listens").first())
+            .cast(pl.Float32)
+            .alias("user_top_artist_share")
+        )
+    )
+    users = users.join(genre_stats, on=C.user_id, how="left").join(artist_stats, on=C.user_id, how="left")
     return users, user_genres.select(C.user_id, "genre", "genre_share"), user_artists
 
 
@@ -143,8 +158,9 @@ def candidate_files(folder: Path, counts: dict[str, int]) -> list[tuple[str, int
     return [(name, n, path) for name, n, path in paths if n > 0 and path.is_file()]
 
 
-def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
-                     listens: pl.DataFrame) -> pl.DataFrame:
+def merge_candidates(
+    folder: Path, counts: dict[str, int], users: pl.DataFrame, listens: pl.DataFrame
+) -> pl.DataFrame:
     """The union of the generators' lists for ``users`` (a ``user_id`` frame).
 
     For every generator in ``counts`` with a positive count whose file exists in
@@ -157,17 +173,23 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
     for name, n, path in candidate_files(folder, counts):
         if name == "top_popular":
             top = pl.read_parquet(path).filter(pl.col(C.rank) <= n)
-            part = (users.select(C.user_id).join(top, how="cross")
-                    .join(listens.select(KEYS), on=list(KEYS), how="anti"))
+            part = (
+                users.select(C.user_id)
+                .join(top, how="cross")
+                .join(listens.select(KEYS), on=list(KEYS), how="anti")
+            )
         else:
-            part = (pl.scan_parquet(path)
-                    .filter(pl.col(C.user_id).is_between(lo, hi) & (pl.col(C.rank) <= n))
-                    .join(users.lazy().select(C.user_id), on=C.user_id, how="semi")
-                    .collect())
+            part = (
+                pl.scan_parquet(path)
+                .filter(pl.col(C.user_id).is_between(lo, hi) & (pl.col(C.rank) <= n))
+                .join(users.lazy().select(C.user_id), on=C.user_id, how="semi")
+                .collect()
+            )
         parts.append((name, part))
     if not parts:
-        raise FileNotFoundError(f"no candidate lists in {folder} for generators {sorted(counts)}: "
-                                "run `make candidates` first")
+        raise FileNotFoundError(
+            f"no candidate lists in {folder} for generators {sorted(counts)}: run `make candidates` first"
+        )
     # the union through one int64 key per pair, sorted (rows come out sorted by user, then
     # track); each list's values land at their positions in it
     part_keys = [frame_pair_keys(part) for _, part in parts]
@@ -175,15 +197,20 @@ def merge_candidates(folder: Path, counts: dict[str, int], users: pl.DataFrame,
     columns, proposed = {}, np.zeros(len(keys), dtype=np.int8)
     start = 0
     for (name, part), part_key in zip(parts, part_keys, strict=True):
-        at, start = inverse[start:start + len(part_key)], start + len(part_key)
+        at, start = inverse[start : start + len(part_key)], start + len(part_key)
         for column, dtype in ((C.score, pl.Float32), (C.rank, pl.Int16)):
             values = np.full(len(keys), np.nan, dtype=np.float32)
             values[at] = part.get_column(column).to_numpy()
             columns[f"{name}_{column}"] = pl.Series(values).fill_nan(None).cast(dtype)
         proposed[at] += 1
-    return pl.DataFrame({C.user_id: (keys >> 32).astype(np.int32),
-                         C.track_id: ((keys & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), **columns,
-                         "n_generators": proposed})
+    return pl.DataFrame(
+        {
+            C.user_id: (keys >> 32).astype(np.int32),
+            C.track_id: ((keys & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+            **columns,
+            "n_generators": proposed,
+        }
+    )
 
 
 def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,24 +255,32 @@ class TrackLists:
         counts = np.bincount(pos[keep], minlength=len(track_ids))
         ids = exploded.get_column(column).to_numpy()[keep][order]
         vocabulary, items = np.unique(ids, return_inverse=True)
-        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                   items.astype(np.int32), vocabulary)
+        return cls(
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items.astype(np.int32), vocabulary
+        )
 
     def of(self, track_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For catalogue positions ``track_pos``: (row of each item, the item's position), flattened."""
         lengths = np.diff(self.indptr)[track_pos]
-        return (np.repeat(np.arange(len(track_pos)), lengths),
-                self.items[ragged_positions(self.indptr[track_pos], lengths)])
+        return (
+            np.repeat(np.arange(len(track_pos)), lengths),
+            self.items[ragged_positions(self.indptr[track_pos], lengths)],
+        )
 
-    def user_matrix(self, per_user: pl.DataFrame, column: str, value: str, user_ids: np.ndarray
-                    ) -> sp.csr_array:
+    def user_matrix(
+        self, per_user: pl.DataFrame, column: str, value: str, user_ids: np.ndarray
+    ) -> sp.csr_array:
         """``per_user``'s ``value`` (one row per user and item) as a users x vocabulary matrix,
         rows in the order of the sorted ``user_ids``; items outside the vocabulary are left out."""
         rows = index_of(user_ids, per_user.get_column(C.user_id).to_numpy())
         cols = self.position(per_user.get_column(column).to_numpy())
         keep = (rows >= 0) & (cols >= 0)
-        return _csr(per_user.get_column(value).to_numpy()[keep], rows[keep], cols[keep],
-                    (len(user_ids), len(self.vocabulary)))
+        return _csr(
+            per_user.get_column(value).to_numpy()[keep],
+            rows[keep],
+            cols[keep],
+            (len(user_ids), len(self.vocabulary)),
+        )
 
 
 def _csr(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_array:
@@ -286,8 +321,13 @@ class ContentSimilarity:
         return _sparse_pair_dots(profiles, users, self.vectors, self.position, pairs)
 
 
-def _sparse_pair_dots(left: sp.csr_matrix, left_ids: np.ndarray, right: sp.csr_matrix,
-                      right_position: IdPositions, pairs: pl.DataFrame) -> np.ndarray:
+def _sparse_pair_dots(
+    left: sp.csr_matrix,
+    left_ids: np.ndarray,
+    right: sp.csr_matrix,
+    right_position: IdPositions,
+    pairs: pl.DataFrame,
+) -> np.ndarray:
     """``left[user] . right[track]`` for every pair, walking the (short) right rows only.
 
     One pass per position in a right row (tracks carry a handful of tokens), so no ragged
@@ -316,7 +356,8 @@ class AudioSimilarity:
 
         empty = pl.DataFrame(schema={C.user_id: pl.Int32, C.track_id: pl.Int32, C.weight: pl.Float32})
         model = AudioGenerator(profile.candidates.audio, seed=profile.seed).fit(
-            FitData.build(empty, tracks, features))
+            FitData.build(empty, tracks, features)
+        )
         self.track_ids, self.embeddings = model.data.track_ids, model.embeddings
         self.position = IdPositions(self.track_ids)
         self.recent_k = profile.candidates.audio.recent_k
@@ -327,8 +368,9 @@ class AudioSimilarity:
     def cached(cls, profile: Profile, paths, tracks: pl.DataFrame) -> AudioSimilarity:
         """One fitted model per run, features file and audio settings: the embeddings depend on the
         static track features only, so training and scoring (two windows) share one fit."""
-        files = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size)
-                      for f in (paths.track_features, paths.tracks))
+        files = tuple(
+            (str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in (paths.track_features, paths.tracks)
+        )
         key = (files, profile.seed, profile.candidates.audio.model_dump_json())
         if key not in cls._cache:
             cls._cache.clear()  # keep one model: a full-scale one is about 40 MB
@@ -381,21 +423,42 @@ class FeatureBuilder:
         tracks = pl.read_parquet(paths.tracks)
         folder = output_dir(paths, window)
         similar_path = folder / "similar.parquet"
-        similar = (pl.read_parquet(similar_path, columns=[C.track_id, C.similar_track_id, C.score])
-                   if similar_path.is_file() else None)
-        runs = {r["generator"]: r for r in read_json(folder / "runs.json")} \
-            if (folder / "runs.json").is_file() else {}
+        similar = (
+            pl.read_parquet(similar_path, columns=[C.track_id, C.similar_track_id, C.score])
+            if similar_path.is_file()
+            else None
+        )
+        runs = (
+            {r["generator"]: r for r in read_json(folder / "runs.json")}
+            if (folder / "runs.json").is_file()
+            else {}
+        )
         content = ContentSimilarity(tracks) if runs.get("content", {}).get("files") else None
-        audio = (AudioSimilarity.cached(profile, paths, tracks)
-                 if runs.get("audio", {}).get("files") and paths.track_features.is_file() else None)
-        return cls(profile.ranking, listens, end, folder, tracks,
-                   track_features(listens, tracks, end, profile.ranking.recent_days),
-                   similar, content, audio)
+        audio = (
+            AudioSimilarity.cached(profile, paths, tracks)
+            if runs.get("audio", {}).get("files") and paths.track_features.is_file()
+            else None
+        )
+        return cls(
+            profile.ranking,
+            listens,
+            end,
+            folder,
+            tracks,
+            track_features(listens, tracks, end, profile.ranking.recent_days),
+            similar,
+            content,
+            audio,
+        )
 
     def window_users(self) -> np.ndarray:
         """Every user with a listen in the window, sorted."""
-        return np.sort(self.listens.select(pl.col(C.user_id).unique()).collect(engine="streaming")
-                       .get_column(C.user_id).to_numpy())
+        return np.sort(
+            self.listens.select(pl.col(C.user_id).unique())
+            .collect(engine="streaming")
+            .get_column(C.user_id)
+            .to_numpy()
+        )
 
     def batch(self, user_ids: np.ndarray) -> pl.DataFrame:
         """Candidates with every feature for ``user_ids`` (sorted), rows sorted by user."""
@@ -403,9 +466,12 @@ class FeatureBuilder:
         if users.height == 0:
             return pl.DataFrame()
         lo, hi = int(user_ids[0]), int(user_ids[-1])
-        listens = (self.listens.filter(pl.col(C.user_id).is_between(lo, hi))
-                   .join(users.lazy(), on=C.user_id, how="semi")
-                   .select(C.user_id, C.track_id, C.started_at, C.track_seq, C.weight).collect())
+        listens = (
+            self.listens.filter(pl.col(C.user_id).is_between(lo, hi))
+            .join(users.lazy(), on=C.user_id, how="semi")
+            .select(C.user_id, C.track_id, C.started_at, C.track_seq, C.weight)
+            .collect()
+        )
         rows = merge_candidates(self.candidates_dir, self.config.candidates, users, listens)
         return self.add_features(rows, listens)
 
@@ -416,16 +482,20 @@ class FeatureBuilder:
         self.track_table = self.track_table.sort(C.track_id)
         self.track_ids = self.track_table.get_column(C.track_id).to_numpy()
         self.track_position = IdPositions(self.track_ids)
-        self.track_lists = {name: TrackLists.build(frame, name, self.track_ids)
-                            for name, frame in (("genre", self.genres), ("artist", self.artists),
-                                                ("album", self.albums))}
+        self.track_lists = {
+            name: TrackLists.build(frame, name, self.track_ids)
+            for name, frame in (("genre", self.genres), ("artist", self.artists), ("album", self.albums))
+        }
 
     def add_features(self, rows: pl.DataFrame, listens: pl.DataFrame) -> pl.DataFrame:
         """Track, user and user-track features of candidate ``rows`` from the users' ``listens``."""
-        users, user_genres, user_artists = user_features(listens, self.genres, self.artists,
-                                                         self.window_end)
-        user_albums = (listens.select(C.user_id, C.track_id).join(self.albums, on=C.track_id)
-                       .group_by(C.user_id, "album").agg(pl.len().cast(pl.Float32).alias("album_listens")))
+        users, user_genres, user_artists = user_features(listens, self.genres, self.artists, self.window_end)
+        user_albums = (
+            listens.select(C.user_id, C.track_id)
+            .join(self.albums, on=C.track_id)
+            .group_by(C.user_id, "album")
+            .agg(pl.len().cast(pl.Float32).alias("album_listens"))
+        )
         keys = frame_pair_keys(rows)
         if len(keys) > 1 and not (np.diff(keys) > 0).all():
             order = np.argsort(keys, kind="stable")
@@ -442,27 +512,43 @@ class FeatureBuilder:
             """For every row, the user's ``value`` summed over the track's items (genres, ...)."""
             lists = self.track_lists[name]
             pair_of, items = lists.of(track_pos)
-            weights = pair_values(lists.user_matrix(per_user, name, value, batch_users),
-                                  row_of_user[pair_of], items)
+            weights = pair_values(
+                lists.user_matrix(per_user, name, value, batch_users), row_of_user[pair_of], items
+            )
             return np.bincount(pair_of, weights=weights, minlength=len(rows)).astype(np.float32)
 
-        out = (pl.concat([rows.with_columns(
-                   genre_affinity=summed("genre", user_genres, "genre_share"),
-                   artist_listens=summed("artist", user_artists, "artist_listens"),
-                   album_listens=summed("album", user_albums, "album_listens")),
-                   self.track_table[track_pos].drop(C.track_id)], how="horizontal")
-               .join(users, on=C.user_id, how="left", maintain_order="left")
-               .with_columns((pl.col("artist_listens") / pl.col("user_listens")).cast(pl.Float32)
-                             .alias("artist_share")))
+        out = (
+            pl.concat(
+                [
+                    rows.with_columns(
+                        genre_affinity=summed("genre", user_genres, "genre_share"),
+                        artist_listens=summed("artist", user_artists, "artist_listens"),
+                        album_listens=summed("album", user_albums, "album_listens"),
+                    ),
+                    self.track_table[track_pos].drop(C.track_id),
+                ],
+                how="horizontal",
+            )
+            .join(users, on=C.user_id, how="left", maintain_order="left")
+            .with_columns(
+                (pl.col("artist_listens") / pl.col("user_listens")).cast(pl.Float32).alias("artist_share")
+            )
+        )
         if self.similar is not None:
             recent = last_listens(listens, self.config.i2i_last_k)
-            support = (recent.join(self.similar.lazy(), on=C.track_id)
-                       .group_by(C.user_id, C.similar_track_id)
-                       .agg(pl.len().cast(pl.Float32).alias("i2i_support"),
-                            pl.col(C.score).sum().cast(pl.Float32).alias("i2i_similarity"))
-                       .rename({C.similar_track_id: C.track_id}).collect())
-            out = out.with_columns(**_lookup(keys, frame_pair_keys(support), support,
-                                             ["i2i_support", "i2i_similarity"]))
+            support = (
+                recent.join(self.similar.lazy(), on=C.track_id)
+                .group_by(C.user_id, C.similar_track_id)
+                .agg(
+                    pl.len().cast(pl.Float32).alias("i2i_support"),
+                    pl.col(C.score).sum().cast(pl.Float32).alias("i2i_similarity"),
+                )
+                .rename({C.similar_track_id: C.track_id})
+                .collect()
+            )
+            out = out.with_columns(
+                **_lookup(keys, frame_pair_keys(support), support, ["i2i_support", "i2i_similarity"])
+            )
         if self.content is not None:
             out = out.with_columns(pl.Series("content_similarity", self.content(listens, out.select(KEYS))))
         if self.audio is not None:
@@ -470,8 +556,9 @@ class FeatureBuilder:
         return out
 
 
-def _lookup(keys: np.ndarray, table_keys: np.ndarray, table: pl.DataFrame, columns: list[str]
-            ) -> dict[str, np.ndarray]:
+def _lookup(
+    keys: np.ndarray, table_keys: np.ndarray, table: pl.DataFrame, columns: list[str]
+) -> dict[str, np.ndarray]:
     """``columns`` of ``table`` at the rows whose key is in ``keys`` (0 where absent)."""
     if len(table_keys) == 0:
         return {column: np.zeros(len(keys), dtype=np.float32) for column in columns}

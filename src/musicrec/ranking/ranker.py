@@ -21,8 +21,13 @@ from musicrec.config import RankingConfig
 from musicrec.ranking.features import KEYS, TARGET, feature_columns
 from musicrec.schema import C
 
-RECOMMENDATIONS_SCHEMA = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float32,
-                          C.rank: pl.Int16, "source": pl.String}
+RECOMMENDATIONS_SCHEMA = {
+    C.user_id: pl.Int32,
+    C.track_id: pl.Int32,
+    C.score: pl.Float32,
+    C.rank: pl.Int16,
+    "source": pl.String,
+}
 
 
 @dataclass
@@ -52,12 +57,12 @@ class SamplingReport:
 def label_rows(rows: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
     """``rows`` with ``target`` (1 when the (user, track) pair is in ``targets``, else 0)."""
     positive = targets.select(KEYS).unique().with_columns(pl.lit(1, pl.Int8).alias(TARGET))
-    return (rows.join(positive, on=list(KEYS), how="left")
-            .with_columns(pl.col(TARGET).fill_null(0)))
+    return rows.join(positive, on=list(KEYS), how="left").with_columns(pl.col(TARGET).fill_null(0))
 
 
-def sample_training_rows(labelled: pl.DataFrame, negatives_per_user: int, seed: int
-                         ) -> tuple[pl.DataFrame, SamplingReport]:
+def sample_training_rows(
+    labelled: pl.DataFrame, negatives_per_user: int, seed: int
+) -> tuple[pl.DataFrame, SamplingReport]:
     """Keep users with a positive; all their positives and ``negatives_per_user`` random negatives.
 
     The draw is a seeded hash of (user, track), so it does not depend on row order or batching.
@@ -67,14 +72,23 @@ def sample_training_rows(labelled: pl.DataFrame, negatives_per_user: int, seed: 
     kept_users = has_positive.filter(pl.col("_any") == 1).select(C.user_id)
     kept = labelled.join(kept_users, on=C.user_id, how="semi")
     draw = pl.struct(KEYS).hash(seed)
-    sampled = (kept.with_columns(draw.alias("_draw"))
-               .filter((pl.col(TARGET) == 1)
-                       | (pl.col("_draw").rank("ordinal").over(C.user_id, TARGET) <= negatives_per_user))
-               .drop("_draw").sort(KEYS))
+    sampled = (
+        kept.with_columns(draw.alias("_draw"))
+        .filter(
+            (pl.col(TARGET) == 1)
+            | (pl.col("_draw").rank("ordinal").over(C.user_id, TARGET) <= negatives_per_user)
+        )
+        .drop("_draw")
+        .sort(KEYS)
+    )
     report = SamplingReport(
-        users=has_positive.height, users_without_positive=has_positive.height - kept_users.height,
-        rows=labelled.height, positives=int(labelled.get_column(TARGET).sum()),
-        sampled_rows=sampled.height, sampled_positives=int(sampled.get_column(TARGET).sum()))
+        users=has_positive.height,
+        users_without_positive=has_positive.height - kept_users.height,
+        rows=labelled.height,
+        positives=int(labelled.get_column(TARGET).sum()),
+        sampled_rows=sampled.height,
+        sampled_positives=int(sampled.get_column(TARGET).sum()),
+    )
     return sampled, report
 
 
@@ -108,8 +122,10 @@ class TrainedRanker:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "ranker.cbm") as tmp:
             self.model.save_model(str(tmp))
-        write_json({"features": self.features, "loss": self.loss,
-                    "best_iteration": self.best_iteration}, folder / "ranker.json")
+        write_json(
+            {"features": self.features, "loss": self.loss, "best_iteration": self.best_iteration},
+            folder / "ranker.json",
+        )
         return folder / "ranker.cbm"
 
     @classmethod
@@ -137,8 +153,11 @@ def _pool(rows: pl.DataFrame, features: list[str]):
     from catboost import Pool
 
     rows = rows.sort(KEYS)  # groups contiguous
-    return Pool(rows.select(features).to_pandas(), label=rows.get_column(TARGET).to_numpy(),
-                group_id=rows.get_column(C.user_id).to_numpy().astype(np.int64))
+    return Pool(
+        rows.select(features).to_pandas(),
+        label=rows.get_column(TARGET).to_numpy(),
+        group_id=rows.get_column(C.user_id).to_numpy().astype(np.int64),
+    )
 
 
 #: Users and points of the learn curve computed after fitting.
@@ -154,11 +173,14 @@ def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> Trained
     from catboost import CatBoostClassifier, CatBoostRanker
 
     features = feature_columns(train)
-    fit_users, valid_users = split_users(train.get_column(C.user_id).to_numpy(),
-                                         config.validation_share, seed)
+    fit_users, valid_users = split_users(
+        train.get_column(C.user_id).to_numpy(), config.validation_share, seed
+    )
     if len(fit_users) == 0 or len(valid_users) == 0:
-        raise ValueError(f"the ranker needs at least two users with a positive label; got "
-                         f"{len(np.unique(train.get_column(C.user_id).to_numpy()))}")
+        raise ValueError(
+            f"the ranker needs at least two users with a positive label; got "
+            f"{len(np.unique(train.get_column(C.user_id).to_numpy()))}"
+        )
     is_valid = pl.col(C.user_id).is_in(pl.Series(valid_users).implode())
     fit_pool = _pool(train.filter(~is_valid), features)
     valid_pool = _pool(train.filter(is_valid), features)
@@ -168,25 +190,44 @@ def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> Trained
     learn_users = np.random.default_rng(seed).permutation(fit_users)[:CURVE_USERS]
     learn_pool = _pool(train.filter(pl.col(C.user_id).is_in(pl.Series(learn_users).implode())), features)
     with tempfile.TemporaryDirectory() as scratch:  # CatBoost's files, not catboost_info/ here
-        common = dict(iterations=config.iterations, learning_rate=config.learning_rate,
-                      depth=config.depth, random_seed=seed, thread_count=config.threads,
-                      early_stopping_rounds=config.early_stopping_rounds, use_best_model=True,
-                      verbose=False, allow_writing_files=False, train_dir=scratch)
+        common = dict(
+            iterations=config.iterations,
+            learning_rate=config.learning_rate,
+            depth=config.depth,
+            random_seed=seed,
+            thread_count=config.threads,
+            early_stopping_rounds=config.early_stopping_rounds,
+            use_best_model=True,
+            verbose=False,
+            allow_writing_files=False,
+            train_dir=scratch,
+        )
         if config.loss == "YetiRank":
-            model = CatBoostRanker(loss_function="YetiRank", eval_metric=metric,
-                                   custom_metric=[metric], **common)
+            model = CatBoostRanker(
+                loss_function="YetiRank", eval_metric=metric, custom_metric=[metric], **common
+            )
         else:
-            model = CatBoostClassifier(loss_function="Logloss", eval_metric=metric,
-                                       custom_metric=[metric], **common)
+            model = CatBoostClassifier(
+                loss_function="Logloss", eval_metric=metric, custom_metric=[metric], **common
+            )
         model.fit(fit_pool, eval_set=valid_pool)
         period = max(1, model.tree_count_ // CURVE_POINTS)
         learn = model.eval_metrics(learn_pool, [metric], eval_period=period, tmp_dir=scratch)
     curves = _curves(model.get_evals_result().get("validation", {}), "validation", 1)
     curves = pl.concat([curves, _curves(learn, "learn", period, model.tree_count_)])
-    importance = (pl.DataFrame({"feature": features, "importance": model.get_feature_importance(
-        type="PredictionValuesChange")}).sort("importance", descending=True))
-    return TrainedRanker(model, features, config.loss, curves, importance,
-                         int(model.get_best_iteration() or 0), len(fit_users), len(valid_users))
+    importance = pl.DataFrame(
+        {"feature": features, "importance": model.get_feature_importance(type="PredictionValuesChange")}
+    ).sort("importance", descending=True)
+    return TrainedRanker(
+        model,
+        features,
+        config.loss,
+        curves,
+        importance,
+        int(model.get_best_iteration() or 0),
+        len(fit_users),
+        len(valid_users),
+    )
 
 
 def _curves(metrics: dict, which: str, period: int, trees: int | None = None) -> pl.DataFrame:
@@ -196,17 +237,35 @@ def _curves(metrics: dict, which: str, period: int, trees: int | None = None) ->
         iterations = np.arange(1, len(values) + 1) * period - 1
         if trees is not None:
             iterations = np.minimum(iterations, trees - 1)
-        frames.append(pl.DataFrame({"iteration": iterations.astype(np.int32), "set": which,
-                                    "metric": metric.split(";")[0],
-                                    "value": np.asarray(values, dtype=np.float64)}))
-    return pl.concat(frames) if frames else pl.DataFrame(
-        schema={"iteration": pl.Int32, "set": pl.String, "metric": pl.String, "value": pl.Float64})
+        frames.append(
+            pl.DataFrame(
+                {
+                    "iteration": iterations.astype(np.int32),
+                    "set": which,
+                    "metric": metric.split(";")[0],
+                    "value": np.asarray(values, dtype=np.float64),
+                }
+            )
+        )
+    return (
+        pl.concat(frames)
+        if frames
+        else pl.DataFrame(
+            schema={"iteration": pl.Int32, "set": pl.String, "metric": pl.String, "value": pl.Float64}
+        )
+    )
 
 
 def top_n_by_score(rows: pl.DataFrame, scores: np.ndarray, n: int) -> pl.DataFrame:
     """Each user's ``n`` best rows by score (ties by track id) as ``user_id, track_id, score, rank``."""
-    return (rows.select(KEYS).with_columns(pl.Series(C.score, scores, dtype=pl.Float32))
-            .sort([C.user_id, C.score, C.track_id], descending=[False, True, False])
-            .group_by(C.user_id, maintain_order=True).head(n)
-            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int16).over(C.user_id).alias(C.rank),
-                          pl.lit("ranker").alias("source")))
+    return (
+        rows.select(KEYS)
+        .with_columns(pl.Series(C.score, scores, dtype=pl.Float32))
+        .sort([C.user_id, C.score, C.track_id], descending=[False, True, False])
+        .group_by(C.user_id, maintain_order=True)
+        .head(n)
+        .with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int16).over(C.user_id).alias(C.rank),
+            pl.lit("ranker").alias("source"),
+        )
+    )

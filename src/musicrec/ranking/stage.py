@@ -54,8 +54,13 @@ class StepTimes:
         self.peak_rss_gb[name] = round(memory.peak_gb, 2)
 
     def table(self) -> pl.DataFrame:
-        return pl.DataFrame({"step": list(self.seconds), "seconds": list(self.seconds.values()),
-                             "peak_rss_gb": [self.peak_rss_gb[s] for s in self.seconds]})
+        return pl.DataFrame(
+            {
+                "step": list(self.seconds),
+                "seconds": list(self.seconds.values()),
+                "peak_rss_gb": [self.peak_rss_gb[s] for s in self.seconds],
+            }
+        )
 
 
 def _of_range(frame: pl.DataFrame, chunk: np.ndarray) -> pl.DataFrame:
@@ -63,8 +68,9 @@ def _of_range(frame: pl.DataFrame, chunk: np.ndarray) -> pl.DataFrame:
     return frame.filter(pl.col(C.user_id).is_between(int(chunk[0]), int(chunk[-1])))
 
 
-def prefetched(build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndarray],
-               workers: int = WORKERS) -> Iterator[tuple[np.ndarray, pl.DataFrame]]:
+def prefetched(
+    build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndarray], workers: int = WORKERS
+) -> Iterator[tuple[np.ndarray, pl.DataFrame]]:
     """``(chunk, build(chunk))`` for every chunk in order, the next ``workers`` chunks built in
     background threads while the caller works on the current one (polars, numpy, scipy and
     CatBoost release the GIL, so feature building and prediction share the cores: at full scale
@@ -73,8 +79,9 @@ def prefetched(build: Callable[[np.ndarray], pl.DataFrame], chunks: list[np.ndar
     return zip(chunks, in_order(build, chunks, workers=workers), strict=True)
 
 
-def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
-                  ) -> tuple[pl.DataFrame, SamplingReport, dict]:
+def training_rows(
+    profile: Profile, paths: RunPaths, progress: bool = False
+) -> tuple[pl.DataFrame, SamplingReport, dict]:
     """Labelled, sampled rows of the training users, with the labels-window recall of the union.
 
     Returns the rows (sorted by user), the sampling report, and ``recall``: the share of
@@ -86,21 +93,25 @@ def training_rows(profile: Profile, paths: RunPaths, progress: bool = False
     users = training_users(targets, cfg.train_users, profile.seed)
     parts, report, found = [], SamplingReport(), 0
     chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
-    for chunk, rows in tqdm(prefetched(builder.batch, chunks), total=len(chunks), desc="training rows",
-                            disable=not progress):
+    for chunk, rows in tqdm(
+        prefetched(builder.batch, chunks), total=len(chunks), desc="training rows", disable=not progress
+    ):
         labelled = label_rows(rows, _of_range(targets, chunk))
         found += int(labelled.get_column("target").sum())
         sampled, batch_report = sample_training_rows(labelled, cfg.negatives_per_user, profile.seed)
         parts.append(sampled)
         report = report.add(batch_report)
     in_sample = targets.filter(pl.col(C.user_id).is_in(pl.Series(users).implode())).select(KEYS).unique()
-    recall = {"users": int(len(users)), "labels_listens": in_sample.height, "found": found,
-              "recall": found / in_sample.height if in_sample.height else float("nan")}
+    recall = {
+        "users": int(len(users)),
+        "labels_listens": in_sample.height,
+        "found": found,
+        "recall": found / in_sample.height if in_sample.height else float("nan"),
+    }
     return pl.concat(parts) if parts else pl.DataFrame(), report, recall
 
 
-def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progress: bool = False
-                ) -> dict:
+def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progress: bool = False) -> dict:
     """Rank every user's candidates from the history + labels fit; top-popular for cold users.
 
     Writes ``recommendations.parquet`` batch by batch. Alongside, counts how many test
@@ -112,15 +123,17 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     users = builder.window_users()  # seen before the test window: the warm users
     # one read of the test window, split here (window_targets' warm/cold split scans the history again)
     test_all = window_targets(paths, "test", warm=None)
-    test = test_all.join(pl.DataFrame({C.user_id: users}).cast(test_all.schema[C.user_id]), on=C.user_id,
-                         how="semi")
+    test = test_all.join(
+        pl.DataFrame({C.user_id: users}).cast(test_all.schema[C.user_id]), on=C.user_id, how="semi"
+    )
     cold = np.setdiff1d(test_all.get_column(C.user_id).to_numpy(), users)
     counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
     candidate_rows = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
         chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
-        for chunk, rows in tqdm(prefetched(builder.batch, chunks), total=len(chunks), desc="scoring",
-                                disable=not progress):
+        for chunk, rows in tqdm(
+            prefetched(builder.batch, chunks), total=len(chunks), desc="scoring", disable=not progress
+        ):
             candidate_rows += rows.height
             top = top_n_by_score(rows, ranker.predict(rows), cfg.n)
             out.write(top)
@@ -129,28 +142,40 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
             in_top = top.join(hits, on=list(KEYS), how="semi")
             counts["top_10"] += in_top.filter(pl.col(C.rank) <= 10).height
             counts[f"top_{cfg.n}"] += in_top.height
-        popular = (pl.read_parquet(paths.candidates / "top_popular.parquet")
-                   .filter(pl.col(C.rank) <= cfg.n).sort(C.rank))
+        popular = (
+            pl.read_parquet(paths.candidates / "top_popular.parquet")
+            .filter(pl.col(C.rank) <= cfg.n)
+            .sort(C.rank)
+        )
         for part in batches(len(cold), cfg.batch_users):
-            out.write(pl.DataFrame({C.user_id: cold[part]}).join(popular, how="cross")
-                      .with_columns(pl.lit("top_popular").alias("source")))
+            out.write(
+                pl.DataFrame({C.user_id: cold[part]})
+                .join(popular, how="cross")
+                .with_columns(pl.lit("top_popular").alias("source"))
+            )
     warm_test = test.select(KEYS).unique()  # distinct pairs, as the hits above count them
-    return {"warm_users": int(len(users)), "cold_users": int(len(cold)),
-            "candidate_rows": candidate_rows, "rows": out.rows,
-            "test_listens_of_warm_users": warm_test.height,
-            "recall": {k: v / warm_test.height if warm_test.height else float("nan")
-                       for k, v in counts.items()}}
+    return {
+        "warm_users": int(len(users)),
+        "cold_users": int(len(cold)),
+        "candidate_rows": candidate_rows,
+        "rows": out.rows,
+        "test_listens_of_warm_users": warm_test.height,
+        "recall": {k: v / warm_test.height if warm_test.height else float("nan") for k, v in counts.items()},
+    }
 
 
 def sampling_table(report: SamplingReport) -> pl.DataFrame:
     """The positive rate before and after sampling, and the users dropped, for display."""
-    row = asdict(report) | {"positive_rate": report.positive_rate,
-                            "sampled_positive_rate": report.sampled_positive_rate}
+    row = asdict(report) | {
+        "positive_rate": report.positive_rate,
+        "sampled_positive_rate": report.sampled_positive_rate,
+    }
     return pl.DataFrame([row])
 
 
-def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int = 0,
-                    max_users: int | None = 100_000) -> pl.DataFrame:
+def compare_on_test(
+    paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int = 0, max_users: int | None = 100_000
+) -> pl.DataFrame:
     """NDCG@k and recall@k on the test window: the final list beside every generator's list.
 
     Users: those seen before the test window with a test listen, or a seeded sample of
@@ -169,23 +194,32 @@ def compare_on_test(paths: RunPaths, k: int = 10, n_boot: int = 200, seed: int =
         test = test.join(users.to_frame(), on=C.user_id, how="semi")
     rows = []
     for name, lists in model_lists(paths, k, users=users).items():
-        result = evaluate(lists.collect(engine="streaming"), test, [NDCG(k), Recall(k)], users=users,
-                          n_boot=n_boot, seed=seed)
+        result = evaluate(
+            lists.collect(engine="streaming"),
+            test,
+            [NDCG(k), Recall(k)],
+            users=users,
+            n_boot=n_boot,
+            seed=seed,
+        )
         rows += [{"model": name, "users": users.len()} | row for row in result.iter_rows(named=True)]
     return pl.DataFrame(rows).sort(["metric", "value"], descending=[False, True])
 
 
 def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -> pl.DataFrame:
     """A user's final top ``k`` with each generator's rank of every track (null: not proposed)."""
-    final = (pl.scan_parquet(paths.recommendations)
-             .filter((pl.col(C.user_id) == user_id) & (pl.col(C.rank) <= k))
-             .select(C.rank, C.track_id, C.score).collect().sort(C.rank))
+    final = (
+        pl.scan_parquet(paths.recommendations)
+        .filter((pl.col(C.user_id) == user_id) & (pl.col(C.rank) <= k))
+        .select(C.rank, C.track_id, C.score)
+        .collect()
+        .sort(C.rank)
+    )
     for name, n, path in candidate_files(paths.candidates, profile.ranking.candidates):
         ranks = pl.scan_parquet(path)
         if name != "top_popular":
             ranks = ranks.filter(pl.col(C.user_id) == user_id)
-        ranks = (ranks.filter(pl.col(C.rank) <= n).select(C.track_id, pl.col(C.rank).alias(name))
-                 .collect())
+        ranks = ranks.filter(pl.col(C.rank) <= n).select(C.track_id, pl.col(C.rank).alias(name)).collect()
         final = final.join(ranks, on=C.track_id, how="left", maintain_order="left")
     return final
 
@@ -200,9 +234,13 @@ def typical_user(paths: RunPaths, latest: int = 10) -> tuple[int, int, pl.DataFr
     history = window_listens(pl.scan_parquet(paths.interactions), test_start)
     sizes = history.group_by(C.user_id).len().sort("len", C.user_id).collect(engine="streaming")
     user, n_listens = sizes.row(sizes.height // 2)
-    recent = (history.filter(pl.col(C.user_id) == user)
-              .sort(C.started_at, C.track_seq, descending=True).head(latest)
-              .select(C.started_at, C.track_id).collect())
+    recent = (
+        history.filter(pl.col(C.user_id) == user)
+        .sort(C.started_at, C.track_seq, descending=True)
+        .head(latest)
+        .select(C.started_at, C.track_id)
+        .collect()
+    )
     return user, n_listens, recent
 
 
@@ -211,8 +249,15 @@ def final_against_best(ndcg: pl.DataFrame) -> str:
     against the best single generator's, judged by whether the two intervals overlap."""
     best = ndcg.filter(pl.col("model") != "final").sort("value", descending=True).row(0, named=True)
     final = ndcg.filter(pl.col("model") == "final").row(0, named=True)
-    verdict = ("beats" if final["lower"] > best["upper"] else
-               "is below" if final["upper"] < best["lower"] else "is within the interval of")
-    return (f"The ranked list reaches NDCG@10 **{final['value']:.4f}** [{final['lower']:.4f}, "
-            f"{final['upper']:.4f}] and {verdict} the best single generator, **{best['model']}** "
-            f"({best['value']:.4f} [{best['lower']:.4f}, {best['upper']:.4f}]).")
+    verdict = (
+        "beats"
+        if final["lower"] > best["upper"]
+        else "is below"
+        if final["upper"] < best["lower"]
+        else "is within the interval of"
+    )
+    return (
+        f"The ranked list reaches NDCG@10 **{final['value']:.4f}** [{final['lower']:.4f}, "
+        f"{final['upper']:.4f}] and {verdict} the best single generator, **{best['model']}** "
+        f"({best['value']:.4f} [{best['lower']:.4f}, {best['upper']:.4f}])."
+    )

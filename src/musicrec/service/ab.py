@@ -94,8 +94,12 @@ def two_proportion_test(s_a: int, n_a: int, s_b: int, n_b: int, confidence: floa
     return out
 
 
-def summarize(outcomes: Iterable[tuple[str, int, bool]], variants: Sequence[str] = (),
-              confidence: float = 0.95, shares: dict[str, float] | None = None) -> dict:
+def summarize(
+    outcomes: Iterable[tuple[str, int, bool]],
+    variants: Sequence[str] = (),
+    confidence: float = 0.95,
+    shares: dict[str, float] | None = None,
+) -> dict:
     """Per-variant results and the tests against the first variant, from ``(variant, user, success)``.
 
     ``variants`` fixes the order (the first is the control) and lists variants that have no
@@ -113,25 +117,30 @@ def summarize(outcomes: Iterable[tuple[str, int, bool]], variants: Sequence[str]
         entry = per.get(name, {"lists": 0, "successes": 0, "users": {}})
         n_users = len(entry["users"])
         user_successes = sum(entry["users"].values())
-        rows.append({
-            "variant": name,
-            "share": (shares or {}).get(name),
-            "users": n_users,
-            "recommendations": entry["lists"],
-            "successes": entry["successes"],
-            "success_rate": entry["successes"] / entry["lists"] if entry["lists"] else None,
-            "ci": wilson_interval(entry["successes"], entry["lists"], confidence),
-            "users_with_success": user_successes,
-            "user_success_rate": user_successes / n_users if n_users else None,
-            "user_ci": wilson_interval(user_successes, n_users, confidence),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "share": (shares or {}).get(name),
+                "users": n_users,
+                "recommendations": entry["lists"],
+                "successes": entry["successes"],
+                "success_rate": entry["successes"] / entry["lists"] if entry["lists"] else None,
+                "ci": wilson_interval(entry["successes"], entry["lists"], confidence),
+                "users_with_success": user_successes,
+                "user_success_rate": user_successes / n_users if n_users else None,
+                "user_ci": wilson_interval(user_successes, n_users, confidence),
+            }
+        )
     tests = []
     if rows:
         control = rows[0]
         for other in rows[1:]:
-            for metric, s_key, n_key in (("recommendation_success", "successes", "recommendations"),
-                                         ("user_success", "users_with_success", "users")):
-                test = two_proportion_test(control[s_key], control[n_key], other[s_key], other[n_key],
-                                           confidence)
+            for metric, s_key, n_key in (
+                ("recommendation_success", "successes", "recommendations"),
+                ("user_success", "users_with_success", "users"),
+            ):
+                test = two_proportion_test(
+                    control[s_key], control[n_key], other[s_key], other[n_key], confidence
+                )
                 tests.append({"metric": metric, "a": control["variant"], "b": other["variant"], **test})
     return {"confidence": confidence, "variants": rows, "tests": tests}

@@ -157,13 +157,19 @@ class Stats:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"started_at": dt.datetime.fromtimestamp(self.started, dt.UTC).isoformat(),
-                    "uptime_seconds": round(time.time() - self.started, 1),
-                    "requests": self.requests,
-                    "recommendations": {"total": self.recommendations, "by_source": dict(self.by_source),
-                                        "by_variant": dict(self.by_variant)},
-                    "errors": {"client": self.client_errors, "server": self.server_errors},
-                    "events_stored": self.events_stored, "reloads": self.reloads}
+            return {
+                "started_at": dt.datetime.fromtimestamp(self.started, dt.UTC).isoformat(),
+                "uptime_seconds": round(time.time() - self.started, 1),
+                "requests": self.requests,
+                "recommendations": {
+                    "total": self.recommendations,
+                    "by_source": dict(self.by_source),
+                    "by_variant": dict(self.by_variant),
+                },
+                "errors": {"client": self.client_errors, "server": self.server_errors},
+                "events_stored": self.events_stored,
+                "reloads": self.reloads,
+            }
 
 
 class _CountResponses:
@@ -207,8 +213,14 @@ class ServiceState:
         if experiment is not None:
             self.blendings.update({v.name: config.blending_for(v.name) for v in experiment.variants})
 
-    def online(self, artefacts: Artefacts, user_id: int, events: list[int], heard: np.ndarray,
-               blending: BlendingConfig) -> Ranked:
+    def online(
+        self,
+        artefacts: Artefacts,
+        user_id: int,
+        events: list[int],
+        heard: np.ndarray,
+        blending: BlendingConfig,
+    ) -> Ranked:
         """Online i2i picks, cached by (artefacts, user, the user's event tracks, parameters).
 
         The key holds everything the picks depend on (the history's heard tracks are fixed
@@ -220,8 +232,9 @@ class ServiceState:
             if hit is not None:
                 self._online_cache.move_to_end(key)
                 return hit
-        picks = artefacts.online_for(user_id, events[:blending.recent_events], heard,
-                                     blending.online_candidates)
+        picks = artefacts.online_for(
+            user_id, events[: blending.recent_events], heard, blending.online_candidates
+        )
         if self.config.online_cache_size:
             with self._cache_lock:
                 self._online_cache[key] = picks
@@ -250,8 +263,11 @@ class ServiceState:
     def ready(self) -> Artefacts:
         artefacts = self.artefacts
         if artefacts is None:
-            detail = (f"not ready: loading the artefacts failed: {self.load_error}" if self.load_error
-                      else "not ready: the artefacts are still loading")
+            detail = (
+                f"not ready: loading the artefacts failed: {self.load_error}"
+                if self.load_error
+                else "not ready: the artefacts are still loading"
+            )
             raise HTTPException(503, detail)
         return artefacts
 
@@ -261,8 +277,12 @@ class ServiceState:
         return self.store
 
 
-def _resolve(params: str | Path | Profile | None, root: str | Path, config: ServiceConfig | dict | None,
-             db_path: str | Path | None) -> tuple[RunPaths, ServiceConfig, Path]:
+def _resolve(
+    params: str | Path | Profile | None,
+    root: str | Path,
+    config: ServiceConfig | dict | None,
+    db_path: str | Path | None,
+) -> tuple[RunPaths, ServiceConfig, Path]:
     if params is None:
         params = Path(root) / "params" / "default.yaml"
     profile = params if isinstance(params, Profile) else load_profile(params)
@@ -280,9 +300,14 @@ def _resolve(params: str | Path | Profile | None, root: str | Path, config: Serv
     return paths, config, where
 
 
-def create_app(params: str | Path | Profile | None = None, root: str | Path = ".",
-               db_path: str | Path | None = None, admin_token: str | None = None,
-               config: ServiceConfig | dict | None = None, background_load: bool = False) -> FastAPI:
+def create_app(
+    params: str | Path | Profile | None = None,
+    root: str | Path = ".",
+    db_path: str | Path | None = None,
+    admin_token: str | None = None,
+    config: ServiceConfig | dict | None = None,
+    background_load: bool = False,
+) -> FastAPI:
     """The service over the run of ``params`` (a profile's path or a loaded :class:`Profile`).
 
     Parameters
@@ -306,8 +331,9 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.store = await asyncio.to_thread(EventStore, db, config.busy_timeout_ms, config.synchronous,
-                                              config.log_flush_ms)
+        state.store = await asyncio.to_thread(
+            EventStore, db, config.busy_timeout_ms, config.synchronous, config.log_flush_ms
+        )
         state.reload_seen = await asyncio.to_thread(state.store.reload_generation)
         loader = None
         if background_load:
@@ -318,8 +344,9 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         stop = threading.Event()
         watcher = None
         if config.reload_poll_seconds > 0:
-            watcher = threading.Thread(target=_follow_reloads, args=(state, stop), name="musicrec-reloads",
-                                       daemon=True)
+            watcher = threading.Thread(
+                target=_follow_reloads, args=(state, stop), name="musicrec-reloads", daemon=True
+            )
             watcher.start()
         try:
             yield
@@ -330,9 +357,12 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
                     await asyncio.to_thread(thread.join)
             state.store.close()
 
-    app = FastAPI(title="musicrec", lifespan=lifespan,
-                  description=f"Recommendations of run `{paths.run}`: offline lists blended with online "
-                  "i2i picks from the events posted here, A/B experiments, statistics.")
+    app = FastAPI(
+        title="musicrec",
+        lifespan=lifespan,
+        description=f"Recommendations of run `{paths.run}`: offline lists blended with online "
+        "i2i picks from the events posted here, A/B experiments, statistics.",
+    )
     app.state.service = state
     app.add_middleware(_CountResponses, stats=state.stats)
 
@@ -341,8 +371,10 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    def require_admin(x_admin_token: Annotated[str | None, Header()] = None,
-                      authorization: Annotated[str | None, Header()] = None) -> None:
+    def require_admin(
+        x_admin_token: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
         if not state.admin_token:
             raise HTTPException(403, f"admin endpoints are disabled: set {ADMIN_TOKEN_ENV} to enable them")
         given = x_admin_token
@@ -363,8 +395,9 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         """Alive (whether or not the artefacts are loaded)."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"],
-             responses={503: {"description": "not loaded yet, or loading failed"}})
+    @app.get(
+        "/ready", tags=["service"], responses={503: {"description": "not loaded yet, or loading failed"}}
+    )
     async def ready() -> dict:
         """200 once the artefacts are loaded and the store is open; 503 (with the reason) before."""
         artefacts = state.ready()
@@ -373,11 +406,17 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
 
     @app.get("/recommendations/{user_id}", tags=["recommendations"], response_model=RecommendationsOut)
     async def recommendations(
-            user_id: UserId, k: K = config.default_k,
-            names: Annotated[bool, Query(description="add track and artist names")] = False,
-            at: Annotated[dt.datetime | None, Query(
+        user_id: UserId,
+        k: K = config.default_k,
+        names: Annotated[bool, Query(description="add track and artist names")] = False,
+        at: Annotated[
+            dt.datetime | None,
+            Query(
                 description="replays: the request's time (ISO 8601, naive = UTC); only events "
-                "up to it count, and the list is logged as served then")] = None):
+                "up to it count, and the list is logged as served then"
+            ),
+        ] = None,
+    ):
         """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
         artefacts, store = state.ready(), state.require_store()
         experiment = state.experiment
@@ -397,23 +436,44 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         rec_id = str(uuid.uuid4())
         served_at = until if until is not None else now_micros()
         if config.log_recommendations:
-            store.log_recommendation(rec_id, served_at, user_id, experiment.name if experiment else None,
-                                     variant, [p.track_id for p in picks], k)
+            store.log_recommendation(
+                rec_id,
+                served_at,
+                user_id,
+                experiment.name if experiment else None,
+                variant,
+                [p.track_id for p in picks],
+                k,
+            )
         state.stats.recommendation(category, variant)
         tracks = _tracks_json(artefacts, picks, names)
-        body = {"user_id": user_id, "recommendation_id": rec_id,
-                "served_at": from_micros(served_at).isoformat(),
-                "tracks": tracks, "sources": counts, "served_by": category,
-                "experiment": experiment.name if experiment else None, "variant": variant,
-                "run": artefacts.run, "artefacts_version": artefacts.version}
+        body = {
+            "user_id": user_id,
+            "recommendation_id": rec_id,
+            "served_at": from_micros(served_at).isoformat(),
+            "tracks": tracks,
+            "sources": counts,
+            "served_by": category,
+            "experiment": experiment.name if experiment else None,
+            "variant": variant,
+            "run": artefacts.run,
+            "artefacts_version": artefacts.version,
+        }
         return JSONResponse(body)
 
-    @app.post("/events", tags=["events"], status_code=201, response_model=EventsStored,
-              responses={422: {"description": "invalid body or a track not in the catalogue"}})
+    @app.post(
+        "/events",
+        tags=["events"],
+        status_code=201,
+        response_model=EventsStored,
+        responses={422: {"description": "invalid body or a track not in the catalogue"}},
+    )
     async def post_events(
-            body: Annotated[EventIn | Annotated[list[EventIn],
-                                                Field(min_length=1, max_length=MAX_EVENTS_PER_POST)],
-                            Body(description="one listen, or a list of up to 10,000")]):
+        body: Annotated[
+            EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_POST)],
+            Body(description="one listen, or a list of up to 10,000"),
+        ],
+    ):
         """Store listens (all or none): they feed the online i2i and the A/B success."""
         artefacts, store = state.ready(), state.require_store()
         events = body if isinstance(body, list) else [body]
@@ -421,12 +481,16 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         unknown = sorted(set(tracks[~artefacts.is_known(tracks)].tolist()))
         if unknown:
             shown = ", ".join(map(str, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
-            raise HTTPException(422, f"unknown track_id (not in the catalogue of run {artefacts.run}): "
-                                     f"{shown}")
+            raise HTTPException(
+                422, f"unknown track_id (not in the catalogue of run {artefacts.run}): {shown}"
+            )
         rows = [(e.user_id, e.track_id, to_micros(e.timestamp) if e.timestamp else None) for e in events]
         # one listen is written on the event loop; a large batch in a thread, not to hold up other requests
-        ids = (store.add_events(rows) if len(rows) <= INLINE_WRITE_MAX
-               else await asyncio.to_thread(store.add_events, rows))
+        ids = (
+            store.add_events(rows)
+            if len(rows) <= INLINE_WRITE_MAX
+            else await asyncio.to_thread(store.add_events, rows)
+        )
         state.stats.events(len(ids))
         return JSONResponse({"stored": len(ids), "ids": ids}, status_code=201)
 
@@ -434,12 +498,20 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
     async def get_events(user_id: UserId, k: Annotated[int, Query(ge=1, le=MAX_EVENTS_K)] = 20):
         """The user's latest ``k`` events, newest first."""
         store = state.require_store()
-        return {"user_id": user_id,
-                "events": [{"id": e.id, "track_id": e.track_id, "timestamp": e.timestamp}
-                           for e in store.latest(user_id, k)]}
+        return {
+            "user_id": user_id,
+            "events": [
+                {"id": e.id, "track_id": e.track_id, "timestamp": e.timestamp}
+                for e in store.latest(user_id, k)
+            ],
+        }
 
-    @app.get("/similar/{track_id}", tags=["recommendations"], response_model=SimilarOut,
-             responses={404: {"description": "a track not in the catalogue"}})
+    @app.get(
+        "/similar/{track_id}",
+        tags=["recommendations"],
+        response_model=SimilarOut,
+        responses={404: {"description": "a track not in the catalogue"}},
+    )
     async def similar(track_id: TrackId, k: K = config.default_k, names: bool = False):
         """The track's nearest tracks (the ALS item-to-item list), best first."""
         artefacts = state.ready()
@@ -447,9 +519,15 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
             raise HTTPException(404, f"track {track_id} is not in the catalogue of run {artefacts.run}")
         ranked = artefacts.similar_to(track_id, k)
         picks = [Pick(int(t), float(s), "similar") for t, s in zip(ranked.tracks, ranked.scores, strict=True)]
-        return JSONResponse({"track_id": track_id, "similar": [
-            {key: value for key, value in item.items() if key != "source"}
-            for item in _tracks_json(artefacts, picks, names)]})
+        return JSONResponse(
+            {
+                "track_id": track_id,
+                "similar": [
+                    {key: value for key, value in item.items() if key != "source"}
+                    for item in _tracks_json(artefacts, picks, names)
+                ],
+            }
+        )
 
     @app.get("/stats", tags=["service"])
     def stats() -> dict:
@@ -468,10 +546,14 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         current = config.experiment.model_dump() if config.experiment is not None else None
         return {"experiment": current, "logged": store.experiments()}
 
-    @app.get("/ab/{experiment}/results", tags=["experiments"],
-             responses={404: {"description": "an experiment neither configured nor logged"}})
-    def ab_results(experiment: Experiment,
-                   window_hours: Annotated[float | None, Query(gt=0, le=24 * 365)] = None) -> dict:
+    @app.get(
+        "/ab/{experiment}/results",
+        tags=["experiments"],
+        responses={404: {"description": "an experiment neither configured nor logged"}},
+    )
+    def ab_results(
+        experiment: Experiment, window_hours: Annotated[float | None, Query(gt=0, le=24 * 365)] = None
+    ) -> dict:
         """Per variant: users, lists, success rate with its interval; z-tests against the first variant."""
         store = state.require_store()
         configured = config.experiment if config.experiment and config.experiment.name == experiment else None
@@ -485,18 +567,27 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
         result = ab.summarize(((v, u, s) for v, u, s, _ in outcomes), names, confidence, shares)
         now = now_micros()
         pending = sum(1 for *_, served in outcomes if served + window * 3600 * 1e6 > now)
-        return {"experiment": experiment, "configured": configured is not None, "window_hours": window,
-                "pending": pending, **result,
-                "note": "success: a listen to one of the list's tracks within the window after serving; "
-                        "lists still inside their window count as they stand (pending)"}
+        return {
+            "experiment": experiment,
+            "configured": configured is not None,
+            "window_hours": window,
+            "pending": pending,
+            **result,
+            "note": "success: a listen to one of the list's tracks within the window after serving; "
+            "lists still inside their window count as they stand (pending)",
+        }
 
     @app.delete("/ab/{experiment}/results", tags=["admin"], dependencies=[Depends(require_admin)])
     def ab_clear(experiment: Experiment) -> dict:
         """Delete the experiment's log (admin)."""
         return {"experiment": experiment, "deleted": state.require_store().clear_experiment(experiment)}
 
-    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)],
-              responses={503: {"description": "loading failed; the previous artefacts keep serving"}})
+    @app.post(
+        "/admin/reload",
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
+        responses={503: {"description": "loading failed; the previous artefacts keep serving"}},
+    )
     def reload() -> dict:
         """Load the run's artefacts again and swap them in; requests in flight are not disturbed."""
         try:
@@ -504,8 +595,9 @@ def create_app(params: str | Path | Profile | None = None, root: str | Path = ".
             artefacts = state.load()
         except Exception as exc:
             serving = state.artefacts.version if state.artefacts else None
-            raise HTTPException(503, f"reload failed ({type(exc).__name__}: {exc}); still serving version "
-                                     f"{serving}") from None
+            raise HTTPException(
+                503, f"reload failed ({type(exc).__name__}: {exc}); still serving version {serving}"
+            ) from None
         state.stats.reloaded()
         return {"status": "reloaded", **artefacts.summary()}
 
@@ -557,9 +649,15 @@ def app_from_env() -> FastAPI:
     return create_app(args["params"], root=args["root"], db_path=args["db_path"])
 
 
-def serve(params: str | Path = "params/default.yaml", host: str | None = None, port: int | None = None,
-          root: str | Path = ".", db_path: str | Path | None = None, workers: int = 1,
-          log_level: str = "info") -> None:
+def serve(
+    params: str | Path = "params/default.yaml",
+    host: str | None = None,
+    port: int | None = None,
+    root: str | Path = ".",
+    db_path: str | Path | None = None,
+    workers: int = 1,
+    log_level: str = "info",
+) -> None:
     """Run the service with uvicorn, bound to ``127.0.0.1:8000`` unless told otherwise.
 
     ``workers > 1`` starts that many processes (each loads its own copy of the artefacts
@@ -578,7 +676,14 @@ def serve(params: str | Path = "params/default.yaml", host: str | None = None, p
         app = create_app(profile, root=root, db_path=db_path, config=config, background_load=True)
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
-    os.environ[_ENV] = json.dumps({"params": str(params), "root": str(root),
-                                   "db_path": str(db_path) if db_path else None})
-    uvicorn.run("musicrec.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+    os.environ[_ENV] = json.dumps(
+        {"params": str(params), "root": str(root), "db_path": str(db_path) if db_path else None}
+    )
+    uvicorn.run(
+        "musicrec.service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

@@ -43,21 +43,30 @@ class Lists:
     codes: np.ndarray | None = None  # a small per-row label code (the offline list's source)
 
     @classmethod
-    def build(cls, frame: pl.DataFrame, key: str, value: str, score: str | None = None,
-              code: str | None = None) -> Lists:
+    def build(
+        cls, frame: pl.DataFrame, key: str, value: str, score: str | None = None, code: str | None = None
+    ) -> Lists:
         """From ``frame`` already sorted by ``key`` and then list order."""
         keys = frame.get_column(key).to_numpy()
         n = len(keys)
         if n == 0:
             empty = np.empty(0, np.int64)
-            return cls(empty, np.zeros(1, np.int64), empty.astype(np.int32),
-                       np.empty(0, np.float32) if score else None, np.empty(0, np.uint8) if code else None)
+            return cls(
+                empty,
+                np.zeros(1, np.int64),
+                empty.astype(np.int32),
+                np.empty(0, np.float32) if score else None,
+                np.empty(0, np.uint8) if code else None,
+            )
         starts = np.flatnonzero(np.diff(keys)) + 1
         indptr = np.concatenate([[0], starts, [n]]).astype(np.int64)
-        return cls(keys[indptr[:-1]].astype(np.int64), indptr,
-                   frame.get_column(value).to_numpy().astype(np.int32, copy=False),
-                   frame.get_column(score).to_numpy().astype(np.float32, copy=False) if score else None,
-                   frame.get_column(code).to_numpy().astype(np.uint8, copy=False) if code else None)
+        return cls(
+            keys[indptr[:-1]].astype(np.int64),
+            indptr,
+            frame.get_column(value).to_numpy().astype(np.int32, copy=False),
+            frame.get_column(score).to_numpy().astype(np.float32, copy=False) if score else None,
+            frame.get_column(code).to_numpy().astype(np.uint8, copy=False) if code else None,
+        )
 
     def locate(self, key: int) -> slice | None:
         i = int(np.searchsorted(self.keys, key))
@@ -94,15 +103,15 @@ class Artefacts:
 
     run: str
     version: int
-    offline: Lists                   # user -> final list (tracks, scores, source codes)
+    offline: Lists  # user -> final list (tracks, scores, source codes)
     offline_labels: tuple[str, ...]  # source code -> label
-    similar: Lists                   # track -> similar tracks, best first
-    popular: Ranked                  # top-popular, best first
-    heard: Lists                     # user -> sorted heard track ids
-    catalog: np.ndarray              # sorted track ids of tracks.parquet
-    track_names: pl.Series | None    # aligned with catalog
+    similar: Lists  # track -> similar tracks, best first
+    popular: Ranked  # top-popular, best first
+    heard: Lists  # user -> sorted heard track ids
+    catalog: np.ndarray  # sorted track ids of tracks.parquet
+    track_names: pl.Series | None  # aligned with catalog
     artist_names: pl.Series | None
-    heard_until: dt.date | None      # history listens before this day count as heard (None: all)
+    heard_until: dt.date | None  # history listens before this day count as heard (None: all)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -120,19 +129,35 @@ class Artefacts:
         recs = recs.sort(C.user_id, C.rank).collect()
         labels = tuple(sorted({OFFLINE, POPULAR, *recs.get_column("source").unique().to_list()}))
         recs = recs.with_columns(
-            pl.col("source").replace_strict({label: i for i, label in enumerate(labels)},
-                                            return_dtype=pl.UInt8).alias("code"))
+            pl.col("source")
+            .replace_strict({label: i for i, label in enumerate(labels)}, return_dtype=pl.UInt8)
+            .alias("code")
+        )
         offline = Lists.build(recs, C.user_id, C.track_id, C.score, "code")
         del recs
 
         similar = Lists.build(
-            _read(paths.candidates / "similar.parquet", "candidates",
-                  [C.track_id, C.similar_track_id, C.score, C.rank]).sort(C.track_id, C.rank).collect(),
-            C.track_id, C.similar_track_id, C.score)
-        top = _read(paths.candidates / "top_popular.parquet", "candidates",
-                    [C.track_id, C.score, C.rank]).sort(C.rank).collect()
-        popular = Ranked(top.get_column(C.track_id).to_numpy().astype(np.int64),
-                         top.get_column(C.score).to_numpy().astype(np.float64), POPULAR)
+            _read(
+                paths.candidates / "similar.parquet",
+                "candidates",
+                [C.track_id, C.similar_track_id, C.score, C.rank],
+            )
+            .sort(C.track_id, C.rank)
+            .collect(),
+            C.track_id,
+            C.similar_track_id,
+            C.score,
+        )
+        top = (
+            _read(paths.candidates / "top_popular.parquet", "candidates", [C.track_id, C.score, C.rank])
+            .sort(C.rank)
+            .collect()
+        )
+        popular = Ranked(
+            top.get_column(C.track_id).to_numpy().astype(np.int64),
+            top.get_column(C.score).to_numpy().astype(np.float64),
+            POPULAR,
+        )
 
         heard_until = None
         if config.heard == "fit" and paths.split.is_file():
@@ -140,8 +165,11 @@ class Artefacts:
         history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
         if heard_until is not None:
             history = history.filter(pl.col(C.started_at) < pl.lit(heard_until).cast(pl.Datetime("ns")))
-        heard = Lists.build(history.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id)
-                            .collect(), C.user_id, C.track_id)
+        heard = Lists.build(
+            history.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id).collect(),
+            C.user_id,
+            C.track_id,
+        )
 
         catalog_frame = _read(paths.tracks, "data", [C.track_id]).unique().sort(C.track_id).collect()
         catalog = catalog_frame.get_column(C.track_id).to_numpy().astype(np.int64)
@@ -151,10 +179,20 @@ class Artefacts:
 
             named = with_names(catalog_frame, paths)
             track_names, artist_names = named.get_column("track"), named.get_column("artist")
-        return cls(run=paths.run, version=version, offline=offline, offline_labels=labels, similar=similar,
-                   popular=popular, heard=heard, catalog=catalog, track_names=track_names,
-                   artist_names=artist_names, heard_until=heard_until,
-                   load_seconds=time.perf_counter() - start)
+        return cls(
+            run=paths.run,
+            version=version,
+            offline=offline,
+            offline_labels=labels,
+            similar=similar,
+            popular=popular,
+            heard=heard,
+            catalog=catalog,
+            track_names=track_names,
+            artist_names=artist_names,
+            heard_until=heard_until,
+            load_seconds=time.perf_counter() - start,
+        )
 
     # lookups ---------------------------------------------------------------------------
 
@@ -184,8 +222,11 @@ class Artefacts:
         if where is None:
             return Ranked.empty(ONLINE)
         stop = min(where.stop, where.start + k)
-        return Ranked(self.similar.values[where.start:stop].astype(np.int64),
-                      self.similar.scores[where.start:stop].astype(np.float64), ONLINE)
+        return Ranked(
+            self.similar.values[where.start : stop].astype(np.int64),
+            self.similar.scores[where.start : stop].astype(np.float64),
+            ONLINE,
+        )
 
     def online_for(self, user_id: int, recent: list[int], heard: np.ndarray, n: int) -> Ranked:
         """Online i2i picks from ``recent`` tracks (newest first) with the candidates stage's function.
@@ -202,17 +243,28 @@ class Artefacts:
         rows = np.concatenate([np.arange(w.start, w.stop) for _, w in found])
         src = np.repeat(np.asarray([t for t, _ in found], np.int32), [w.stop - w.start for _, w in found])
         neighbours = self.similar.values[rows]
-        similar = pl.DataFrame({C.track_id: src, C.similar_track_id: neighbours,
-                                C.score: self.similar.scores[rows]})
+        similar = pl.DataFrame(
+            {C.track_id: src, C.similar_track_id: neighbours, C.score: self.similar.scores[rows]}
+        )
         heard_here = np.intersect1d(neighbours, heard) if len(heard) else np.empty(0, np.int32)
         picks = i2i_from_history(
-            pl.DataFrame({C.user_id: np.full(len(recent), user_id, np.int32),
-                          C.track_id: np.asarray(recent, np.int32)}),
-            similar, n=n,
-            heard=pl.DataFrame({C.user_id: np.full(len(heard_here), user_id, np.int32),
-                                C.track_id: heard_here.astype(np.int32)}))
-        return Ranked(picks.get_column(C.track_id).to_numpy().astype(np.int64),
-                      picks.get_column(C.score).to_numpy().astype(np.float64), ONLINE)
+            pl.DataFrame(
+                {C.user_id: np.full(len(recent), user_id, np.int32), C.track_id: np.asarray(recent, np.int32)}
+            ),
+            similar,
+            n=n,
+            heard=pl.DataFrame(
+                {
+                    C.user_id: np.full(len(heard_here), user_id, np.int32),
+                    C.track_id: heard_here.astype(np.int32),
+                }
+            ),
+        )
+        return Ranked(
+            picks.get_column(C.track_id).to_numpy().astype(np.int64),
+            picks.get_column(C.score).to_numpy().astype(np.float64),
+            ONLINE,
+        )
 
     def names_of(self, track_ids: list[int]) -> tuple[list[str | None], list[str | None]]:
         """Track and artist names of ``track_ids`` (``None`` where unknown or not loaded)."""
@@ -222,16 +274,24 @@ class Artefacts:
         known, pos = at >= 0, np.maximum(at, 0)
         tracks = self.track_names.gather(pos).to_list()
         artists = self.artist_names.gather(pos).to_list()
-        return ([t if ok else None for t, ok in zip(tracks, known, strict=True)],
-                [a if ok else None for a, ok in zip(artists, known, strict=True)])
+        return (
+            [t if ok else None for t, ok in zip(tracks, known, strict=True)],
+            [a if ok else None for a, ok in zip(artists, known, strict=True)],
+        )
 
     def summary(self) -> dict:
-        return {"run": self.run, "version": self.version,
-                "loaded_at": dt.datetime.fromtimestamp(self.loaded_at, dt.UTC).isoformat(),
-                "load_seconds": round(self.load_seconds, 3),
-                "users_with_lists": int(len(self.offline.keys)),
-                "tracks": int(len(self.catalog)), "tracks_with_similar": int(len(self.similar.keys)),
-                "top_popular": len(self.popular),
-                "heard_until": self.heard_until.isoformat() if self.heard_until else None,
-                "memory_mb": round((self.offline.nbytes + self.similar.nbytes + self.heard.nbytes
-                                    + self.catalog.nbytes) / 2**20, 1)}
+        return {
+            "run": self.run,
+            "version": self.version,
+            "loaded_at": dt.datetime.fromtimestamp(self.loaded_at, dt.UTC).isoformat(),
+            "load_seconds": round(self.load_seconds, 3),
+            "users_with_lists": int(len(self.offline.keys)),
+            "tracks": int(len(self.catalog)),
+            "tracks_with_similar": int(len(self.similar.keys)),
+            "top_popular": len(self.popular),
+            "heard_until": self.heard_until.isoformat() if self.heard_until else None,
+            "memory_mb": round(
+                (self.offline.nbytes + self.similar.nbytes + self.heard.nbytes + self.catalog.nbytes) / 2**20,
+                1,
+            ),
+        }

@@ -54,12 +54,16 @@ class Ranked:
         return cls(np.empty(0, np.int64), np.empty(0, np.float64), source)
 
     @classmethod
-    def of(cls, tracks: Iterable[int], scores: Iterable[float] | None = None,
-           source: str = OFFLINE) -> Ranked:
+    def of(
+        cls, tracks: Iterable[int], scores: Iterable[float] | None = None, source: str = OFFLINE
+    ) -> Ranked:
         """From Python sequences; without ``scores``, descending ones (n, n - 1, ..., 1)."""
         tracks = np.asarray(list(tracks), dtype=np.int64)
-        scores = (np.asarray(list(scores), dtype=np.float64) if scores is not None
-                  else np.arange(len(tracks), 0, -1, dtype=np.float64))
+        scores = (
+            np.asarray(list(scores), dtype=np.float64)
+            if scores is not None
+            else np.arange(len(tracks), 0, -1, dtype=np.float64)
+        )
         return cls(tracks, scores, source)
 
     def __len__(self) -> int:
@@ -135,8 +139,14 @@ def _rrf(offline: list, online: list, k: int, c: float, online_weight: float) ->
     return out
 
 
-def blend(offline: Ranked, online: Ranked, popular: Ranked, k: int,
-          heard: Iterable[int] | np.ndarray = (), config: BlendingConfig | None = None) -> list[Pick]:
+def blend(
+    offline: Ranked,
+    online: Ranked,
+    popular: Ranked,
+    k: int,
+    heard: Iterable[int] | np.ndarray = (),
+    config: BlendingConfig | None = None,
+) -> list[Pick]:
     """The user's ``k`` tracks from the offline list, the online picks and top-popular.
 
     See the module's docstring for the strategies. ``heard`` (history listens and stored

@@ -69,8 +69,10 @@ CREATE TABLE IF NOT EXISTS service_state (
 """
 
 _INSERT_EVENT = "INSERT INTO events (user_id, track_id, ts, received_at) VALUES (?, ?, ?, ?) RETURNING id"
-_INSERT_RECOMMENDATION = ("INSERT INTO recommendations (rec_id, served_at, user_id, experiment, variant, k, "
-                          "tracks) VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_RECOMMENDATION = (
+    "INSERT INTO recommendations (rec_id, served_at, user_id, experiment, variant, k, "
+    "tracks) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -128,8 +130,13 @@ class EventStore:
     [42]
     """
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, synchronous: str = "NORMAL",
-                 log_flush_ms: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = 10_000,
+        synchronous: str = "NORMAL",
+        log_flush_ms: int = 0,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
@@ -157,8 +164,9 @@ class EventStore:
         """This thread's connection (opened on first use)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -210,22 +218,30 @@ class EventStore:
         """
         received = now_micros()
         with self.transaction() as conn:
-            return [conn.execute(_INSERT_EVENT, (int(u), int(t), received if ts is None else int(ts),
-                                                 received)).fetchone()[0]
-                    for u, t, ts in events]
+            return [
+                conn.execute(
+                    _INSERT_EVENT, (int(u), int(t), received if ts is None else int(ts), received)
+                ).fetchone()[0]
+                for u, t, ts in events
+            ]
 
     def latest(self, user_id: int, k: int, until: int | None = None) -> list[Event]:
         """The user's ``k`` latest events (by time, then arrival), newest first; ``until``: ts <= it."""
         where, args = _user_events(user_id, until)
-        rows = self.connection().execute(f"SELECT id, user_id, track_id, ts FROM events WHERE {where} "
-                                         "ORDER BY ts DESC, id DESC LIMIT ?", [*args, int(k)])
+        rows = self.connection().execute(
+            f"SELECT id, user_id, track_id, ts FROM events WHERE {where} ORDER BY ts DESC, id DESC LIMIT ?",
+            [*args, int(k)],
+        )
         return [Event(*row) for row in rows]
 
     def user_tracks(self, user_id: int, until: int | None = None) -> list[int]:
         """Every track of the user's events (ts <= ``until``), newest first, each once."""
         where, args = _user_events(user_id, until)
-        rows = self.connection().execute(f"SELECT track_id, max(ts) AS last FROM events WHERE {where} "
-                                         "GROUP BY track_id ORDER BY last DESC, max(id) DESC", args)
+        rows = self.connection().execute(
+            f"SELECT track_id, max(ts) AS last FROM events WHERE {where} "
+            "GROUP BY track_id ORDER BY last DESC, max(id) DESC",
+            args,
+        )
         return [row[0] for row in rows]
 
     def reload_generation(self) -> int:
@@ -236,8 +252,10 @@ class EventStore:
     def ask_reload(self) -> int:
         """Count one more reload asked for; the new generation, which every worker will load."""
         with self.transaction() as conn:
-            row = conn.execute("INSERT INTO service_state (key, value) VALUES ('reload', 1) "
-                               "ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value").fetchone()
+            row = conn.execute(
+                "INSERT INTO service_state (key, value) VALUES ('reload', 1) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value"
+            ).fetchone()
         return row[0]
 
     def count_events(self) -> int:
@@ -245,11 +263,26 @@ class EventStore:
 
     # recommendation log ----------------------------------------------------------------
 
-    def log_recommendation(self, rec_id: str, served_at: int, user_id: int, experiment: str | None,
-                           variant: str | None, tracks: Iterable[int], k: int) -> None:
+    def log_recommendation(
+        self,
+        rec_id: str,
+        served_at: int,
+        user_id: int,
+        experiment: str | None,
+        variant: str | None,
+        tracks: Iterable[int],
+        k: int,
+    ) -> None:
         """Log a served list: at once, or into the buffer the flusher writes (``log_flush_ms > 0``)."""
-        row = (rec_id, int(served_at), int(user_id), experiment, variant, int(k),
-               json.dumps([int(t) for t in tracks], separators=(",", ":")))
+        row = (
+            rec_id,
+            int(served_at),
+            int(user_id),
+            experiment,
+            variant,
+            int(k),
+            json.dumps([int(t) for t in tracks], separators=(",", ":")),
+        )
         with self._pending_lock:
             self._pending.append(row)
         if self._flusher is None:  # no batching: written before the request answers
@@ -302,14 +335,17 @@ class EventStore:
                            WHERE e.ts >= r.served_at AND e.ts <= r.served_at + ?) AS success,
                    r.served_at
             FROM recommendations AS r WHERE r.experiment = ?"""
-        return [(v, u, bool(s), t) for v, u, s, t in self.connection().execute(sql, (int(window_us),
-                                                                                       experiment))]
+        return [
+            (v, u, bool(s), t) for v, u, s, t in self.connection().execute(sql, (int(window_us), experiment))
+        ]
 
     def experiments(self) -> dict[str, int]:
         """Logged lists per experiment name."""
         self.flush()
-        rows = self.connection().execute("SELECT experiment, count(*) FROM recommendations "
-                                         "WHERE experiment IS NOT NULL GROUP BY experiment")
+        rows = self.connection().execute(
+            "SELECT experiment, count(*) FROM recommendations "
+            "WHERE experiment IS NOT NULL GROUP BY experiment"
+        )
         return dict(rows.fetchall())
 
     def clear_experiment(self, experiment: str) -> int:

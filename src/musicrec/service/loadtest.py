@@ -58,11 +58,20 @@ def _users(paths: RunPaths, n: int, seed: int) -> tuple[list[int], list[int], li
     cold = list(range(top + 1_000_000, top + 1_000_000 + n))  # never seen: the top-popular fallback
     tracks = pl.scan_parquet(paths.tracks).select("track_id").collect().get_column("track_id").to_numpy()
     half = min(n, len(warm) // 2)
-    return warm[:half], cold, warm[half:2 * half], tracks
+    return warm[:half], cold, warm[half : 2 * half], tracks
 
 
-async def _worker(client, deadline: float, mix: dict[str, float], warm, cold, online, tracks,
-                  tally: Tally, rng: random.Random) -> None:
+async def _worker(
+    client,
+    deadline: float,
+    mix: dict[str, float],
+    warm,
+    cold,
+    online,
+    tracks,
+    tally: Tally,
+    rng: random.Random,
+) -> None:
     kinds, weights = list(mix), list(mix.values())
     while time.perf_counter() < deadline:
         kind = rng.choices(kinds, weights)[0]
@@ -89,8 +98,15 @@ async def _worker(client, deadline: float, mix: dict[str, float], warm, cold, on
             tally.errors[kind] += 1
 
 
-async def run(url: str, paths: RunPaths, seconds: float = 30, concurrency: int = 32,
-              mix: dict[str, float] | None = None, n_users: int = 5000, seed: int = 0) -> dict:
+async def run(
+    url: str,
+    paths: RunPaths,
+    seconds: float = 30,
+    concurrency: int = 32,
+    mix: dict[str, float] | None = None,
+    n_users: int = 5000,
+    seed: int = 0,
+) -> dict:
     """Drive the service at ``url`` and return throughput, latency percentiles and the event check."""
     import httpx
 
@@ -102,19 +118,35 @@ async def run(url: str, paths: RunPaths, seconds: float = 30, concurrency: int =
         before = (await client.get("/stats")).json()["events_in_store"]
         start = time.perf_counter()
         deadline = start + seconds
-        await asyncio.gather(*(_worker(client, deadline, mix, warm, cold, online, tracks, tally,
-                                       random.Random(seed + i)) for i in range(concurrency)))
+        await asyncio.gather(
+            *(
+                _worker(client, deadline, mix, warm, cold, online, tracks, tally, random.Random(seed + i))
+                for i in range(concurrency)
+            )
+        )
         elapsed = time.perf_counter() - start
         after = (await client.get("/stats")).json()["events_in_store"]
     every = [x for values in tally.latencies.values() for x in values]
-    out = {"client": "python", "url": url, "seconds": round(elapsed, 2), "concurrency": concurrency,
-           "mix": mix, "requests": len(every), "requests_per_second": round(len(every) / elapsed, 1),
-           "errors": sum(tally.errors.values()), "failures": tally.failures,
-           "latency_ms": _percentiles(every),
-           "by_kind": {k: {"requests": len(v), "errors": tally.errors[k], "latency_ms": _percentiles(v)}
-                       for k, v in tally.latencies.items() if v},
-           "events_acknowledged": tally.events_acknowledged, "events_stored": after - before,
-           "events_lost": tally.events_acknowledged - (after - before)}
+    out = {
+        "client": "python",
+        "url": url,
+        "seconds": round(elapsed, 2),
+        "concurrency": concurrency,
+        "mix": mix,
+        "requests": len(every),
+        "requests_per_second": round(len(every) / elapsed, 1),
+        "errors": sum(tally.errors.values()),
+        "failures": tally.failures,
+        "latency_ms": _percentiles(every),
+        "by_kind": {
+            k: {"requests": len(v), "errors": tally.errors[k], "latency_ms": _percentiles(v)}
+            for k, v in tally.latencies.items()
+            if v
+        },
+        "events_acknowledged": tally.events_acknowledged,
+        "events_stored": after - before,
+        "events_lost": tally.events_acknowledged - (after - before),
+    }
     return out
 
 
@@ -170,8 +202,9 @@ end
 """
 
 
-def wrk_script(warm: list[int], cold: list[int], online: list[int], tracks, mix: dict[str, float],
-               seed: int = 0) -> str:
+def wrk_script(
+    warm: list[int], cold: list[int], online: list[int], tracks, mix: dict[str, float], seed: int = 0
+) -> str:
     """The Lua script that makes wrk send ``mix`` (shares of warm, cold, online, event)."""
     total = sum(mix.get(k, 0) for k in KINDS)
     cumulative = np.cumsum([mix.get(k, 0) / total for k in KINDS[:3]])
@@ -179,30 +212,57 @@ def wrk_script(warm: list[int], cold: list[int], online: list[int], tracks, mix:
     def lua_list(values) -> str:
         return ",".join(str(int(v)) for v in values) or "0"
 
-    return WRK_SCRIPT % {"warm": lua_list(warm), "cold": lua_list(cold), "online": lua_list(online),
-                         "tracks": lua_list(tracks), "seed": seed,
-                         "cumulative": ",".join(f"{c:.6f}" for c in cumulative)}
+    return WRK_SCRIPT % {
+        "warm": lua_list(warm),
+        "cold": lua_list(cold),
+        "online": lua_list(online),
+        "tracks": lua_list(tracks),
+        "seed": seed,
+        "cumulative": ",".join(f"{c:.6f}" for c in cumulative),
+    }
 
 
-def run_wrk(url: str, paths: RunPaths, seconds: float = 30, concurrency: int = 32,
-            mix: dict[str, float] | None = None, n_users: int = 5000, seed: int = 0,
-            threads: int = 2) -> dict:
+def run_wrk(
+    url: str,
+    paths: RunPaths,
+    seconds: float = 30,
+    concurrency: int = 32,
+    mix: dict[str, float] | None = None,
+    n_users: int = 5000,
+    seed: int = 0,
+    threads: int = 2,
+) -> dict:
     """Drive the service at ``url`` with wrk; the same result shape as :func:`run` (without per-kind rows)."""
     import httpx
 
     executable = shutil.which("wrk")
     if executable is None:
-        raise FileNotFoundError("wrk is not on the PATH: install Debian's package wrk (apt-get install wrk), "
-                                "or use --client python")
+        raise FileNotFoundError(
+            "wrk is not on the PATH: install Debian's package wrk (apt-get install wrk), "
+            "or use --client python"
+        )
     mix = mix or DEFAULT_MIX
     warm, cold, online, tracks = _users(paths, n_users, seed)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "mix.lua"
         script.write_text(wrk_script(warm, cold, online, tracks, mix, seed))
         before = httpx.get(f"{url}/stats").json()["events_in_store"]
-        done = subprocess.run([executable, f"-t{threads}", f"-c{concurrency}", f"-d{round(seconds)}s",
-                               "--timeout", "30s", "-s", str(script), url],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [
+                executable,
+                f"-t{threads}",
+                f"-c{concurrency}",
+                f"-d{round(seconds)}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         after = httpx.get(f"{url}/stats").json()["events_in_store"]
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -211,25 +271,43 @@ def run_wrk(url: str, paths: RunPaths, seconds: float = 30, concurrency: int = 3
 
 def _wrk_result(output: str, url: str, concurrency: int, mix: dict[str, float], events_stored: int) -> dict:
     """Parse what wrk printed (its ``Socket errors`` line and the script's ``musicrec`` lines)."""
-    values = {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", "\n".join(
-        line for line in output.splitlines() if line.startswith("musicrec ")))}
+    values = {
+        k: float(v)
+        for k, v in re.findall(
+            r"(\w+)=([0-9.]+)",
+            "\n".join(line for line in output.splitlines() if line.startswith("musicrec ")),
+        )
+    }
     if "requests" not in values:
         raise RuntimeError(f"wrk printed no summary:\n{output}")
-    socket_errors = {k: int(v) for k, v in re.findall(r"(connect|read|write|timeout) (\d+)", "\n".join(
-        line for line in output.splitlines() if "Socket errors" in line))}
+    socket_errors = {
+        k: int(v)
+        for k, v in re.findall(
+            r"(connect|read|write|timeout) (\d+)",
+            "\n".join(line for line in output.splitlines() if "Socket errors" in line),
+        )
+    }
     failures = {k: v for k, v in socket_errors.items() if v}
     if values["failed"]:  # the status of the last one (wrk's script keeps no more per thread)
         failures[f"non-2xx (last: {int(values['last_failure'])})"] = int(values["failed"])
     acknowledged = int(values["created"])
-    return {"client": "wrk", "url": url, "seconds": round(values["seconds"], 2), "concurrency": concurrency,
-            "mix": mix, "requests": int(values["requests"]),
-            "requests_per_second": round(values["requests"] / values["seconds"], 1),
-            "errors": int(values["failed"]) + sum(socket_errors.values()), "failures": failures,
-            "latency_ms": {f"p{q}": round(values[f"p{q}"], 2) for q in (50, 90, 99)} | {
-                "max": round(values["max"], 2)},
-            "events_acknowledged": acknowledged, "events_stored": events_stored,
-            # wrk stops mid-flight: a post the service stored may end unacknowledged, never the reverse
-            "events_lost": max(0, acknowledged - events_stored)}
+    return {
+        "client": "wrk",
+        "url": url,
+        "seconds": round(values["seconds"], 2),
+        "concurrency": concurrency,
+        "mix": mix,
+        "requests": int(values["requests"]),
+        "requests_per_second": round(values["requests"] / values["seconds"], 1),
+        "errors": int(values["failed"]) + sum(socket_errors.values()),
+        "failures": failures,
+        "latency_ms": {f"p{q}": round(values[f"p{q}"], 2) for q in (50, 90, 99)}
+        | {"max": round(values["max"], 2)},
+        "events_acknowledged": acknowledged,
+        "events_stored": events_stored,
+        # wrk stops mid-flight: a post the service stored may end unacknowledged, never the reverse
+        "events_lost": max(0, acknowledged - events_stored),
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
@@ -237,21 +315,32 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
         return None
     arr = np.asarray(values) * 1000
     return {f"p{q}": round(float(np.percentile(arr, q)), 2) for q in (50, 90, 99)} | {
-        "max": round(float(arr.max()), 2)}
+        "max": round(float(arr.max()), 2)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m musicrec.service.loadtest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m musicrec.service.loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--params", default="params/default.yaml")
     parser.add_argument("--root", default=".")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--mix", default="warm=0.5,cold=0.1,online=0.2,event=0.2",
-                        help="shares of warm, cold, online (GET) and event (POST) requests")
-    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
-                        help="wrk (Debian's package), the Python client, or auto: wrk when installed")
+    parser.add_argument(
+        "--mix",
+        default="warm=0.5,cold=0.1,online=0.2,event=0.2",
+        help="shares of warm, cold, online (GET) and event (POST) requests",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="wrk (Debian's package), the Python client, or auto: wrk when installed",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk's threads")
     parser.add_argument("--out", default=None, help="also write the result here (JSON)")
     args = parser.parse_args(argv)

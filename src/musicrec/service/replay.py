@@ -46,11 +46,17 @@ from musicrec.service.settings import ExperimentConfig, ServiceConfig
 
 #: The experiment replayed unless told otherwise: the service's blending against the ranker's list alone.
 DEFAULT_EXPERIMENT = ExperimentConfig(
-    name="blend_vs_offline", success_window_hours=24.0,
-    variants=[{"name": "blended", "share": 0.5},
-              {"name": "offline", "share": 0.5, "blending": {"strategy": "offline"}}])
-SESSION_RULE = ("one session per user per calendar day (UTC) of the test window: one request 1 µs before "
-                "the day's first listen, then the day's listens posted as events")
+    name="blend_vs_offline",
+    success_window_hours=24.0,
+    variants=[
+        {"name": "blended", "share": 0.5},
+        {"name": "offline", "share": 0.5, "blending": {"strategy": "offline"}},
+    ],
+)
+SESSION_RULE = (
+    "one session per user per calendar day (UTC) of the test window: one request 1 µs before "
+    "the day's first listen, then the day's listens posted as events"
+)
 MAX_POST = 10_000  # the service's limit of events per POST
 
 
@@ -94,18 +100,20 @@ def build_sessions(listens: pl.DataFrame) -> pl.DataFrame:
     >>> build_sessions(frame).select("user_id", "listens").rows()
     [(1, 2), (2, 1)]
     """
-    return (listens.group_by(C.user_id, pl.col(C.started_at).dt.date().alias("day"))
-            .agg(pl.col(C.started_at).min().alias("start"), pl.len().alias("listens"))
-            .with_columns((pl.col("start") - pl.duration(microseconds=1)).alias("at"))
-            .select("day", C.user_id, "start", "at", pl.col("listens").cast(pl.Int64))
-            .sort("day", "at", C.user_id))
+    return (
+        listens.group_by(C.user_id, pl.col(C.started_at).dt.date().alias("day"))
+        .agg(pl.col(C.started_at).min().alias("start"), pl.len().alias("listens"))
+        .with_columns((pl.col("start") - pl.duration(microseconds=1)).alias("at"))
+        .select("day", C.user_id, "start", "at", pl.col("listens").cast(pl.Int64))
+        .sort("day", "at", C.user_id)
+    )
 
 
 def event_batches(listens: pl.DataFrame, size: int = MAX_POST) -> Iterator[list[dict]]:
     """``POST /events`` bodies of at most ``size`` listens each, in the listens' order."""
     rows = listens.select(C.user_id, C.track_id, C.started_at).rows()
     for lo in range(0, len(rows), size):
-        yield [{"user_id": u, "track_id": t, "timestamp": s.isoformat()} for u, t, s in rows[lo:lo + size]]
+        yield [{"user_id": u, "track_id": t, "timestamp": s.isoformat()} for u, t, s in rows[lo : lo + size]]
 
 
 def resolve_experiment(experiment: ExperimentConfig | dict | None, profile: Profile) -> ExperimentConfig:
@@ -120,10 +128,15 @@ def resolve_experiment(experiment: ExperimentConfig | dict | None, profile: Prof
 def describe_variants(experiment: ExperimentConfig, config: ServiceConfig) -> list[dict[str, Any]]:
     """One row per variant: its share and the blending it serves (its overrides, or the service's)."""
     own = config.blending
-    return [{"variant": v.name, "share": v.share,
-             "blending": ", ".join(f"{key}={value}" for key, value in v.blending.items())
-             or f"the service's: {own.strategy}, online_share={own.online_share}"}
-            for v in experiment.variants]
+    return [
+        {
+            "variant": v.name,
+            "share": v.share,
+            "blending": ", ".join(f"{key}={value}" for key, value in v.blending.items())
+            or f"the service's: {own.strategy}, online_share={own.online_share}",
+        }
+        for v in experiment.variants
+    ]
 
 
 # the replay --------------------------------------------------------------------------------------
@@ -151,11 +164,18 @@ class ReplayResult:
         return verdict(self.results, metric)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "experiment": self.experiment.model_dump(), "k": self.k,
-                "session_rule": SESSION_RULE, "replay": self.counts, "results": self.results,
-                "table": self.table().to_dicts(), "by_day": self.by_day.to_dicts(),
-                "verdict": self.verdict("user_success"),
-                "verdict_per_list": self.verdict("recommendation_success")}
+        return {
+            "run": self.run,
+            "experiment": self.experiment.model_dump(),
+            "k": self.k,
+            "session_rule": SESSION_RULE,
+            "replay": self.counts,
+            "results": self.results,
+            "table": self.table().to_dicts(),
+            "by_day": self.by_day.to_dicts(),
+            "verdict": self.verdict("user_success"),
+            "verdict_per_list": self.verdict("recommendation_success"),
+        }
 
 
 def _remove_store(db: Path) -> None:
@@ -173,11 +193,19 @@ def _check(response, what: str) -> Any:
     return response.json()
 
 
-def replay(params: str | Path | Profile, root: str | Path = ".",
-           experiment: ExperimentConfig | dict | None = None, max_users: int | None = None,
-           seed: int | None = None, k: int = 10, data_path: str | None = None,
-           db_path: str | Path | None = None, out: str | Path | None = None, write: bool = True,
-           progress: bool = False) -> ReplayResult:
+def replay(
+    params: str | Path | Profile,
+    root: str | Path = ".",
+    experiment: ExperimentConfig | dict | None = None,
+    max_users: int | None = None,
+    seed: int | None = None,
+    k: int = 10,
+    data_path: str | None = None,
+    db_path: str | Path | None = None,
+    out: str | Path | None = None,
+    write: bool = True,
+    progress: bool = False,
+) -> ReplayResult:
     """Replay the run's test window through the service and read the experiment's results.
 
     Parameters
@@ -211,18 +239,22 @@ def replay(params: str | Path | Profile, root: str | Path = ".",
     profile = params if isinstance(params, Profile) else load_profile(params, data_path=data_path)
     paths = RunPaths.for_profile(profile, root)
     if not paths.recommendations.is_file():
-        raise ReplayError(f"{paths.recommendations}: missing; the service needs the ranker's lists: "
-                          f"run `make ranking PARAMS=...` for run {paths.run} first")
+        raise ReplayError(
+            f"{paths.recommendations}: missing; the service needs the ranker's lists: "
+            f"run `make ranking PARAMS=...` for run {paths.run} first"
+        )
     exp = resolve_experiment(experiment, profile)
-    config = ServiceConfig.model_validate({**profile.service.model_dump(), "experiment": exp.model_dump(),
-                                           "log_recommendations": True})
+    config = ServiceConfig.model_validate(
+        {**profile.service.model_dump(), "experiment": exp.model_dump(), "log_recommendations": True}
+    )
     if not 1 <= k <= config.max_k:
         raise ValueError(f"k must be between 1 and service.max_k ({config.max_k}), got {k}")
     window = window_listens(paths)
     listens = sample_users(window, max_users, profile.seed if seed is None else seed)
     sessions = build_sessions(listens)
     listens_of_day = listens.with_columns(pl.col(C.started_at).dt.date().alias("day")).partition_by(
-        "day", as_dict=True, include_key=False)
+        "day", as_dict=True, include_key=False
+    )
     db = Path(db_path) if db_path is not None else paths.outputs / "service" / "abtest.sqlite"
     _remove_store(db)
 
@@ -238,8 +270,10 @@ def replay(params: str | Path | Profile, root: str | Path = ".",
         with bar:
             for (day,), today in sessions.group_by("day", maintain_order=True):
                 for user, at in today.select(C.user_id, "at").iter_rows():
-                    _check(client.get(f"/recommendations/{user}", params={"k": k, "at": at.isoformat()}),
-                           f"GET /recommendations/{user} at {at}")
+                    _check(
+                        client.get(f"/recommendations/{user}", params={"k": k, "at": at.isoformat()}),
+                        f"GET /recommendations/{user} at {at}",
+                    )
                     requests += 1
                     bar.update()
                 for body in event_batches(listens_of_day[(day,)]):
@@ -247,15 +281,24 @@ def replay(params: str | Path | Profile, root: str | Path = ".",
                     posts, posted = posts + 1, posted + stored
                 bar.set_postfix_str(f"{day} events={posted:,}", refresh=False)
         replayed = time.perf_counter()
-        results = _check(client.get(f"/ab/{exp.name}/results",
-                                    params={"window_hours": exp.success_window_hours}), "GET /ab results")
-    counts = {"test_window_users": window.get_column(C.user_id).n_unique(),
-              "test_window_listens": window.height,
-              "users": listens.get_column(C.user_id).n_unique(), "max_users": max_users,
-              "seed": profile.seed if seed is None else seed, "sessions": sessions.height,
-              "requests": requests, "event_posts": posts, "events_posted": posted,
-              "load_seconds": round(loaded - started, 2), "replay_seconds": round(replayed - loaded, 2),
-              "seconds": round(time.perf_counter() - started, 2)}
+        results = _check(
+            client.get(f"/ab/{exp.name}/results", params={"window_hours": exp.success_window_hours}),
+            "GET /ab results",
+        )
+    counts = {
+        "test_window_users": window.get_column(C.user_id).n_unique(),
+        "test_window_listens": window.height,
+        "users": listens.get_column(C.user_id).n_unique(),
+        "max_users": max_users,
+        "seed": profile.seed if seed is None else seed,
+        "sessions": sessions.height,
+        "requests": requests,
+        "event_posts": posts,
+        "events_posted": posted,
+        "load_seconds": round(loaded - started, 2),
+        "replay_seconds": round(replayed - loaded, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     by_day = success_by_day(db, exp, sessions)
     result = ReplayResult(paths.run, exp, k, results, counts, by_day)
     if write:
@@ -273,21 +316,31 @@ def success_by_day(db: Path, experiment: ExperimentConfig, sessions: pl.DataFram
         outcomes = store.outcomes(experiment.name, int(experiment.success_window_hours * 3600 * 1e6))
     finally:
         store.close()
-    logged = pl.DataFrame(outcomes, schema={"variant": pl.Utf8, C.user_id: pl.Int64, "success": pl.Boolean,
-                                            "served_at": pl.Int64}, orient="row")
-    keys = sessions.select("day", pl.col(C.user_id).cast(pl.Int64),
-                           pl.Series("served_at", [to_micros(at) for at in sessions.get_column("at")],
-                                     pl.Int64))
-    per_day = (logged.join(keys, on=[C.user_id, "served_at"], how="inner")
-               .group_by("day", "variant")
-               .agg(pl.len().alias("lists"), pl.col("success").sum().alias("successes"))
-               .sort("day", "variant"))
-    bounds = [ab.wilson_interval(s, n, experiment.confidence) or (None, None)
-              for s, n in per_day.select("successes", "lists").iter_rows()]
+    logged = pl.DataFrame(
+        outcomes,
+        schema={"variant": pl.Utf8, C.user_id: pl.Int64, "success": pl.Boolean, "served_at": pl.Int64},
+        orient="row",
+    )
+    keys = sessions.select(
+        "day",
+        pl.col(C.user_id).cast(pl.Int64),
+        pl.Series("served_at", [to_micros(at) for at in sessions.get_column("at")], pl.Int64),
+    )
+    per_day = (
+        logged.join(keys, on=[C.user_id, "served_at"], how="inner")
+        .group_by("day", "variant")
+        .agg(pl.len().alias("lists"), pl.col("success").sum().alias("successes"))
+        .sort("day", "variant")
+    )
+    bounds = [
+        ab.wilson_interval(s, n, experiment.confidence) or (None, None)
+        for s, n in per_day.select("successes", "lists").iter_rows()
+    ]
     return per_day.with_columns(
         (pl.col("successes") / pl.col("lists")).alias("success_rate"),
         pl.Series("lower", [b[0] for b in bounds], pl.Float64),
-        pl.Series("upper", [b[1] for b in bounds], pl.Float64))
+        pl.Series("upper", [b[1] for b in bounds], pl.Float64),
+    )
 
 
 # reading the results ----------------------------------------------------------------------------
@@ -298,29 +351,71 @@ def variant_table(results: dict) -> pl.DataFrame:
     rows = []
     for v in results["variants"]:
         ci, user_ci = v["ci"] or (None, None), v["user_ci"] or (None, None)
-        rows.append({"variant": v["variant"], "share": v["share"], "users": v["users"],
-                     "lists": v["recommendations"], "successes": v["successes"],
-                     "success_rate": v["success_rate"], "lower": ci[0], "upper": ci[1],
-                     "user_success_rate": v["user_success_rate"], "user_lower": user_ci[0],
-                     "user_upper": user_ci[1]})
-    schema = {"variant": pl.Utf8, "share": pl.Float64, "users": pl.Int64, "lists": pl.Int64,
-              "successes": pl.Int64, "success_rate": pl.Float64, "lower": pl.Float64, "upper": pl.Float64,
-              "user_success_rate": pl.Float64, "user_lower": pl.Float64, "user_upper": pl.Float64}
+        rows.append(
+            {
+                "variant": v["variant"],
+                "share": v["share"],
+                "users": v["users"],
+                "lists": v["recommendations"],
+                "successes": v["successes"],
+                "success_rate": v["success_rate"],
+                "lower": ci[0],
+                "upper": ci[1],
+                "user_success_rate": v["user_success_rate"],
+                "user_lower": user_ci[0],
+                "user_upper": user_ci[1],
+            }
+        )
+    schema = {
+        "variant": pl.Utf8,
+        "share": pl.Float64,
+        "users": pl.Int64,
+        "lists": pl.Int64,
+        "successes": pl.Int64,
+        "success_rate": pl.Float64,
+        "lower": pl.Float64,
+        "upper": pl.Float64,
+        "user_success_rate": pl.Float64,
+        "user_lower": pl.Float64,
+        "user_upper": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
 def significance_table(results: dict) -> pl.DataFrame:
     """The z-tests against the first variant: difference (b - a) with its interval, z, p-value."""
-    rows = [{"metric": t["metric"], "a": t["a"], "b": t["b"], "difference": t["difference"],
-             "lower": (t["ci"] or (None, None))[0], "upper": (t["ci"] or (None, None))[1], "z": t["z"],
-             "p_value": t["p_value"], "significant": t["significant"]} for t in results["tests"]]
-    schema = {"metric": pl.Utf8, "a": pl.Utf8, "b": pl.Utf8, "difference": pl.Float64, "lower": pl.Float64,
-              "upper": pl.Float64, "z": pl.Float64, "p_value": pl.Float64, "significant": pl.Boolean}
+    rows = [
+        {
+            "metric": t["metric"],
+            "a": t["a"],
+            "b": t["b"],
+            "difference": t["difference"],
+            "lower": (t["ci"] or (None, None))[0],
+            "upper": (t["ci"] or (None, None))[1],
+            "z": t["z"],
+            "p_value": t["p_value"],
+            "significant": t["significant"],
+        }
+        for t in results["tests"]
+    ]
+    schema = {
+        "metric": pl.Utf8,
+        "a": pl.Utf8,
+        "b": pl.Utf8,
+        "difference": pl.Float64,
+        "lower": pl.Float64,
+        "upper": pl.Float64,
+        "z": pl.Float64,
+        "p_value": pl.Float64,
+        "significant": pl.Boolean,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
-_METRICS = {"user_success": ("the share of users with a successful list", "user_success_rate", "user_ci"),
-            "recommendation_success": ("the share of successful lists", "success_rate", "ci")}
+_METRICS = {
+    "user_success": ("the share of users with a successful list", "user_success_rate", "user_ci"),
+    "recommendation_success": ("the share of successful lists", "success_rate", "ci"),
+}
 
 
 def _rate(variant: dict, rate: str, ci: str) -> str:
@@ -354,8 +449,11 @@ def verdict(results: dict, metric: str = "user_success") -> str:
     for test in (t for t in results["tests"] if t["metric"] == metric):
         a, b = variants[test["a"]], variants[test["b"]]
         if test["p_value"] is None:
-            reason = ("a variant has nothing logged" if not (a[rate] is not None and b[rate] is not None)
-                      else "both rates are 0 or both 1, nothing varies")
+            reason = (
+                "a variant has nothing logged"
+                if not (a[rate] is not None and b[rate] is not None)
+                else "both rates are 0 or both 1, nothing varies"
+            )
             sentences.append(f"{b['variant']} and {a['variant']} cannot be compared on {label}: {reason}.")
             continue
         diff, (lo, hi) = test["difference"], test["ci"]  # b - a
@@ -366,11 +464,13 @@ def verdict(results: dict, metric: str = "user_success") -> str:
             sentences.append(
                 f"At {level} confidence, {winner['variant']} beats {loser['variant']} on {label}: "
                 f"{_rate(winner, rate, ci)} against {_rate(loser, rate, ci)}, {gap * 100:+.1f} points "
-                f"[{gap_lo * 100:+.1f}, {gap_hi * 100:+.1f}] (two-proportion z-test, {_p(test['p_value'])}).")
+                f"[{gap_lo * 100:+.1f}, {gap_hi * 100:+.1f}] (two-proportion z-test, {_p(test['p_value'])})."
+            )
         else:
             sentences.append(
                 f"At {level} confidence, the difference between {b['variant']} and {a['variant']} on {label} "
                 f"is not significant: {_rate(b, rate, ci)} against {_rate(a, rate, ci)}, {diff * 100:+.1f} "
                 f"points [{lo * 100:+.1f}, {hi * 100:+.1f}] (two-proportion z-test, {_p(test['p_value'])}); "
-                "the replay cannot tell them apart.")
+                "the replay cannot tell them apart."
+            )
     return " ".join(sentences) if sentences else "No variant to compare against the control."

@@ -25,14 +25,22 @@ class BlendingConfig(_Strict):
     """How the offline list and the online i2i picks become one list (:func:`~.blending.blend`)."""
 
     strategy: Literal["interleave", "rrf", "offline"] = Field(
-        "interleave", description="interleave: online picks take a share of the slots; rrf: reciprocal "
-        "rank fusion of the two lists; offline: the offline list alone (online picks ignored)")
-    online_share: float = Field(0.3, ge=0, le=1, description="interleave: share of the slots for online "
-                                "picks (slot j is online when floor(j * share) grows)")
+        "interleave",
+        description="interleave: online picks take a share of the slots; rrf: reciprocal "
+        "rank fusion of the two lists; offline: the offline list alone (online picks ignored)",
+    )
+    online_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="interleave: share of the slots for online "
+        "picks (slot j is online when floor(j * share) grows)",
+    )
     rrf_k: float = Field(60.0, gt=0, description="rrf: the constant c in weight / (c + rank)")
     online_weight: float = Field(1.0, ge=0, description="rrf: weight of the online list (offline: 1)")
-    recent_events: PositiveInt = Field(20, description="latest stored events (distinct tracks) the "
-                                       "online i2i starts from")
+    recent_events: PositiveInt = Field(
+        20, description="latest stored events (distinct tracks) the online i2i starts from"
+    )
     online_candidates: PositiveInt = Field(100, description="online i2i picks computed per request")
 
 
@@ -42,19 +50,26 @@ class VariantConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     share: float = Field(gt=0, le=1)
     blending: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of service.blending for this variant, for example "
-        "{strategy: offline}; keys not given keep the service's value")
+        default_factory=dict,
+        description="overrides of service.blending for this variant, for example "
+        "{strategy: offline}; keys not given keep the service's value",
+    )
 
 
 class ExperimentConfig(_Strict):
     """An A/B experiment: variants with traffic shares, assigned by a stable hash of (salt, user)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    salt: str | None = Field(None, description="hash salt; the experiment's name when unset. A new salt "
-                             "reshuffles every user")
+    salt: str | None = Field(
+        None, description="hash salt; the experiment's name when unset. A new salt reshuffles every user"
+    )
     variants: list[VariantConfig] = Field(min_length=1)
-    success_window_hours: float = Field(24.0, gt=0, description="a recommendation succeeds when the user "
-                                        "listens to one of its tracks within this window after serving")
+    success_window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="a recommendation succeeds when the user "
+        "listens to one of its tracks within this window after serving",
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="level of the intervals and the test")
     enabled: bool = Field(True, description="when false, nobody is assigned (results stay readable)")
 
@@ -78,28 +93,47 @@ class ServiceConfig(_Strict):
 
     host: str = Field("127.0.0.1", description="bind address; loopback only by default")
     port: int = Field(8000, ge=1, le=65535)
-    db_path: str | None = Field(None, description="the SQLite store of events and A/B logs; relative to "
-                                "the project root; outputs/<run>/service/events.sqlite when unset")
+    db_path: str | None = Field(
+        None,
+        description="the SQLite store of events and A/B logs; relative to "
+        "the project root; outputs/<run>/service/events.sqlite when unset",
+    )
     heard: Literal["fit", "all"] = Field(
-        "fit", description="history listens never recommended: fit = before the split's test_start (the "
+        "fit",
+        description="history listens never recommended: fit = before the split's test_start (the "
         "window the offline lists were fitted on; the test window then plays the future), all = every "
-        "listen in interactions.parquet")
+        "listen in interactions.parquet",
+    )
     default_k: PositiveInt = 10
     max_k: PositiveInt = Field(100, description="largest k accepted by /recommendations and /similar")
     names: bool = Field(True, description="load track and artist names at start-up (for ?names=true)")
-    online_cache_size: int = Field(10_000, ge=0, description="users whose online i2i picks are kept "
-                                   "in memory until their events change (0: no cache)")
-    log_recommendations: bool = Field(True, description="log every served list (id, time, user, "
-                                      "experiment, variant, tracks) in the store")
-    reload_poll_seconds: float = Field(1.0, ge=0, description="how often a worker looks whether another "
-                                       "was asked to reload (POST /admin/reload reaches every worker "
-                                       "through the store); 0: never, only the worker asked reloads")
-    log_flush_ms: int = Field(100, ge=0, description="write the log of served lists in batches every this "
-                              "many ms (0: one transaction per request); reading the log flushes first")
+    online_cache_size: int = Field(
+        10_000,
+        ge=0,
+        description="users whose online i2i picks are kept in memory until their events change (0: no cache)",
+    )
+    log_recommendations: bool = Field(
+        True, description="log every served list (id, time, user, experiment, variant, tracks) in the store"
+    )
+    reload_poll_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="how often a worker looks whether another "
+        "was asked to reload (POST /admin/reload reaches every worker "
+        "through the store); 0: never, only the worker asked reloads",
+    )
+    log_flush_ms: int = Field(
+        100,
+        ge=0,
+        description="write the log of served lists in batches every this "
+        "many ms (0: one transaction per request); reading the log flushes first",
+    )
     busy_timeout_ms: PositiveInt = Field(10_000, description="how long a writer waits for SQLite's lock")
     synchronous: Literal["NORMAL", "FULL"] = Field(
-        "NORMAL", description="SQLite synchronous mode in WAL: NORMAL survives a crash of the service, "
-        "FULL also a power loss (slower writes)")
+        "NORMAL",
+        description="SQLite synchronous mode in WAL: NORMAL survives a crash of the service, "
+        "FULL also a power loss (slower writes)",
+    )
     blending: BlendingConfig = Field(default_factory=BlendingConfig)
     experiment: ExperimentConfig | None = None
 

@@ -44,8 +44,7 @@ def require_files(folder: Path, source: str, *names: str) -> None:
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise SourceError(
-            f"{source}: {folder} lacks {', '.join(missing)}; found "
-            f"{sorted(p.name for p in folder.iterdir())}"
+            f"{source}: {folder} lacks {', '.join(missing)}; found {sorted(p.name for p in folder.iterdir())}"
         )
 
 

@@ -68,11 +68,18 @@ def load(folder: Path, options: LastfmConfig) -> SourceData:
     dropped = DropReport()
     notes: list[str] = []
 
-    tagged = _read(folder / TAGGED_FILE,
-                   {_USER: pl.Int32(), _ARTIST: pl.Int32(), _TAG: pl.Int32(), "day": pl.Int32(),
-                    "month": pl.Int32(), "year": pl.Int32()})
-    plays = _read(folder / PLAYS_FILE, {_USER: pl.Int32(), _ARTIST: pl.Int32(),
-                                        "weight": pl.Float64()})
+    tagged = _read(
+        folder / TAGGED_FILE,
+        {
+            _USER: pl.Int32(),
+            _ARTIST: pl.Int32(),
+            _TAG: pl.Int32(),
+            "day": pl.Int32(),
+            "month": pl.Int32(),
+            "year": pl.Int32(),
+        },
+    )
+    plays = _read(folder / PLAYS_FILE, {_USER: pl.Int32(), _ARTIST: pl.Int32(), "weight": pl.Float64()})
     check_unique(plays, [_USER, _ARTIST], PLAYS_FILE, "(user, artist) pair")
     artists = _read(folder / ARTISTS_FILE, {"id": pl.Int32(), C.name: pl.Utf8()}, ids=("id",))
     check_unique(artists, ["id"], ARTISTS_FILE, "artist id")
@@ -88,25 +95,36 @@ def load(folder: Path, options: LastfmConfig) -> SourceData:
     dated = _with_date(tagged.filter(~bogus))
 
     pairs = dated.group_by(_USER, _ARTIST).agg(pl.col(C.started_at).min())
-    dropped.add(f"{TAGGED_FILE}: repeat tag events of a (user, artist) pair merged into its row",
-                dated.height - pairs.height)
+    dropped.add(
+        f"{TAGGED_FILE}: repeat tag events of a (user, artist) pair merged into its row",
+        dated.height - pairs.height,
+    )
     untimed = plays.join(pairs, on=[_USER, _ARTIST], how="anti").height
     dropped.add(f"{PLAYS_FILE}: play-count pairs with no dated tag event (no time)", untimed)
-    notes.append(f"{untimed} of {plays.height} play-count pairs have no dated tag event and "
-                 f"are dropped; {plays.height - untimed} give the weight of a tagged pair")
+    notes.append(
+        f"{untimed} of {plays.height} play-count pairs have no dated tag event and "
+        f"are dropped; {plays.height - untimed} give the weight of a tagged pair"
+    )
 
-    interactions = pairs.join(plays, on=[_USER, _ARTIST], how="left").select(
-        pl.col(_USER).alias(C.user_id),
-        pl.col(_ARTIST).alias(C.track_id),
-        pl.col(C.started_at),
-        (1.0 + pl.col("weight").fill_null(0.0).log1p()).cast(pl.Float32).alias(C.weight),
-    ).sort(C.user_id, C.started_at, C.track_id)
-    notes.append(f"{interactions.filter(pl.col(C.weight) == 1).height} interactions are tagged "
-                 "artists with no play count (weight 1)")
+    interactions = (
+        pairs.join(plays, on=[_USER, _ARTIST], how="left")
+        .select(
+            pl.col(_USER).alias(C.user_id),
+            pl.col(_ARTIST).alias(C.track_id),
+            pl.col(C.started_at),
+            (1.0 + pl.col("weight").fill_null(0.0).log1p()).cast(pl.Float32).alias(C.weight),
+        )
+        .sort(C.user_id, C.started_at, C.track_id)
+    )
+    notes.append(
+        f"{interactions.filter(pl.col(C.weight) == 1).height} interactions are tagged "
+        "artists with no play count (weight 1)"
+    )
 
     tracks, names = _tracks_and_names(tagged, interactions, artists, tags, options, notes)
-    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names,
-                      dropped=dropped, notes=notes)
+    return SourceData(
+        interactions=interactions, tracks=tracks, catalog_names=names, dropped=dropped, notes=notes
+    )
 
 
 def _read(path: Path, expected: dict[str, pl.DataType], ids: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -128,45 +146,65 @@ def _with_date(tagged: pl.DataFrame) -> pl.DataFrame:
     )
     bad = out.get_column(C.started_at).is_null()
     if bad.any():
-        raise DataContractError(TAGGED_FILE, "day, month, year",
-                                f"{int(bad.sum())} rows are not valid dates",
-                                out.filter(bad).drop(C.started_at))
+        raise DataContractError(
+            TAGGED_FILE,
+            "day, month, year",
+            f"{int(bad.sum())} rows are not valid dates",
+            out.filter(bad).drop(C.started_at),
+        )
     return out
 
 
 def _tracks_and_names(
-    tagged: pl.DataFrame, interactions: pl.DataFrame, artists: pl.DataFrame,
-    tags: pl.DataFrame, options: LastfmConfig, notes: list[str],
+    tagged: pl.DataFrame,
+    interactions: pl.DataFrame,
+    artists: pl.DataFrame,
+    tags: pl.DataFrame,
+    options: LastfmConfig,
+    notes: list[str],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Every artist a track (its own artist, its top tags as genres), and the names."""
     top_tags = (
-        tagged.group_by(_ARTIST, _TAG).len()
+        tagged.group_by(_ARTIST, _TAG)
+        .len()
         .group_by(_ARTIST)
-        .agg(pl.col(_TAG).sort_by(["len", _TAG], descending=[True, False])
-             .head(options.top_tags_per_artist).alias(C.genres))
+        .agg(
+            pl.col(_TAG)
+            .sort_by(["len", _TAG], descending=[True, False])
+            .head(options.top_tags_per_artist)
+            .alias(C.genres)
+        )
     )
     ids = pl.concat([artists.get_column("id"), interactions.get_column(C.track_id)]).unique()
     missing = ids.len() - artists.height
     if missing:
-        notes.append(f"{missing} tagged artists are missing from {ARTISTS_FILE}: kept as tracks, "
-                     "named by their id")
+        notes.append(
+            f"{missing} tagged artists are missing from {ARTISTS_FILE}: kept as tracks, named by their id"
+        )
     empty = pl.lit([], dtype=pl.List(pl.Int32))
-    tracks = ids.sort().to_frame(C.track_id).join(
-        top_tags, left_on=C.track_id, right_on=_ARTIST, how="left"
-    ).select(
-        C.track_id,
-        empty.alias(C.albums),
-        pl.concat_list(pl.col(C.track_id)).alias(C.artists),
-        pl.col(C.genres).cast(pl.List(pl.Int32)).fill_null(empty),
+    tracks = (
+        ids.sort()
+        .to_frame(C.track_id)
+        .join(top_tags, left_on=C.track_id, right_on=_ARTIST, how="left")
+        .select(
+            C.track_id,
+            empty.alias(C.albums),
+            pl.concat_list(pl.col(C.track_id)).alias(C.artists),
+            pl.col(C.genres).cast(pl.List(pl.Int32)).fill_null(empty),
+        )
     )
     no_genre = tracks.filter(pl.col(C.genres).list.len() == 0).height
     notes.append(f"{tracks.height} artists as tracks ({no_genre} never tagged: no genre)")
-    named = tracks.select(C.track_id).join(
-        artists.select("id", C.name), left_on=C.track_id, right_on="id", how="left"
-    ).with_columns(pl.col(C.name).fill_null(pl.col(C.track_id).cast(pl.Utf8)))
-    names = pl.concat([
-        names_frame(named[C.track_id], named[C.name], "track"),
-        names_frame(named[C.track_id], named[C.name], "artist"),
-        names_frame(tags[_TAG], tags["tagValue"], "genre"),
-    ])
+    named = (
+        tracks.select(C.track_id)
+        .join(artists.select("id", C.name), left_on=C.track_id, right_on="id", how="left")
+        .with_columns(pl.col(C.name).fill_null(pl.col(C.track_id).cast(pl.Utf8)))
+    )
+    names = pl.concat(
+        [
+            names_frame(named[C.track_id], named[C.name], "track"),
+            names_frame(named[C.track_id], named[C.name], "artist"),
+            names_frame(tags[_TAG], tags["tagValue"], "genre"),
+        ]
+    )
     return tracks, names

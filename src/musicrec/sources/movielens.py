@@ -51,9 +51,25 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 }
 #: Genre flag columns of ml-100k's ``u.item``, in order (``u.genre`` says the same).
 GENRES_100K = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 #: Genre labels that mean "no genre".
 NO_GENRE = ("(no genres listed)", "unknown", "")
@@ -102,8 +118,7 @@ def load(folder: Path, options: MovieLensConfig) -> SourceData:
     dropped = DropReport()
     notes = [f"MovieLens layout '{layout}' ({ratings_file}, {movies_file})"]
     positive = pl.col(_RATING) >= options.rating_threshold
-    dropped.add(f"{ratings_file}: ratings below {options.rating_threshold}",
-                ratings.filter(~positive).height)
+    dropped.add(f"{ratings_file}: ratings below {options.rating_threshold}", ratings.filter(~positive).height)
     events = ratings.filter(positive).select(
         pl.col(_USER).alias(C.user_id),
         pl.col(_MOVIE).alias(C.track_id),
@@ -111,39 +126,64 @@ def load(folder: Path, options: MovieLensConfig) -> SourceData:
         pl.lit(1.0, dtype=pl.Float32).alias(C.weight),
     )
     interactions = aggregate_pairs(events).sort(C.user_id, C.started_at, C.track_id)
-    dropped.add(f"{ratings_file}: repeat ratings of a (user, movie) pair merged into its row",
-                events.height - interactions.height)
+    dropped.add(
+        f"{ratings_file}: repeat ratings of a (user, movie) pair merged into its row",
+        events.height - interactions.height,
+    )
 
     unknown = ratings.select(pl.col(_MOVIE).unique()).join(movies, on=_MOVIE, how="anti")
     if unknown.height:
-        notes.append(f"{unknown.height} rated movies missing from {movies_file}: kept with no "
-                     "genre, named by their id")
-        movies = pl.concat([movies, unknown.select(
-            _MOVIE, pl.col(_MOVIE).cast(pl.Utf8).alias(_TITLE),
-            pl.lit([], dtype=pl.List(pl.Utf8)).alias(_GENRES))])
+        notes.append(
+            f"{unknown.height} rated movies missing from {movies_file}: kept with no genre, named by their id"
+        )
+        movies = pl.concat(
+            [
+                movies,
+                unknown.select(
+                    _MOVIE,
+                    pl.col(_MOVIE).cast(pl.Utf8).alias(_TITLE),
+                    pl.lit([], dtype=pl.List(pl.Utf8)).alias(_GENRES),
+                ),
+            ]
+        )
 
     genre_map = dense_ids(movies.get_column(_GENRES).explode(), "genre_id")
     movie_genres = (
-        movies.select(_MOVIE, _GENRES).explode(_GENRES)
+        movies.select(_MOVIE, _GENRES)
+        .explode(_GENRES)
         .join(genre_map, left_on=_GENRES, right_on="source_id")
-        .group_by(_MOVIE).agg(pl.col("genre_id").unique().sort().alias("genre_ids"))
+        .group_by(_MOVIE)
+        .agg(pl.col("genre_id").unique().sort().alias("genre_ids"))
     )
     empty = pl.lit([], dtype=pl.List(pl.Int32))
-    tracks = movies.join(movie_genres, on=_MOVIE, how="left").select(
-        pl.col(_MOVIE).alias(C.track_id),
-        empty.alias(C.albums),
-        empty.alias(C.artists),
-        pl.col("genre_ids").fill_null(empty).alias(C.genres),
-    ).sort(C.track_id)
+    tracks = (
+        movies.join(movie_genres, on=_MOVIE, how="left")
+        .select(
+            pl.col(_MOVIE).alias(C.track_id),
+            empty.alias(C.albums),
+            empty.alias(C.artists),
+            pl.col("genre_ids").fill_null(empty).alias(C.genres),
+        )
+        .sort(C.track_id)
+    )
     no_genre = tracks.filter(pl.col(C.genres).list.len() == 0).height
-    notes.append(f"{tracks.height} movies as tracks ({no_genre} with no genre); no artists or "
-                 "albums in this source")
-    names = pl.concat([
-        names_frame(movies[_MOVIE], movies[_TITLE], "track"),
-        names_frame(genre_map["genre_id"], genre_map["source_id"], "genre"),
-    ])
-    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names,
-                      dropped=dropped, extra={"genre_id_map": genre_map}, notes=notes)
+    notes.append(
+        f"{tracks.height} movies as tracks ({no_genre} with no genre); no artists or albums in this source"
+    )
+    names = pl.concat(
+        [
+            names_frame(movies[_MOVIE], movies[_TITLE], "track"),
+            names_frame(genre_map["genre_id"], genre_map["source_id"], "genre"),
+        ]
+    )
+    return SourceData(
+        interactions=interactions,
+        tracks=tracks,
+        catalog_names=names,
+        dropped=dropped,
+        extra={"genre_id_map": genre_map},
+        notes=notes,
+    )
 
 
 def read_text(path: Path) -> str:
@@ -158,8 +198,9 @@ def read_text(path: Path) -> str:
 def read_table(path: Path, separator: str, **kwargs) -> pl.DataFrame:
     """A delimited file, decoded robustly, no quoting; parse errors name the file."""
     try:
-        return pl.read_csv(io.BytesIO(read_text(path).encode()), separator=separator,
-                           quote_char=None, **kwargs)
+        return pl.read_csv(
+            io.BytesIO(read_text(path).encode()), separator=separator, quote_char=None, **kwargs
+        )
     except pl.exceptions.PolarsError as exc:
         raise DataContractError(path.name, None, f"cannot be read as a table ({exc})") from None
 
@@ -167,8 +208,12 @@ def read_table(path: Path, separator: str, **kwargs) -> pl.DataFrame:
 def _with_names(frame: pl.DataFrame, file: str, names: tuple[str, ...]) -> pl.DataFrame:
     """Name the columns of a header-less file, checking their number first."""
     if frame.width != len(names):
-        raise DataContractError(file, None, f"expected {len(names)} fields per line "
-                                f"({', '.join(names)}), found {frame.width}", frame.head())
+        raise DataContractError(
+            file,
+            None,
+            f"expected {len(names)} fields per line ({', '.join(names)}), found {frame.width}",
+            frame.head(),
+        )
     return frame.rename(dict(zip(frame.columns, names, strict=True)))
 
 
@@ -178,8 +223,9 @@ def _ratings_latest(path: Path) -> pl.DataFrame:
         header = pl.DataFrame(schema=frame.collect_schema())
     except pl.exceptions.PolarsError as exc:
         raise DataContractError(path.name, None, f"cannot be read as CSV ({exc})") from None
-    check_columns(header, {_USER: pl.Int32(), _MOVIE: pl.Int32(), _RATING: pl.Float32(),
-                           _TS: pl.Int64()}, path.name)
+    check_columns(
+        header, {_USER: pl.Int32(), _MOVIE: pl.Int32(), _RATING: pl.Float32(), _TS: pl.Int64()}, path.name
+    )
     try:
         return frame.select(_USER, _MOVIE, _RATING, _TS).collect()
     except pl.exceptions.PolarsError as exc:
@@ -195,15 +241,23 @@ def _ratings_1m(path: Path) -> pl.DataFrame:
     # '::' is two separators in a row; numbers hold no ':' so every other field is empty
     frame = read_table(path, ":", has_header=False)
     if frame.width != 7:
-        raise DataContractError(path.name, None, "expected UserID::MovieID::Rating::Timestamp "
-                                f"lines, found {(frame.width + 1) // 2} fields", frame.head())
+        raise DataContractError(
+            path.name,
+            None,
+            f"expected UserID::MovieID::Rating::Timestamp lines, found {(frame.width + 1) // 2} fields",
+            frame.head(),
+        )
     return _with_names(frame.select(frame.columns[::2]), path.name, (_USER, _MOVIE, _RATING, _TS))
 
 
 def _normalise_ratings(ratings: pl.DataFrame, file: str) -> pl.DataFrame:
     """Int32 ids, Float32 ratings, Int64 epoch seconds; errors name the file and column."""
-    for column, dtype in ((_USER, pl.Int32()), (_MOVIE, pl.Int32()), (_RATING, pl.Float32()),
-                          (_TS, pl.Int64())):
+    for column, dtype in (
+        (_USER, pl.Int32()),
+        (_MOVIE, pl.Int32()),
+        (_RATING, pl.Float32()),
+        (_TS, pl.Int64()),
+    ):
         ratings = check_dtype(ratings, column, dtype, file)
     check_not_null(ratings, [_USER, _MOVIE, _RATING, _TS], file)
     return ratings
@@ -228,8 +282,12 @@ def _movies_1m(folder: Path) -> pl.DataFrame:
     parts.columns = [_MOVIE, _TITLE, _GENRES]
     bad = parts.get_column(_MOVIE).is_null()
     if bad.any():
-        raise DataContractError(path.name, None, f"{int(bad.sum())} lines are not "
-                                "MovieID::Title::Genres", lines.filter(bad).to_frame())
+        raise DataContractError(
+            path.name,
+            None,
+            f"{int(bad.sum())} lines are not MovieID::Title::Genres",
+            lines.filter(bad).to_frame(),
+        )
     return parts.with_columns(pl.col(_GENRES).str.split("|"))
 
 
@@ -242,11 +300,16 @@ def _movies_100k(folder: Path) -> pl.DataFrame:
         listed = _with_names(listed, genre_file.name, ("genre", "index")).drop_nulls()
         genre_names = listed.sort("index").get_column("genre").to_list()
     frame = read_table(path, "|", has_header=False, infer_schema_length=0)
-    fields = (_MOVIE, _TITLE, "release_date", "video_release_date", "url",
-              *(f"genre_{i}" for i in range(len(genre_names))))
+    fields = (
+        _MOVIE,
+        _TITLE,
+        "release_date",
+        "video_release_date",
+        "url",
+        *(f"genre_{i}" for i in range(len(genre_names))),
+    )
     frame = _with_names(frame, path.name, fields)
-    flags = [pl.when(pl.col(f"genre_{i}") == "1").then(pl.lit(name))
-             for i, name in enumerate(genre_names)]
+    flags = [pl.when(pl.col(f"genre_{i}") == "1").then(pl.lit(name)) for i, name in enumerate(genre_names)]
     return frame.select(_MOVIE, _TITLE, pl.concat_list(flags).list.drop_nulls().alias(_GENRES))
 
 
@@ -257,15 +320,19 @@ def _normalise_movies(movies: pl.DataFrame, file: str) -> pl.DataFrame:
         ids = text.cast(pl.Int64, strict=False)
         bad = ids.is_null() & text.is_not_null()
         if bad.any():
-            raise DataContractError(file, _MOVIE, f"{int(bad.sum())} ids are not whole numbers",
-                                    movies.filter(bad).select(_MOVIE, _TITLE))
+            raise DataContractError(
+                file,
+                _MOVIE,
+                f"{int(bad.sum())} ids are not whole numbers",
+                movies.filter(bad).select(_MOVIE, _TITLE),
+            )
         movies = movies.with_columns(ids.alias(_MOVIE))
     movies = check_dtype(movies, _MOVIE, pl.Int32(), file)
     check_not_null(movies, [_MOVIE], file)
     check_unique(movies, [_MOVIE], file, "movie id")
     return movies.with_columns(
         pl.col(_TITLE).cast(pl.Utf8).fill_null(pl.col(_MOVIE).cast(pl.Utf8)),
-        pl.col(_GENRES).fill_null([]).list.eval(
-            pl.element().str.strip_chars().filter(~pl.element().str.strip_chars().is_in(NO_GENRE))
-        ),
+        pl.col(_GENRES)
+        .fill_null([])
+        .list.eval(pl.element().str.strip_chars().filter(~pl.element().str.strip_chars().is_in(NO_GENRE))),
     )

@@ -61,23 +61,85 @@ from musicrec.schema import INTERACTIONS_SCHEMA, C, validate_interactions
 
 #: Names of the leading real genres, most listened first; the rest are synthetic.
 GENRE_NAMES = (
-    "pop", "rap", "allrock", "ruspop", "rusrap", "electronics", "dance", "rusrock",
-    "rnb", "metal", "alternative", "indie", "foreignbard", "soundtrack", "jazz",
-    "classical", "folk", "reggae", "punk", "hardrock", "house", "techno", "rock",
-    "dubstep", "country", "blues", "soul", "lounge", "ambient", "disco",
+    "pop",
+    "rap",
+    "allrock",
+    "ruspop",
+    "rusrap",
+    "electronics",
+    "dance",
+    "rusrock",
+    "rnb",
+    "metal",
+    "alternative",
+    "indie",
+    "foreignbard",
+    "soundtrack",
+    "jazz",
+    "classical",
+    "folk",
+    "reggae",
+    "punk",
+    "hardrock",
+    "house",
+    "techno",
+    "rock",
+    "dubstep",
+    "country",
+    "blues",
+    "soul",
+    "lounge",
+    "ambient",
+    "disco",
 )
 #: Shares of the five leading genres in listens (55.6M, 37.8M, 31.1M, 26.6M, 25.3M of 222.6M),
 #: scaled so that tracks' second genres still leave room for the long tail.
 LEADING_GENRE_SHARES = np.array([55.6, 37.8, 31.1, 26.6, 25.3]) / 222.6 * 0.72
 SECOND_GENRE_SHARE = 0.25
 FEATURES = (
-    "danceability", "energy", "loudness", "speechiness", "acousticness",
-    "instrumentalness", "liveness", "valence", "tempo", "duration_ms",
+    "danceability",
+    "energy",
+    "loudness",
+    "speechiness",
+    "acousticness",
+    "instrumentalness",
+    "liveness",
+    "valence",
+    "tempo",
+    "duration_ms",
 )
-_SYLLABLES = np.array([
-    "ka", "lo", "mi", "ra", "ve", "zu", "no", "ta", "shi", "do", "re", "an", "el", "ko",
-    "sa", "ri", "mo", "na", "lu", "ve", "ya", "ze", "bo", "ni", "or", "is", "ul", "da",
-])
+_SYLLABLES = np.array(
+    [
+        "ka",
+        "lo",
+        "mi",
+        "ra",
+        "ve",
+        "zu",
+        "no",
+        "ta",
+        "shi",
+        "do",
+        "re",
+        "an",
+        "el",
+        "ko",
+        "sa",
+        "ri",
+        "mo",
+        "na",
+        "lu",
+        "ve",
+        "ya",
+        "ze",
+        "bo",
+        "ni",
+        "or",
+        "is",
+        "ul",
+        "da",
+    ]
+)
 _OVERSAMPLE = 1.35
 #: Heavy users saturate the top tracks (almost all of them hear the few most popular
 #: ones), so the top track gets more than its weight's share; its weight is capped this
@@ -88,31 +150,36 @@ FAVOURITE_TEMPER = 0.5
 #: Most favourite genres a heavy user can have beyond ``genres_per_user``.
 _EXTRA_GENRES = 6
 
-INTERACTIONS_ARROW = pa.schema([
-    (C.user_id, pa.int32()), (C.track_id, pa.int32()), (C.started_at, pa.timestamp("ns")),
-    (C.track_seq, pa.int16()), (C.weight, pa.float32()),
-])
+INTERACTIONS_ARROW = pa.schema(
+    [
+        (C.user_id, pa.int32()),
+        (C.track_id, pa.int32()),
+        (C.started_at, pa.timestamp("ns")),
+        (C.track_seq, pa.int16()),
+        (C.weight, pa.float32()),
+    ]
+)
 
 
 @dataclass
 class Catalogue:
     """The generated catalogue in internal order (an artist's tracks are contiguous)."""
 
-    track_ids: np.ndarray          # external id of each internal track index
-    track_artist: np.ndarray       # artist index of each track
-    track_album: np.ndarray        # album index of each track
-    track_weight: np.ndarray       # popularity w (unnormalised)
-    artist_genre: np.ndarray       # main genre index of each artist
-    artist_start: np.ndarray       # first track index of each artist
-    artist_count: np.ndarray       # number of tracks of each artist
-    artist_weight: np.ndarray      # sum of its tracks' w
-    genre_share: np.ndarray        # target share of each genre
-    track_cdf: np.ndarray          # artist index + within-artist cumulative P(t | a)
-    deep_track_cdf: np.ndarray     # the same with tempered weights, to dig into the tail
-    artist_order: np.ndarray       # artists sorted by genre
-    artist_cdf: np.ndarray         # genre index + within-genre cumulative P(a | g)
-    favourite_cdf: np.ndarray      # the same with tempered weights, to pick favourites
-    global_cdf: np.ndarray         # cumulative P(t)
+    track_ids: np.ndarray  # external id of each internal track index
+    track_artist: np.ndarray  # artist index of each track
+    track_album: np.ndarray  # album index of each track
+    track_weight: np.ndarray  # popularity w (unnormalised)
+    artist_genre: np.ndarray  # main genre index of each artist
+    artist_start: np.ndarray  # first track index of each artist
+    artist_count: np.ndarray  # number of tracks of each artist
+    artist_weight: np.ndarray  # sum of its tracks' w
+    genre_share: np.ndarray  # target share of each genre
+    track_cdf: np.ndarray  # artist index + within-artist cumulative P(t | a)
+    deep_track_cdf: np.ndarray  # the same with tempered weights, to dig into the tail
+    artist_order: np.ndarray  # artists sorted by genre
+    artist_cdf: np.ndarray  # genre index + within-genre cumulative P(a | g)
+    favourite_cdf: np.ndarray  # the same with tempered weights, to pick favourites
+    global_cdf: np.ndarray  # cumulative P(t)
 
     @property
     def n_tracks(self) -> int:
@@ -130,8 +197,9 @@ def genre_shares(n_genres: int) -> np.ndarray:
     return shares / shares.sum()
 
 
-def assign_genres(artist_weight: np.ndarray, share: np.ndarray, rng: np.random.Generator,
-                  n_greedy: int = 3000) -> np.ndarray:
+def assign_genres(
+    artist_weight: np.ndarray, share: np.ndarray, rng: np.random.Generator, n_greedy: int = 3000
+) -> np.ndarray:
     """Main genre of each artist so that genres' total popularity follows ``share``.
 
     The heaviest artists dominate a genre's total, so they are placed greedily in the
@@ -153,8 +221,14 @@ def assign_genres(artist_weight: np.ndarray, share: np.ndarray, rng: np.random.G
     return genre
 
 
-def track_popularity(n: int, median_to_mean: float, min_to_mean: float, max_to_mean: float,
-                     rng: np.random.Generator, skew: float = 1.0) -> np.ndarray:
+def track_popularity(
+    n: int,
+    median_to_mean: float,
+    min_to_mean: float,
+    max_to_mean: float,
+    rng: np.random.Generator,
+    skew: float = 1.0,
+) -> np.ndarray:
     """Shifted log-normal weights whose median/mean, min/mean and max/mean match the targets.
 
     With ``w = f + X``, ``X ~ LogNormal(0, s)``: median ``f + 1``, mean ``f + exp(s^2/2)``
@@ -217,18 +291,26 @@ def build_catalogue(cfg: SyntheticConfig, rng: np.random.Generator) -> Catalogue
     artist_genre = assign_genres(artist_weight, share, rng)
 
     track_cdf = _segment_cdf(track_artist, weight)
-    deep_track_cdf = _segment_cdf(track_artist, weight ** FAVOURITE_TEMPER)
+    deep_track_cdf = _segment_cdf(track_artist, weight**FAVOURITE_TEMPER)
     artist_order = np.argsort(artist_genre, kind="stable")
     artist_cdf = _segment_cdf(artist_genre[artist_order], artist_weight[artist_order])
-    favourite_cdf = _segment_cdf(artist_genre[artist_order],
-                                 artist_weight[artist_order] ** FAVOURITE_TEMPER)
+    favourite_cdf = _segment_cdf(artist_genre[artist_order], artist_weight[artist_order] ** FAVOURITE_TEMPER)
     global_cdf = np.cumsum(weight) / weight.sum()
     return Catalogue(
-        track_ids=rng.permutation(n_tracks).astype(np.int32), deep_track_cdf=deep_track_cdf,
-        track_artist=track_artist, track_album=track_album, track_weight=weight,
-        artist_genre=artist_genre, artist_start=artist_start, artist_count=artist_count,
-        artist_weight=artist_weight, genre_share=share, track_cdf=track_cdf,
-        artist_order=artist_order, artist_cdf=artist_cdf, favourite_cdf=favourite_cdf,
+        track_ids=rng.permutation(n_tracks).astype(np.int32),
+        deep_track_cdf=deep_track_cdf,
+        track_artist=track_artist,
+        track_album=track_album,
+        track_weight=weight,
+        artist_genre=artist_genre,
+        artist_start=artist_start,
+        artist_count=artist_count,
+        artist_weight=artist_weight,
+        genre_share=share,
+        track_cdf=track_cdf,
+        artist_order=artist_order,
+        artist_cdf=artist_cdf,
+        favourite_cdf=favourite_cdf,
         global_cdf=global_cdf,
     )
 
@@ -237,17 +319,18 @@ def build_catalogue(cfg: SyntheticConfig, rng: np.random.Generator) -> Catalogue
 class Users:
     """Per-user parameters: taste, activity and active span (days from the start)."""
 
-    n_tracks: np.ndarray        # distinct tracks to listen to
-    genres: np.ndarray          # (users, K) favourite genre indices
-    genre_weights: np.ndarray   # (users, K) their weights, rows sum to 1
-    artists: np.ndarray         # (users, F) favourite artist indices
-    popular: np.ndarray         # share of streaks that start at a globally popular track
+    n_tracks: np.ndarray  # distinct tracks to listen to
+    genres: np.ndarray  # (users, K) favourite genre indices
+    genre_weights: np.ndarray  # (users, K) their weights, rows sum to 1
+    artists: np.ndarray  # (users, F) favourite artist indices
+    popular: np.ndarray  # share of streaks that start at a globally popular track
     first_day: np.ndarray
     last_day: np.ndarray
 
 
-def _draw_artist_in_genre(cat: Catalogue, genres: np.ndarray, rng: np.random.Generator,
-                          favourites: bool = False):
+def _draw_artist_in_genre(
+    cat: Catalogue, genres: np.ndarray, rng: np.random.Generator, favourites: bool = False
+):
     """An artist of each given genre, drawn by popularity; genres with no artist draw any.
 
     Favourites are drawn by tempered popularity: tastes are more diverse than plays.
@@ -303,8 +386,9 @@ def draw_users(cfg: SyntheticConfig, n: int, cat: Catalogue, rng: np.random.Gene
     artists = _draw_artist_in_genre(cat, fav_genres.ravel(), rng, favourites=True).reshape(n, f)
     # heavy users also follow the charts: more of their listens are simply popular tracks
     doublings = np.log2(np.maximum(n_tracks / np.exp(mu), 1.0))
-    popular = np.minimum(cfg.popular_share + cfg.popular_share_per_doubling * doublings,
-                         cfg.max_popular_share)
+    popular = np.minimum(
+        cfg.popular_share + cfg.popular_share_per_doubling * doublings, cfg.max_popular_share
+    )
     return Users(n_tracks, genres, genre_weights, artists, popular, first_day, last_day)
 
 
@@ -318,15 +402,21 @@ def intensity_cumulative(cfg: SyntheticConfig) -> np.ndarray:
     n_days = (cfg.end_date - cfg.start_date).days + 1
     day = np.arange(n_days)
     intensity = 1.0 + cfg.activity_growth * day / max(n_days - 1, 1)
-    last = day[max(0, n_days - 31):]
+    last = day[max(0, n_days - 31) :]
     # a linear slide over the last month, averaging ``last_month_dip`` (no step on its first day)
     intensity[last] *= 1.0 - 2 * cfg.last_month_dip * (last - last[0] + 1) / (len(last) + 1)
     return np.concatenate([[0.0], np.cumsum(intensity)])
 
 
-def _draw_streaks(cfg: SyntheticConfig, cat: Catalogue, users: Users, streaks_per_user: np.ndarray,
-                  extra_popular: float, deep: bool, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_streaks(
+    cfg: SyntheticConfig,
+    cat: Catalogue,
+    users: Users,
+    streaks_per_user: np.ndarray,
+    extra_popular: float,
+    deep: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw streaks for each user: (local user index, track index, streak key) per listen.
 
     Listens come in streak order; the random streak key places the streak in the
@@ -358,7 +448,8 @@ def _draw_streaks(cfg: SyntheticConfig, cat: Catalogue, users: Users, streaks_pe
     g = users.genres[s_user[by_genre], np.minimum(pick, gw.shape[1] - 1)]
     artist[by_genre] = _draw_artist_in_genre(cat, g, rng, favourites=deep)
     explore_tracks = np.where(
-        discover[explore], rng.integers(0, cat.n_tracks, int(explore.sum())),
+        discover[explore],
+        rng.integers(0, cat.n_tracks, int(explore.sum())),
         np.minimum(np.searchsorted(cat.global_cdf, rng.random(int(explore.sum()))), cat.n_tracks - 1),
     )
     artist[explore] = cat.track_artist[explore_tracks]
@@ -403,8 +494,9 @@ def listen_chunk(cfg: SyntheticConfig, cat: Catalogue, users: Users, rng: np.ran
             break
         factor = _OVERSAMPLE * 2**round_
         streaks = np.where(short > 0, np.ceil(short * factor / cfg.mean_streak) + 1, 0)
-        u, t, k = _draw_streaks(cfg, cat, users, streaks.astype(np.int64), extra_popular,
-                                deep=round_ > 0, rng=rng)
+        u, t, k = _draw_streaks(
+            cfg, cat, users, streaks.astype(np.int64), extra_popular, deep=round_ > 0, rng=rng
+        )
         # new draws count after what the user already has (stable by user)
         listen_user = np.concatenate([listen_user, u])
         track = np.concatenate([track, t])
@@ -487,19 +579,27 @@ def generate(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = Tr
         hi = min(lo + cfg.chunk_users, cfg.n_users)
         part = Users(*(getattr(users, f)[lo:hi] for f in Users.__dataclass_fields__))
         u, t, day, seq = listen_chunk(cfg, cat, part, np.random.default_rng([seed, 2, i]))
-        chunk = pl.DataFrame({
-            C.user_id: user_ids[lo:hi][u],
-            C.track_id: cat.track_ids[t],
-            C.started_at: start + day.astype("timedelta64[D]").astype("timedelta64[ns]"),
-            C.track_seq: seq.astype(np.int16),
-            C.weight: np.ones(len(u), dtype=np.float32),
-        }, schema=INTERACTIONS_SCHEMA)
+        chunk = pl.DataFrame(
+            {
+                C.user_id: user_ids[lo:hi][u],
+                C.track_id: cat.track_ids[t],
+                C.started_at: start + day.astype("timedelta64[D]").astype("timedelta64[ns]"),
+                C.track_seq: seq.astype(np.int16),
+                C.weight: np.ones(len(u), dtype=np.float32),
+            },
+            schema=INTERACTIONS_SCHEMA,
+        )
         return validate_interactions(chunk, track_ids=track_ids_series, file=target.name)
 
     # chunks are independent (each has its own seed): two are drawn at a time, written in order
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, INTERACTIONS_ARROW, compression="zstd") as writer:
-        for chunk in tqdm(in_order(chunk_of, enumerate(chunks)), total=len(chunks), desc="synthetic listens",
-                          unit="chunk", disable=not progress):
+        for chunk in tqdm(
+            in_order(chunk_of, enumerate(chunks)),
+            total=len(chunks),
+            desc="synthetic listens",
+            unit="chunk",
+            disable=not progress,
+        ):
             writer.write_table(chunk.to_arrow().cast(INTERACTIONS_ARROW), row_group_size=len(chunk))
             rows += len(chunk)
 
@@ -528,8 +628,9 @@ def _names(n: int, rng: np.random.Generator, words: int) -> pl.Series:
     return out
 
 
-def _write_catalogue(cfg: SyntheticConfig, cat: Catalogue, out_dir: Path,
-                     rng: np.random.Generator) -> dict[str, Path]:
+def _write_catalogue(
+    cfg: SyntheticConfig, cat: Catalogue, out_dir: Path, rng: np.random.Generator
+) -> dict[str, Path]:
     n = cat.n_tracks
     n_albums = int(cat.track_album.max()) + 1
     n_artists = len(cat.artist_count)
@@ -549,27 +650,44 @@ def _write_catalogue(cfg: SyntheticConfig, cat: Catalogue, out_dir: Path,
         return pl.Series(arr).cast(pl.List(pl.Int32))
 
     # genres: [main] or [main, second]; built from two columns then list-concatenated
-    tracks = pl.DataFrame({
-        C.track_id: cat.track_ids,
-        C.albums: lists(album_ids[cat.track_album], no_album),
-        C.artists: lists(artist_ids[cat.track_artist], no_artist),
-        "g1": lists(genre_ids[genre], no_genre),
-        "g2": lists(genre_ids[second], ~has_second | no_genre),
-    }).with_columns(pl.concat_list("g1", "g2").alias(C.genres)).drop("g1", "g2")
+    tracks = (
+        pl.DataFrame(
+            {
+                C.track_id: cat.track_ids,
+                C.albums: lists(album_ids[cat.track_album], no_album),
+                C.artists: lists(artist_ids[cat.track_artist], no_artist),
+                "g1": lists(genre_ids[genre], no_genre),
+                "g2": lists(genre_ids[second], ~has_second | no_genre),
+            }
+        )
+        .with_columns(pl.concat_list("g1", "g2").alias(C.genres))
+        .drop("g1", "g2")
+    )
     tracks = tracks.sort(C.track_id)
 
-    genre_names = [GENRE_NAMES[i] if i < len(GENRE_NAMES) else f"genre{i}"
-                   for i in range(cfg.n_named_genres)]
-    names = pl.concat([
-        pl.DataFrame({C.id: np.sort(cat.track_ids), C.type: "track",
-                      C.name: _names(n, rng, 2)}),
-        pl.DataFrame({C.id: np.arange(n_albums, dtype=np.int32), C.type: "album",
-                      C.name: _names(n_albums, rng, 2)}),
-        pl.DataFrame({C.id: np.arange(n_artists, dtype=np.int32), C.type: "artist",
-                      C.name: _names(n_artists, rng, 2)}),
-        pl.DataFrame({C.id: genre_ids[: cfg.n_named_genres], C.type: "genre",
-                      C.name: pl.Series(genre_names, dtype=pl.Utf8)}),
-    ]).with_columns(pl.col(C.id).cast(pl.Int32))
+    genre_names = [GENRE_NAMES[i] if i < len(GENRE_NAMES) else f"genre{i}" for i in range(cfg.n_named_genres)]
+    names = pl.concat(
+        [
+            pl.DataFrame({C.id: np.sort(cat.track_ids), C.type: "track", C.name: _names(n, rng, 2)}),
+            pl.DataFrame(
+                {C.id: np.arange(n_albums, dtype=np.int32), C.type: "album", C.name: _names(n_albums, rng, 2)}
+            ),
+            pl.DataFrame(
+                {
+                    C.id: np.arange(n_artists, dtype=np.int32),
+                    C.type: "artist",
+                    C.name: _names(n_artists, rng, 2),
+                }
+            ),
+            pl.DataFrame(
+                {
+                    C.id: genre_ids[: cfg.n_named_genres],
+                    C.type: "genre",
+                    C.name: pl.Series(genre_names, dtype=pl.Utf8),
+                }
+            ),
+        ]
+    ).with_columns(pl.col(C.id).cast(pl.Int32))
 
     # audio-like features: a genre profile plus an artist offset plus noise
     k = len(FEATURES)
@@ -591,37 +709,45 @@ def _write_catalogue(cfg: SyntheticConfig, cat: Catalogue, out_dir: Path,
     }
 
 
-def _write_oracle(cfg: SyntheticConfig, cat: Catalogue, users: Users, user_ids: np.ndarray,
-                  oracle_dir: Path) -> dict[str, Path]:
+def _write_oracle(
+    cfg: SyntheticConfig, cat: Catalogue, users: Users, user_ids: np.ndarray, oracle_dir: Path
+) -> dict[str, Path]:
     """The compact true preferences: user tastes and the catalogue's conditional probabilities."""
     genre_total = np.bincount(cat.artist_genre, weights=cat.artist_weight, minlength=cfg.n_genres)
     artist_total = cat.artist_weight
     p_track_in_artist = cat.track_weight / artist_total[cat.track_artist]
     g = cat.artist_genre[cat.track_artist]
     p_artist_in_genre = artist_total[cat.track_artist] / genre_total[g]
-    taste = pl.DataFrame({
-        C.user_id: user_ids,
-        "genres": users.genres.astype(np.int32),
-        "genre_weights": users.genre_weights.astype(np.float32),
-        "artists": users.artists.astype(np.int32),
-        "popular_share": users.popular.astype(np.float64),
-    })
-    prior = pl.DataFrame({
-        C.track_id: cat.track_ids,
-        "artist": cat.track_artist.astype(np.int32),
-        "genre": g.astype(np.int32),
-        "p_track_in_artist": p_track_in_artist,
-        "p_artist_in_genre": p_artist_in_genre,
-        "p_track": cat.track_weight / cat.track_weight.sum(),
-    })
+    taste = pl.DataFrame(
+        {
+            C.user_id: user_ids,
+            "genres": users.genres.astype(np.int32),
+            "genre_weights": users.genre_weights.astype(np.float32),
+            "artists": users.artists.astype(np.int32),
+            "popular_share": users.popular.astype(np.float64),
+        }
+    )
+    prior = pl.DataFrame(
+        {
+            C.track_id: cat.track_ids,
+            "artist": cat.track_artist.astype(np.int32),
+            "genre": g.astype(np.int32),
+            "p_track_in_artist": p_track_in_artist,
+            "p_artist_in_genre": p_artist_in_genre,
+            "p_track": cat.track_weight / cat.track_weight.sum(),
+        }
+    )
     return {
         "oracle_users": write_parquet(taste, oracle_dir / "user_taste.parquet"),
         "oracle_tracks": write_parquet(prior, oracle_dir / "track_prior.parquet"),
-        "oracle_params": write_json({
-            "favourite_artist_share": cfg.favourite_artist_share,
-            "exploration_share": cfg.exploration_share,
-            "about": "true preference: see musicrec.sources.synthetic.true_preference",
-        }, oracle_dir / "params.json"),
+        "oracle_params": write_json(
+            {
+                "favourite_artist_share": cfg.favourite_artist_share,
+                "exploration_share": cfg.exploration_share,
+                "about": "true preference: see musicrec.sources.synthetic.true_preference",
+            },
+            oracle_dir / "params.json",
+        ),
     }
 
 
@@ -643,8 +769,13 @@ def true_preference(oracle_dir: Path, user_ids, track_ids) -> np.ndarray:
     taste_for_genre = (genre_weights * (genres == track_genre[:, None])).sum(1)
     favourite_share = (favourites == track_artist[:, None]).mean(1)
     in_taste = 1.0 - o.explore_share - popular
-    return (in_taste * ((1 - o.fav_share) * taste_for_genre * o.p_ag[tracks] + o.fav_share * favourite_share)
-            * o.p_ta[tracks] + o.explore_share / len(o.track_sorted) + popular * o.p_t[tracks])
+    return (
+        in_taste
+        * ((1 - o.fav_share) * taste_for_genre * o.p_ag[tracks] + o.fav_share * favourite_share)
+        * o.p_ta[tracks]
+        + o.explore_share / len(o.track_sorted)
+        + popular * o.p_t[tracks]
+    )
 
 
 @dataclass(frozen=True)
@@ -682,19 +813,24 @@ def _oracle_tables(oracle_dir: Path) -> _OracleTables:
         user_order, track_order = np.argsort(user_ids), np.argsort(track_ids)
         _ORACLE_CACHE.clear()  # one oracle at a time: at full scale its tables take a few hundred MB
         _ORACLE_CACHE[key] = _OracleTables(
-            fav_share=params["favourite_artist_share"], explore_share=params["exploration_share"],
-            user_sorted=user_ids[user_order], user_order=user_order,
+            fav_share=params["favourite_artist_share"],
+            explore_share=params["exploration_share"],
+            user_sorted=user_ids[user_order],
+            user_order=user_order,
             user_position=IdPositions(user_ids[user_order]),
             genres=np.stack(taste.get_column("genres").to_numpy()),
             genre_weights=np.stack(taste.get_column("genre_weights").to_numpy()),
             favourites=np.stack(taste.get_column("artists").to_numpy()),
             popular_share=taste.get_column("popular_share").to_numpy(),
-            track_sorted=track_ids[track_order], track_order=track_order,
+            track_sorted=track_ids[track_order],
+            track_order=track_order,
             track_position=IdPositions(track_ids[track_order]),
             track_genre=prior.get_column("genre").to_numpy(),
             track_artist=prior.get_column("artist").to_numpy(),
             p_ta=prior.get_column("p_track_in_artist").to_numpy(),
-            p_ag=prior.get_column("p_artist_in_genre").to_numpy(), p_t=prior.get_column("p_track").to_numpy())
+            p_ag=prior.get_column("p_artist_in_genre").to_numpy(),
+            p_t=prior.get_column("p_track").to_numpy(),
+        )
     return _ORACLE_CACHE[key]
 
 

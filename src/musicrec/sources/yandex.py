@@ -64,8 +64,10 @@ def load(folder: Path, options: YandexConfig) -> SourceData:
         before = interactions.select(pl.len()).collect().item()
         pairs = interactions.drop(C.track_seq, strict=False)
         interactions = aggregate_pairs(pairs).collect(engine="streaming")
-        dropped.add(f"{INTERACTIONS_FILE}: repeat rows of a (user, track) pair merged "
-                    "(first time, summed weight)", before - interactions.height)
+        dropped.add(
+            f"{INTERACTIONS_FILE}: repeat rows of a (user, track) pair merged (first time, summed weight)",
+            before - interactions.height,
+        )
     elif C.track_seq not in interactions.collect_schema():
         # without the published numbering, the checks number listens in memory
         interactions = interactions.collect()
@@ -76,12 +78,10 @@ def load(folder: Path, options: YandexConfig) -> SourceData:
     names = names.with_columns(pl.col(C.name).cast(pl.Utf8)).collect()
     names = validate_catalog_names(names, NAMES_FILE)
 
-    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names,
-                      dropped=dropped)
+    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names, dropped=dropped)
 
 
-def _scan(path: Path, expected: dict[str, pl.DataType],
-          optional: tuple[str, ...] = ()) -> pl.LazyFrame:
+def _scan(path: Path, expected: dict[str, pl.DataType], optional: tuple[str, ...] = ()) -> pl.LazyFrame:
     """Scan a parquet file lazily and check its columns from the footer alone."""
     try:
         frame = pl.scan_parquet(path)
@@ -103,7 +103,9 @@ def _read_interactions(path: Path) -> pl.LazyFrame:
     schema = frame.collect_schema()
     seq = [pl.col(C.track_seq).cast(pl.Int16)] if C.track_seq in schema else []
     return frame.select(
-        pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32),
+        pl.col(C.user_id).cast(pl.Int32),
+        pl.col(C.track_id).cast(pl.Int32),
         pl.col(C.started_at).cast(INTERACTIONS_SCHEMA[C.started_at]),
-        *seq, pl.lit(1.0, dtype=pl.Float32).alias(C.weight),
+        *seq,
+        pl.lit(1.0, dtype=pl.Float32).alias(C.weight),
     )
