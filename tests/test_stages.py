@@ -202,3 +202,21 @@ def test_the_report_ignores_a_killed_stages_temporary_notebook(tmp_path):
     (paths.notebooks / ".03_candidates.abc.tmp.ipynb").write_text("")
     with pytest.raises(FileNotFoundError, match="no executed notebooks"):
         build_report(ROOT / "params" / "tiny.yaml", root=tmp_path)
+
+
+def test_generator_lists_come_from_the_registry():
+    import importlib
+    import typing
+
+    from musicrec import evaluation, generators
+    from musicrec.candidates import recall
+    from musicrec.config import RankingConfig
+    from musicrec.ranking import features
+
+    for spec in generators.GENERATORS:
+        importlib.import_module(spec.module)
+    assert recall.USER_LISTS == features.USER_GENERATORS == generators.USER_LISTS
+    assert "top_popular" not in generators.USER_LISTS
+    assert set(evaluation.GENERATORS) == set(generators.NAMES) and evaluation.GENERATORS[0] == "random"
+    key_type = typing.get_args(RankingConfig.model_fields["candidates"].annotation)[0]
+    assert typing.get_args(key_type) == generators.NAMES

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from musicrec.generators import NAMES as GENERATOR_NAMES
 from musicrec.service.settings import ServiceConfig
 
 SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm")
@@ -297,9 +298,7 @@ class RankingConfig(_Strict):
     source of candidates).
     """
 
-    candidates: dict[
-        Literal["top_popular", "personal_als", "i2i_history", "content", "audio", "random"], NonNegativeInt
-    ] = Field(
+    candidates: dict[Literal[GENERATOR_NAMES], NonNegativeInt] = Field(  # musicrec.generators
         default_factory=lambda: {
             "top_popular": 50,
             "personal_als": 100,

@@ -34,6 +34,7 @@ import polars as pl
 
 from musicrec.candidates.base import index_of
 from musicrec.candidates.stage import window_targets
+from musicrec.generators import EVALUATION_ORDER
 from musicrec.io import RunPaths, read_json, write_json, write_parquet
 from musicrec.metrics import (
     MAP,
@@ -60,7 +61,7 @@ from musicrec.metrics import (
 from musicrec.schema import C
 
 #: Per-user candidate files of the generators, in the order the tables show them.
-GENERATORS = ("random", "top_popular", "personal_als", "i2i_history", "content", "audio")
+GENERATORS = EVALUATION_ORDER  # musicrec.generators
 #: Segment names: the three terciles of history length, the cold users, and every warm user.
 LIGHT, MEDIUM, HEAVY, COLD, ALL = "light", "medium", "heavy", "cold", "all"
 SEGMENT_ORDER = (ALL, LIGHT, MEDIUM, HEAVY, COLD)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from musicrec.generators import USER_LISTS
 from musicrec.schema import C
-
-USER_LISTS = ("personal_als", "i2i_history", "content", "audio", "random")
 
 
 def candidate_recall(folder: Path, targets: pl.DataFrame, ns: list[int]) -> pl.DataFrame:

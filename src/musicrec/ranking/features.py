@@ -37,11 +37,12 @@ from musicrec.candidates.base import FitData, IdPositions, index_of
 from musicrec.candidates.content import normalize_rows, ragged_positions, tfidf_vectors
 from musicrec.candidates.i2i import last_listens
 from musicrec.config import Profile, RankingConfig
+from musicrec.generators import USER_LISTS
 from musicrec.metrics import pair_keys
 from musicrec.schema import C
 
 #: Generators whose lists are per user (top-popular is one global list).
-USER_GENERATORS = ("personal_als", "i2i_history", "content", "audio", "random")
+USER_GENERATORS = USER_LISTS  # musicrec.generators
 #: Columns that identify a row, never features.
 KEYS = (C.user_id, C.track_id)
 TARGET = "target"
