@@ -148,7 +148,7 @@ def write_bench(paths: RunPaths, params: str, rows: list[dict[str, Any]]) -> dic
     ran), so a long profile can be benched a stage at a time. The generators and ranking
     steps are read afresh when their stage ran, else kept from the earlier record.
     """
-    bench_file = paths.outputs / "bench.json"
+    bench_file = paths.bench
     earlier = read_json(bench_file) if bench_file.is_file() else {}
     ran = {row["stage"] for row in rows}
     commit = git_commit(paths.root)
@@ -160,13 +160,13 @@ def write_bench(paths: RunPaths, params: str, rows: list[dict[str, Any]]) -> dic
     if "03_candidates" in ran:
         generators = [
             run
-            for folder in (paths.candidates / "history", paths.candidates)
+            for folder in (paths.candidate_dir("history"), paths.candidate_dir())
             if (folder / "runs.json").is_file()
             for run in read_json(folder / "runs.json")
         ]
     ranking_steps = earlier.get("ranking_steps", [])
-    if "04_ranking" in ran and (paths.ranking / "summary.json").is_file():
-        ranking_steps = read_json(paths.ranking / "summary.json")["steps"]
+    if "04_ranking" in ran and paths.ranking_summary.is_file():
+        ranking_steps = read_json(paths.ranking_summary)["steps"]
     bench = {
         "run": paths.run,
         "profile": str(params),

@@ -141,7 +141,7 @@ def run_stage(
     source = root / "notebooks" / f"{stage}.ipynb"
     if not source.is_file():
         raise StageError(f"stage {stage}: no notebook {source}")
-    target = paths.notebooks / f"{stage}.ipynb"
+    target = paths.notebook(stage)
     parameters = {
         "params_path": str(Path(params).resolve()),
         "data_path": data_path or "",
@@ -171,8 +171,8 @@ def _execute(
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
-    failed = paths.notebooks / f"{stage}.failed.ipynb"
-    log = paths.notebooks / f"{stage}.log"
+    failed = paths.failed_notebook(stage)
+    log = paths.kernel_log(stage)
     start = time.perf_counter()
     with PeakMemory(children=True, timeline=True) as memory, atomic_path(target) as tmp, _stderr_to(log):
         try:
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{'ranking step':<16}{'wall time':>12}{'peak RSS':>12}")
                 for r in bench["ranking_steps"]:
                     print(f"{r['step']:<16}{r['seconds']:>10.1f} s{r['peak_rss_gb']:>9.2f} GB")
-            print(f"bench: {paths.outputs / 'bench.json'}")
+            print(f"bench: {paths.bench}")
         elif args.command == "bench-tables":
             from musicrec.bench import END as BENCH_END
             from musicrec.bench import START as BENCH_START

@@ -181,7 +181,7 @@ def popular_order(paths: RunPaths, listeners: pl.DataFrame | None = None) -> pl.
     computed, else computed here.
     """
     head = (
-        pl.read_parquet(paths.candidates / "top_popular.parquet", columns=[C.track_id, C.rank])
+        pl.read_parquet(paths.candidate_list("top_popular"), columns=[C.track_id, C.rank])
         .sort([C.rank, C.track_id])
         .get_column(C.track_id)
         .cast(pl.Int32)
@@ -271,8 +271,8 @@ def model_lists(
     for name in GENERATORS:
         if name == "top_popular":
             out[name] = top_popular_lists(paths, users_df.get_column(C.user_id), k_max, listeners)
-        elif (paths.candidates / f"{name}.parquet").is_file():
-            out[name] = _user_lists(paths.candidates / f"{name}.parquet", users_df, k_max)
+        elif paths.candidate_list(name).is_file():
+            out[name] = _user_lists(paths.candidate_list(name), users_df, k_max)
     out["final"] = _user_lists(paths.recommendations, users_df, k_max, source="ranker")
     return out
 
@@ -283,9 +283,9 @@ def model_lists(
 def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
     """Every per-user list of the run, whole: the generators' files and the ranker's list."""
     sources = {
-        name: pl.scan_parquet(paths.candidates / f"{name}.parquet")
+        name: pl.scan_parquetpaths.candidate_list(name)
         for name in GENERATORS
-        if name != "top_popular" and (paths.candidates / f"{name}.parquet").is_file()
+        if name != "top_popular" and paths.candidate_list(name).is_file()
     }
     if paths.recommendations.is_file():
         sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "ranker")
@@ -1252,8 +1252,8 @@ def write_metrics(frame: pl.DataFrame, paths: RunPaths) -> tuple[Path, Path]:
         for row in frame.iter_rows(named=True)
     ]
     return (
-        write_parquet(frame, paths.outputs / "metrics.parquet"),
-        write_json(rows, paths.outputs / "metrics.json"),
+        write_parquet(frame, paths.metrics),
+        write_json(rows, paths.metrics_json),
     )
 
 
@@ -1261,9 +1261,7 @@ def write_comparison(comparison: pl.DataFrame, paths: RunPaths) -> Path:
     """Write ``outputs/<run>/evaluation.json``: :func:`compare_final`'s rows and their verdicts
     (the report's index page lists the verdicts)."""
     verdicts = comparison.get_column("verdict").to_list()
-    return write_json(
-        {"comparison": comparison.to_dicts(), "verdicts": verdicts}, paths.outputs / "evaluation.json"
-    )
+    return write_json({"comparison": comparison.to_dicts(), "verdicts": verdicts}, paths.evaluation)
 
 
 # --------------------------------------------------------------------------- one pass over the models
@@ -1385,7 +1383,7 @@ def popularity_bias(
 def candidate_recall_n(paths: RunPaths, k_max: int) -> int:
     """The list length of :func:`candidate_recall_beside`: the longest the candidates stage
     measured that is at most ``k_max`` (else the shortest)."""
-    lengths = pl.read_parquet(paths.candidates / "recall.parquet", columns=["n"]).get_column("n")
+    lengths = pl.read_parquet(paths.candidate_list("recall"), columns=["n"]).get_column("n")
     return int(lengths.filter(lengths <= k_max).max() or lengths.min())
 
 
@@ -1407,7 +1405,7 @@ def candidate_recall_beside(
     is at most ``k_max``, the length of ``lists``) and ``model, candidate recall (labels),
     recall (test)``.
     """
-    measured = pl.read_parquet(paths.candidates / "recall.parquet")
+    measured = pl.read_parquet(paths.candidate_list("recall"))
     n = candidate_recall_n(paths, k_max)
     if curves is not None:
         test_recall = curves.filter((pl.col("k") == n) & (pl.col("model") != "oracle"))

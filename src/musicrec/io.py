@@ -113,6 +113,77 @@ class RunPaths:
         """The artefacts of a running stage's previous run, kept until it succeeds (``musicrec.stages``)."""
         return self.outputs / ".previous"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the process running a stage of this run (``musicrec.stages.run_lock``)."""
+        return self.outputs / ".lock"
+
+    @property
+    def bench(self) -> Path:
+        return self.outputs / "bench.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Every model's metrics: ``model, k, metric, segment, value, lower, upper`` (parquet)."""
+        return self.outputs / "metrics.parquet"
+
+    @property
+    def metrics_json(self) -> Path:
+        """The same rows as :attr:`metrics`, as JSON (the README's results table reads it)."""
+        return self.outputs / "metrics.json"
+
+    @property
+    def evaluation(self) -> Path:
+        """The final list against the best generator: the paired comparison and its verdicts."""
+        return self.outputs / "evaluation.json"
+
+    @property
+    def ranking_summary(self) -> Path:
+        return self.ranking / "summary.json"
+
+    def ranking_table(self, name: str) -> Path:
+        """A table of the ranking stage's report: ``curves``, ``importance``, ``test_check``."""
+        return self.ranking / f"{name}.parquet"
+
+    @property
+    def service(self) -> Path:
+        """The service's event store and the A/B replay's results."""
+        return self.outputs / "service"
+
+    @property
+    def events_db(self) -> Path:
+        return self.service / "events.sqlite"
+
+    @property
+    def abtest(self) -> Path:
+        return self.service / "abtest.json"
+
+    @property
+    def abtest_db(self) -> Path:
+        return self.service / "abtest.sqlite"
+
+    def candidate_dir(self, window: str = "history+labels") -> Path:
+        """The candidate lists of the generators fitted on ``window`` (``history`` or ``history+labels``)."""
+        return self.candidates / "history" if window == "history" else self.candidates
+
+    def candidate_list(self, name: str, window: str = "history+labels") -> Path:
+        """One generator's lists (``top_popular``, ``similar``, ``content_similar``, ...)."""
+        return self.candidate_dir(window) / f"{name}.parquet"
+
+    def model_dir(self, window: str = "history+labels") -> Path:
+        """The ALS model fitted on ``window``; the ranker lives in :attr:`models` itself."""
+        return self.models / "history" if window == "history" else self.models
+
+    def notebook(self, stage: str) -> Path:
+        """The stage's executed notebook."""
+        return self.notebooks / f"{stage}.ipynb"
+
+    def failed_notebook(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.failed.ipynb"
+
+    def kernel_log(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.log"
+
     def raw_source(self, profile: Profile) -> Path:
         """The raw input folder of a real source: ``data.path`` or ``data/raw/<source>``."""
         path = profile.data.path or Path("data") / "raw" / profile.data.source

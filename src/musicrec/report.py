@@ -87,12 +87,12 @@ def _figure(path: Path) -> str:
 
 def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
     """Models by NDCG@k, with recall@k and coverage, each with its interval (segment: all warm users)."""
-    if not (paths.outputs / "metrics.json").is_file():
+    if not paths.metrics_json.is_file():
         return []
     metrics = ("ndcg", "recall", "coverage")
     cells: dict[str, dict[str, str]] = {}
     ndcg: dict[str, float] = {}
-    for r in read_json(paths.outputs / "metrics.json"):
+    for r in read_json(paths.metrics_json):
         if r["segment"] != "all" or r["k"] != k or r["metric"] not in metrics or r["value"] is None:
             continue
         cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = interval_cell(
@@ -126,7 +126,7 @@ def ab_rows(abtest: dict) -> list[dict]:
 
 def ab_section(paths: RunPaths) -> str:
     """The index page's A/B section, from the run's last replay (empty when there is none)."""
-    file = paths.outputs / "service" / "abtest.json"
+    file = paths.abtest
     if not file.is_file():
         return ""
     abtest = read_json(file)
@@ -144,9 +144,7 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     profile = load_profile(params, data_path=data_path)
     paths = RunPaths.for_profile(profile, root)
     # the stages' executed notebooks only: never a failed run's copy nor a killed one's temporary file
-    executed = [
-        paths.notebooks / f"{s.name}.ipynb" for s in STAGES if (paths.notebooks / f"{s.name}.ipynb").is_file()
-    ]
+    executed = [paths.notebook(s.name) for s in STAGES if paths.notebook(s.name).is_file()]
     if not executed:
         raise FileNotFoundError(
             f"report: no executed notebooks in {paths.notebooks}; run the stages first (make all)"
@@ -179,7 +177,7 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     figures = "".join(_figure(paths.plot(name)) for name in KEY_FIGURES if paths.plot(name).is_file())
     profile_yaml = yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False)
     headline = headline_rows(paths)
-    evaluation_file = paths.outputs / "evaluation.json"
+    evaluation_file = paths.evaluation
     evaluation = read_json(evaluation_file) if evaluation_file.is_file() else {}
     verdicts = "".join(f"<li><strong>{html.escape(v)}</strong></li>" for v in evaluation.get("verdicts", []))
     results_html = (

@@ -161,7 +161,7 @@ def artefact_paths(s: Stage, paths: RunPaths) -> list[tuple[Path, bool]]:
             out += [(p, False) for p in sorted(path.parent.glob(path.name))]
         else:
             out.append((Path(text), required))
-    out.append((paths.notebooks / f"{s.name}.ipynb", True))
+    out.append((paths.notebook(s.name), True))
     return out
 
 
@@ -406,7 +406,7 @@ def run_lock(paths: RunPaths, what: str) -> Iterator[None]:
     """Hold ``outputs/<run>/.lock`` (an advisory lock) while the block runs; refuse at once, naming the
     holder, when another process holds it."""
     paths.outputs.mkdir(parents=True, exist_ok=True)
-    lock = paths.outputs / ".lock"
+    lock = paths.lock
     with open(lock, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

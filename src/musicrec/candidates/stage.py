@@ -128,7 +128,7 @@ def window_targets(
 
 
 def output_dir(paths: RunPaths, window: str) -> Path:
-    return paths.candidates / "history" if window == "history" else paths.candidates
+    return paths.candidate_dir(window)
 
 
 def _write_batches(
@@ -306,7 +306,7 @@ class CandidateStage:
         previous = None
         if window == "history+labels" and cfg.refit != "full":
             previous = self._history.get("als") or AlsGenerator.load(
-                cfg, paths.models / "history", self.profile.seed
+                cfg, paths.model_dir("history"), self.profile.seed
             )
         als = _timed(run, "fit_seconds", lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous))
         run.rows = _timed(
@@ -349,7 +349,7 @@ class CandidateStage:
             f"; item pool: the {len(als.items):,} most listened tracks" if als.items is not None else ""
         )
         run.note += (f"; refit: {cfg.refit}" if previous is not None else "") + copied
-        als.save(paths.models / ("history" if window == "history" else ""))
+        als.save(paths.model_dir(window))
         if window == "history":
             self._history["als"] = als
         return run

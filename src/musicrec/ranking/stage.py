@@ -143,9 +143,7 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
             counts["top_10"] += in_top.filter(pl.col(C.rank) <= 10).height
             counts[f"top_{cfg.n}"] += in_top.height
         popular = (
-            pl.read_parquet(paths.candidates / "top_popular.parquet")
-            .filter(pl.col(C.rank) <= cfg.n)
-            .sort(C.rank)
+            pl.read_parquet(paths.candidate_list("top_popular")).filter(pl.col(C.rank) <= cfg.n).sort(C.rank)
         )
         for part in batches(len(cold), cfg.batch_users):
             out.write(

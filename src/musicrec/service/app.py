@@ -293,7 +293,7 @@ def _resolve(
     paths = RunPaths.for_profile(profile, root)
     where = db_path or config.db_path
     if where is None:
-        where = paths.outputs / "service" / "events.sqlite"
+        where = paths.events_db
     where = Path(where)
     if not where.is_absolute():
         where = paths.root / where

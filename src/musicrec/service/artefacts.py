@@ -138,7 +138,7 @@ class Artefacts:
 
         similar = Lists.build(
             _read(
-                paths.candidates / "similar.parquet",
+                paths.candidate_list("similar"),
                 "candidates",
                 [C.track_id, C.similar_track_id, C.score, C.rank],
             )
@@ -149,7 +149,7 @@ class Artefacts:
             C.score,
         )
         top = (
-            _read(paths.candidates / "top_popular.parquet", "candidates", [C.track_id, C.score, C.rank])
+            _read(paths.candidate_list("top_popular"), "candidates", [C.track_id, C.score, C.rank])
             .sort(C.rank)
             .collect()
         )

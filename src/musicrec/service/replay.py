@@ -255,7 +255,7 @@ def replay(
     listens_of_day = listens.with_columns(pl.col(C.started_at).dt.date().alias("day")).partition_by(
         "day", as_dict=True, include_key=False
     )
-    db = Path(db_path) if db_path is not None else paths.outputs / "service" / "abtest.sqlite"
+    db = Path(db_path) if db_path is not None else paths.abtest_db
     _remove_store(db)
 
     requests = posts = posted = 0
@@ -302,7 +302,7 @@ def replay(
     by_day = success_by_day(db, exp, sessions)
     result = ReplayResult(paths.run, exp, k, results, counts, by_day)
     if write:
-        result.path = write_json(result.as_dict(), out or paths.outputs / "service" / "abtest.json")
+        result.path = write_json(result.as_dict(), out or paths.abtest)
     return result
 
 
