@@ -12,6 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from musicrec.candidates.content import tfidf_vectors
+from musicrec.candidates.stage import typical_user
 from musicrec.config import Profile, RankingConfig
 from musicrec.io import RunPaths
 from musicrec.ranking.features import (
@@ -32,7 +33,7 @@ from musicrec.ranking.ranker import (
     split_users,
     top_n_by_score,
 )
-from musicrec.ranking.stage import explain_user, score_users, typical_user
+from musicrec.ranking.stage import explain_user, score_users
 
 T0 = dt.datetime(2022, 3, 1)
 END = dt.date(2022, 3, 11)  # = at(10): every window below ends here

@@ -220,3 +220,37 @@ def test_generator_lists_come_from_the_registry():
     assert set(evaluation.GENERATORS) == set(generators.NAMES) and evaluation.GENERATORS[0] == "random"
     key_type = typing.get_args(RankingConfig.model_fields["candidates"].annotation)[0]
     assert typing.get_args(key_type) == generators.NAMES
+
+
+def test_windows_read_once_give_each_windows_listens(tmp_path):
+    import datetime as dt
+    import json
+
+    import polars as pl
+
+    from musicrec.split import Windows
+
+    (tmp_path / "split.json").write_text(
+        json.dumps({"label_start": "2022-12-01", "test_start": "2022-12-16"})
+    )
+    windows = Windows.read(tmp_path / "split.json")
+    days = [
+        dt.datetime(2022, 11, 30, 23, 59),
+        dt.datetime(2022, 12, 1),
+        dt.datetime(2022, 12, 15, 23),
+        dt.datetime(2022, 12, 16),
+        dt.datetime(2022, 12, 31),
+    ]
+    listens = pl.LazyFrame({"started_at": days}).with_columns(pl.col("started_at").cast(pl.Datetime("ns")))
+
+    def count(frame):
+        return frame.collect().height
+
+    assert count(windows.fit_listens(listens, "history")) == 1
+    assert count(windows.fit_listens(listens, "history+labels")) == 3
+    assert count(windows.target_listens(listens, "labels")) == 2
+    assert count(windows.target_listens(listens, "test")) == 2
+    with pytest.raises(ValueError, match="'labels' or 'test'"):
+        windows.bounds("history")
+    with pytest.raises(FileNotFoundError, match="run the data stage first"):
+        Windows.read(tmp_path / "missing.json")

@@ -22,7 +22,6 @@ separately. The pieces:
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import polars as pl
 from musicrec.candidates.base import index_of
 from musicrec.candidates.stage import window_targets
 from musicrec.generators import EVALUATION_ORDER
-from musicrec.io import RunPaths, read_json, write_json, write_parquet
+from musicrec.io import RunPaths, write_json, write_parquet
 from musicrec.metrics import (
     MAP,
     NDCG,
@@ -88,16 +87,11 @@ CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
 # --------------------------------------------------------------------------- inputs of a run
 
 
-def _test_start(paths: RunPaths) -> pl.Expr:
-    start = dt.date.fromisoformat(read_json(paths.split)["test_start"])
-    return pl.lit(start).cast(pl.Datetime("ns"))
-
-
 def history_pairs(paths: RunPaths) -> pl.LazyFrame:
     """``user_id, track_id``: every listen before ``test_start`` (what "heard" means here)."""
     return (
-        pl.scan_parquet(paths.interactions)
-        .filter(pl.col(C.started_at) < _test_start(paths))
+        paths.windows()
+        .fit_listens(pl.scan_parquet(paths.interactions), "history+labels")
         .select(C.user_id, C.track_id)
     )
 

@@ -113,6 +113,12 @@ class RunPaths:
         """The artefacts of a running stage's previous run, kept until it succeeds (``musicrec.stages``)."""
         return self.outputs / ".previous"
 
+    def windows(self):
+        """``split.json`` as :class:`musicrec.split.Windows` (boundaries and each window's listens)."""
+        from musicrec.split import Windows
+
+        return Windows.read(self.split)
+
     @property
     def lock(self) -> Path:
         """Held by the process running a stage of this run (``musicrec.stages.run_lock``)."""

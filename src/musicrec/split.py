@@ -9,6 +9,8 @@ users of the test window (first seen in it).
 from __future__ import annotations
 
 import datetime as dt
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -110,3 +112,65 @@ def compute_split(
 def split_table(split: dict) -> pl.DataFrame:
     """The windows of a ``split.json`` as a small table for display."""
     return pl.DataFrame([{"window": name, **split["windows"][name]} for name in WINDOWS])
+
+
+def midnight(day: dt.date) -> pl.Expr:
+    """Midnight of ``day`` as a literal comparable with ``started_at``."""
+    return pl.lit(day).cast(pl.Datetime("ns"))
+
+
+def before(listens: pl.LazyFrame, day: dt.date) -> pl.LazyFrame:
+    """The listens strictly before midnight of ``day``."""
+    return listens.filter(pl.col(C.started_at) < midnight(day))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """``split.json`` read once: the two boundaries and the listens of each window.
+
+    The fitting windows are ``history`` (before ``label_start``) and ``history+labels``
+    (before ``test_start``); the target windows are ``labels`` and ``test``.
+
+    >>> w = Windows(dt.date(2022, 12, 1), dt.date(2022, 12, 16))
+    >>> w.fit_end("history"), w.bounds("test")
+    (datetime.date(2022, 12, 1), (datetime.date(2022, 12, 16), None))
+    """
+
+    label_start: dt.date
+    test_start: dt.date
+    record: dict = field(default_factory=dict, compare=False)  # the whole file, for tables
+
+    @classmethod
+    def read(cls, path: str | Path) -> Windows:
+        """The windows of a ``split.json``; a clear error when it is missing (the data stage writes it)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no split; run the data stage first (make data)")
+        record = json.loads(path.read_text())
+        return cls(
+            dt.date.fromisoformat(record["label_start"]), dt.date.fromisoformat(record["test_start"]), record
+        )
+
+    def fit_end(self, window: str) -> dt.date:
+        """The end (exclusive) of a fitting window: ``history`` or ``history+labels``."""
+        ends = {"history": self.label_start, "history+labels": self.test_start}
+        if window not in ends:
+            raise ValueError(f"fitting window must be 'history' or 'history+labels', got {window!r}")
+        return ends[window]
+
+    def bounds(self, window: str) -> tuple[dt.date, dt.date | None]:
+        """``(start, end)`` of a target window, ``labels`` or ``test`` (end exclusive; None: open)."""
+        spans = {"labels": (self.label_start, self.test_start), "test": (self.test_start, None)}
+        if window not in spans:
+            raise ValueError(f"window must be 'labels' or 'test', got {window!r}")
+        return spans[window]
+
+    def fit_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
+        """The listens a fitting window holds."""
+        return before(listens, self.fit_end(window))
+
+    def target_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
+        """The listens inside a target window."""
+        start, end = self.bounds(window)
+        inside = listens.filter(pl.col(C.started_at) >= midnight(start))
+        return inside if end is None else before(inside, end)

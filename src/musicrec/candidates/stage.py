@@ -9,7 +9,6 @@ the service use.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import shutil
 import time
@@ -34,10 +33,11 @@ from musicrec.candidates.i2i import i2i_from_history, last_listens
 from musicrec.candidates.popular import top_popular
 from musicrec.candidates.random import RandomGenerator
 from musicrec.config import Profile
-from musicrec.io import ParquetStream, RunPaths, atomic_path, read_json, write_json, write_parquet
+from musicrec.io import ParquetStream, RunPaths, atomic_path, write_json, write_parquet
 from musicrec.monitor import PeakMemory
 from musicrec.parallel import WORKERS, in_order
 from musicrec.schema import C
+from musicrec.split import before
 
 WINDOWS = ("history", "history+labels")
 
@@ -59,13 +59,26 @@ class GeneratorRun:
 
 def window_interactions(paths: RunPaths, window: str) -> pl.DataFrame:
     """The interactions a window's generators are fitted on (before labels, or before test)."""
-    split = read_json(paths.split)
-    end = split["label_start"] if window == "history" else split["test_start"]
-    return (
-        pl.scan_parquet(paths.interactions)
-        .filter(pl.col(C.started_at) < pl.lit(dt.date.fromisoformat(end)).cast(pl.Datetime("ns")))
+    return paths.windows().fit_listens(pl.scan_parquet(paths.interactions), window).collect()
+
+
+def typical_user(paths: RunPaths, latest: int = 10) -> tuple[int, int, pl.DataFrame]:
+    """The median user by listens before the test window (ties by user id), for the notebook.
+
+    Returns ``(user_id, listens, latest)``: ``latest`` holds their ``latest`` newest listens as
+    ``started_at, track_id``, newest first. Lazy: at the full scale the history is 200M rows.
+    """
+    history = paths.windows().fit_listens(pl.scan_parquet(paths.interactions), "history+labels")
+    sizes = history.group_by(C.user_id).len().sort("len", C.user_id).collect(engine="streaming")
+    user, n_listens = sizes.row(sizes.height // 2)
+    recent = (
+        history.filter(pl.col(C.user_id) == user)
+        .sort(C.started_at, C.track_seq, descending=True)
+        .head(latest)
+        .select(C.started_at, C.track_id)
         .collect()
     )
+    return user, n_listens, recent
 
 
 def labels_targets(paths: RunPaths, users: np.ndarray | None = None) -> pl.DataFrame:
@@ -108,20 +121,12 @@ def window_targets(
     on); ``warm=False``: of the users first seen in it (the cold segment); ``None``: all.
     ``timestamps=True`` adds ``started_at`` (the A/B replay needs when each listen happened).
     """
-    split = read_json(paths.split)
-    bounds = {"labels": (split["label_start"], split["test_start"]), "test": (split["test_start"], None)}
-    if window not in bounds:
-        raise ValueError(f"window must be 'labels' or 'test', got {window!r}")
-    start, end = (
-        None if b is None else pl.lit(dt.date.fromisoformat(b)).cast(pl.Datetime("ns"))
-        for b in bounds[window]
-    )
+    windows = paths.windows()
     lf = pl.scan_parquet(paths.interactions)
-    seen = lf.filter(pl.col(C.started_at) < start).select(C.user_id).unique()
-    inside = lf.filter(pl.col(C.started_at) >= start)
-    if end is not None:
-        inside = inside.filter(pl.col(C.started_at) < end)
-    inside = inside.select(C.user_id, C.track_id, *([C.started_at] if timestamps else []))
+    seen = before(lf, windows.bounds(window)[0]).select(C.user_id).unique()
+    inside = windows.target_listens(lf, window).select(
+        C.user_id, C.track_id, *([C.started_at] if timestamps else [])
+    )
     if warm is not None:
         inside = inside.join(seen, on=C.user_id, how="semi" if warm else "anti")
     return inside.collect(engine="streaming")

@@ -40,6 +40,7 @@ from musicrec.config import Profile, RankingConfig
 from musicrec.generators import USER_LISTS
 from musicrec.metrics import pair_keys
 from musicrec.schema import C
+from musicrec.split import before, midnight
 
 #: Generators whose lists are per user (top-popular is one global list).
 USER_GENERATORS = USER_LISTS  # musicrec.generators
@@ -48,19 +49,14 @@ KEYS = (C.user_id, C.track_id)
 TARGET = "target"
 
 
-def _midnight(day: dt.date) -> pl.Expr:
-    """Midnight of ``day`` as a literal comparable with ``started_at``."""
-    return pl.lit(day).cast(pl.Datetime("ns"))
-
-
 def window_listens(interactions: pl.LazyFrame, window_end: dt.date) -> pl.LazyFrame:
     """The listens strictly before ``window_end``."""
-    return interactions.filter(pl.col(C.started_at) < _midnight(window_end))
+    return before(interactions, window_end)
 
 
 def _days_before(end: dt.date, column: pl.Expr) -> pl.Expr:
     """Days (fractional) from ``column`` to the window's end."""
-    return (_midnight(end) - column).dt.total_seconds() / 86_400.0
+    return (midnight(end) - column).dt.total_seconds() / 86_400.0
 
 
 def track_features(
@@ -70,7 +66,7 @@ def track_features(
 
     Tracks nobody listened to in the window get zero listens and a null age.
     """
-    end = _midnight(window_end)
+    end = midnight(window_end)
     recent = end - pl.duration(days=recent_days)
     before = end - pl.duration(days=2 * recent_days)
     started = pl.col(C.started_at)
@@ -418,8 +414,7 @@ class FeatureBuilder:
         from musicrec.candidates.stage import output_dir
         from musicrec.io import read_json
 
-        split = read_json(paths.split)
-        end = dt.date.fromisoformat(split["label_start" if window == "history" else "test_start"])
+        end = paths.windows().fit_end(window)
         listens = window_listens(pl.scan_parquet(paths.interactions), end)
         tracks = pl.read_parquet(paths.tracks)
         folder = output_dir(paths, window)

@@ -10,7 +10,6 @@ users first seen in the test window get the top-popular list, marked as such.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,10 +21,10 @@ from tqdm import tqdm
 from musicrec.candidates.base import batches
 from musicrec.candidates.stage import training_users, window_targets
 from musicrec.config import Profile
-from musicrec.io import ParquetStream, RunPaths, read_json
+from musicrec.io import ParquetStream, RunPaths
 from musicrec.monitor import PeakMemory
 from musicrec.parallel import WORKERS, in_order
-from musicrec.ranking.features import KEYS, FeatureBuilder, candidate_files, window_listens
+from musicrec.ranking.features import KEYS, FeatureBuilder, candidate_files
 from musicrec.ranking.ranker import (
     RECOMMENDATIONS_SCHEMA,
     SamplingReport,
@@ -220,26 +219,6 @@ def explain_user(profile: Profile, paths: RunPaths, user_id: int, k: int = 10) -
         ranks = ranks.filter(pl.col(C.rank) <= n).select(C.track_id, pl.col(C.rank).alias(name)).collect()
         final = final.join(ranks, on=C.track_id, how="left", maintain_order="left")
     return final
-
-
-def typical_user(paths: RunPaths, latest: int = 10) -> tuple[int, int, pl.DataFrame]:
-    """The median user by listens before the test window (ties by user id), for the notebook.
-
-    Returns ``(user_id, listens, latest)``: ``latest`` holds their ``latest`` newest listens as
-    ``started_at, track_id``, newest first. Lazy: at the full scale the history is 200M rows.
-    """
-    test_start = dt.date.fromisoformat(read_json(paths.split)["test_start"])
-    history = window_listens(pl.scan_parquet(paths.interactions), test_start)
-    sizes = history.group_by(C.user_id).len().sort("len", C.user_id).collect(engine="streaming")
-    user, n_listens = sizes.row(sizes.height // 2)
-    recent = (
-        history.filter(pl.col(C.user_id) == user)
-        .sort(C.started_at, C.track_seq, descending=True)
-        .head(latest)
-        .select(C.started_at, C.track_id)
-        .collect()
-    )
-    return user, n_listens, recent
 
 
 def final_against_best(ndcg: pl.DataFrame) -> str:

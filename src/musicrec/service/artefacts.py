@@ -22,7 +22,7 @@ import polars as pl
 
 from musicrec.candidates.base import index_of
 from musicrec.candidates.i2i import i2i_from_history
-from musicrec.io import RunPaths, read_json
+from musicrec.io import RunPaths
 from musicrec.schema import C
 from musicrec.service.blending import OFFLINE, ONLINE, POPULAR, Ranked
 from musicrec.service.settings import ServiceConfig
@@ -159,12 +159,11 @@ class Artefacts:
             POPULAR,
         )
 
+        history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
         heard_until = None
         if config.heard == "fit" and paths.split.is_file():
-            heard_until = dt.date.fromisoformat(read_json(paths.split)["test_start"])
-        history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
-        if heard_until is not None:
-            history = history.filter(pl.col(C.started_at) < pl.lit(heard_until).cast(pl.Datetime("ns")))
+            heard_until = paths.windows().fit_end("history+labels")
+            history = paths.windows().fit_listens(history, "history+labels")
         heard = Lists.build(
             history.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id).collect(),
             C.user_id,
