@@ -134,12 +134,12 @@ def test_code_edits_plan_only_the_stages_that_import_it(project):
         with open(package / presentation, "a") as f:
             f.write("\n# an edit\n")
     assert st.plan(profile, paths, names=st.PIPELINE) == {}, "no stage imports these"
-    with open(package / "evaluation.py", "a") as f:
+    with open(package / "evaluation" / "lists.py", "a") as f:
         f.write("\n# an edit\n")
     # the ranking notebook's test check reads the models' lists through evaluation.model_lists
     plan = st.plan(profile, paths, names=st.PIPELINE)
     assert list(plan) == ["04_ranking", "05_evaluation"]
-    assert "code changed: musicrec.evaluation" in plan["05_evaluation"]
+    assert "code changed: musicrec.evaluation.lists" in plan["05_evaluation"]
     notebook = project / "notebooks" / "02_eda.ipynb"
     notebook.write_text(notebook.read_text().replace("# 2. Exploratory analysis", "# 2. EDA", 1))
     assert "02_eda" in st.plan(profile, paths, names=st.PIPELINE)

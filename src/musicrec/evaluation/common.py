@@ -1,0 +1,46 @@
+"""Names shared by the evaluation modules: segments, the metrics table's columns, curve cut-offs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from musicrec.generators import EVALUATION_ORDER
+from musicrec.metrics import (
+    MAP,
+    NDCG,
+    HitRate,
+    Precision,
+    RankingMetric,
+    Recall,
+)
+
+#: Per-user candidate files of the generators, in the order the tables show them.
+GENERATORS = EVALUATION_ORDER  # musicrec.generators
+#: Segment names: the three terciles of history length, the cold users, and every warm user.
+LIGHT, MEDIUM, HEAVY, COLD, ALL = "light", "medium", "heavy", "cold", "all"
+SEGMENT_ORDER = (ALL, LIGHT, MEDIUM, HEAVY, COLD)
+#: Columns of :func:`evaluate_models` (and of ``metrics.parquet``).
+METRICS_SCHEMA = {
+    "model": pl.Utf8,
+    "k": pl.Int32,
+    "metric": pl.Utf8,
+    "segment": pl.Utf8,
+    "value": pl.Float64,
+    "lower": pl.Float64,
+    "upper": pl.Float64,
+}
+#: The ranking metrics of :func:`evaluate_models`, by name, in the order the tables show them.
+RANKING_METRICS: dict[str, type[RankingMetric]] = {
+    cls.name: cls for cls in (Precision, Recall, NDCG, MAP, HitRate)
+}
+
+ListsLike = pl.DataFrame | pl.LazyFrame
+#: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
+CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
