@@ -963,3 +963,30 @@ def test_openapi_lists_every_endpoint(client):
         "/admin/reload",
     }
     assert client.get("/docs").status_code == 200
+
+
+def test_the_recommender_computes_lists_without_http(run_root, tmp_path):
+    """The service's logic, called directly: the same lists as the endpoint, NotReady before loading."""
+    from musicrec.io import RunPaths
+    from musicrec.service.events import EventStore, to_micros
+    from musicrec.service.recommender import NotReady, Recommender
+
+    rec = Recommender(RunPaths(run_root, RUN), ServiceConfig(), tmp_path / "direct.sqlite", None)
+    with pytest.raises(NotReady, match="still loading"):
+        rec.recommend(1, 4)
+    rec.load()
+    with pytest.raises(NotReady, match="event store is not open"):
+        rec.recommend(1, 4)
+    rec.store = EventStore(tmp_path / "direct.sqlite")
+    try:
+        served = rec.recommend(1, 4)
+        assert [p.track_id for p in served.picks] == [10, 11, 12, 13] and served.served_by == "personal"
+        assert served.body()["tracks"][0] == {"track_id": 10, "score": 6.0, "source": "ranker"}
+        # an event makes online picks (20's similar tracks: 21, 10, 22); replayed before it, none
+        rec.store.add_events([(1, 20, to_micros(utc(2022, 12, 20, 10)))])
+        assert rec.recommend(1, 10).sources["online_i2i"] > 0
+        before = rec.recommend(1, 10, at=to_micros(utc(2022, 12, 20, 9)))
+        assert before.sources["online_i2i"] == 0 and before.body()["served_at"].startswith("2022-12-20T09:00")
+        assert rec.stats.snapshot()["recommendations"]["total"] == 3
+    finally:
+        rec.store.close()

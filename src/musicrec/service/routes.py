@@ -1,0 +1,293 @@
+"""The service's endpoints, one router per concern: service (health, ready, stats),
+recommendations (lists, similar tracks), events, experiments (A/B) and admin. They parse and
+validate requests and format answers; the work is :class:`~.recommender.Recommender`'s.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations,
+some of them aliases local to :func:`routers`.
+"""
+
+import asyncio
+import datetime as dt
+import hmac
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from musicrec.service import ab
+from musicrec.service.blending import Pick
+from musicrec.service.events import now_micros, to_micros
+from musicrec.service.recommender import Recommender, tracks_json
+from musicrec.service.settings import NAME_PATTERN
+
+ADMIN_TOKEN_ENV = "MUSICREC_ADMIN_TOKEN"
+INT32_MAX = 2**31 - 1
+MAX_EVENTS_PER_POST = 10_000
+MAX_EVENTS_K = 1000
+INLINE_WRITE_MAX = 100  # POST /events with more listens than this writes them from a thread
+
+Id = Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)]
+
+
+# request and response shapes (for validation and /docs)
+
+
+class EventIn(BaseModel):
+    """A listen. ``timestamp``: when it happened (ISO 8601; naive = UTC); the arrival time when absent."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id
+    track_id: Id
+    timestamp: dt.datetime | None = None
+
+
+class EventsStored(BaseModel):
+    stored: int
+    ids: list[int]
+
+
+class EventOut(BaseModel):
+    id: int
+    track_id: int
+    timestamp: dt.datetime
+
+
+class UserEvents(BaseModel):
+    user_id: int
+    events: list[EventOut]
+
+
+class TrackOut(BaseModel):
+    track_id: int
+    score: float
+    source: str = Field(description="ranker (the offline list), online_i2i or top_popular")
+    track: str | None = Field(None, description="with ?names=true")
+    artist: str | None = Field(None, description="with ?names=true")
+
+
+class RecommendationsOut(BaseModel):
+    user_id: int
+    recommendation_id: str = Field(description="a UUID; the list is logged under it")
+    served_at: dt.datetime
+    tracks: list[TrackOut]
+    sources: dict[str, int] = Field(description="how many tracks each source filled")
+    served_by: str = Field(description="online_blended, personal or top_popular (the fallback)")
+    experiment: str | None
+    variant: str | None
+    run: str
+    artefacts_version: int
+
+
+class SimilarOut(BaseModel):
+    track_id: int
+    similar: list[TrackOut]
+
+
+# state ----------------------------------------------------------------------------------
+
+
+def routers(state: Recommender) -> list[APIRouter]:
+    """The endpoints over ``state``, as routers for :func:`~.app.create_app` to include."""
+    config = state.config
+    service_router = APIRouter(tags=["service"])
+    recommendations_router = APIRouter(tags=["recommendations"])
+    events_router = APIRouter(tags=["events"])
+    experiments_router = APIRouter(tags=["experiments"])
+    admin_router = APIRouter(tags=["admin"])
+
+    def require_admin(
+        x_admin_token: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        if not state.admin_token:
+            raise HTTPException(403, f"admin endpoints are disabled: set {ADMIN_TOKEN_ENV} to enable them")
+        given = x_admin_token
+        if given is None and authorization and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        if not given:
+            raise HTTPException(401, "admin token required (header X-Admin-Token)")
+        if not hmac.compare_digest(given.encode(), state.admin_token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    UserId = Annotated[int, PathParam(ge=0, le=INT32_MAX, description="a user id (int32)")]
+    TrackId = Annotated[int, PathParam(ge=0, le=INT32_MAX, description="a track id (int32)")]
+    K = Annotated[int, Query(ge=1, le=config.max_k, description=f"list length, 1 to {config.max_k}")]
+    Experiment = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=100)]
+
+    @service_router.get("/health", tags=["service"])
+    async def health() -> dict:
+        """Alive (whether or not the artefacts are loaded)."""
+        return {"status": "ok"}
+
+    @service_router.get(
+        "/ready", tags=["service"], responses={503: {"description": "not loaded yet, or loading failed"}}
+    )
+    async def ready() -> dict:
+        """200 once the artefacts are loaded and the store is open; 503 (with the reason) before."""
+        artefacts = state.ready()
+        state.require_store()
+        return {"status": "ready", **artefacts.summary()}
+
+    @recommendations_router.get(
+        "/recommendations/{user_id}", tags=["recommendations"], response_model=RecommendationsOut
+    )
+    async def recommendations(
+        user_id: UserId,
+        k: K = config.default_k,
+        names: Annotated[bool, Query(description="add track and artist names")] = False,
+        at: Annotated[
+            dt.datetime | None,
+            Query(
+                description="replays: the request's time (ISO 8601, naive = UTC); only events "
+                "up to it count, and the list is logged as served then"
+            ),
+        ] = None,
+    ):
+        """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
+        served = state.recommend(user_id, k, to_micros(at) if at is not None else None)
+        return JSONResponse(served.body(names))
+
+    @events_router.post(
+        "/events",
+        tags=["events"],
+        status_code=201,
+        response_model=EventsStored,
+        responses={422: {"description": "invalid body or a track not in the catalogue"}},
+    )
+    async def post_events(
+        body: Annotated[
+            EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS_PER_POST)],
+            Body(description="one listen, or a list of up to 10,000"),
+        ],
+    ):
+        """Store listens (all or none): they feed the online i2i and the A/B success."""
+        artefacts, store = state.ready(), state.require_store()
+        events = body if isinstance(body, list) else [body]
+        tracks = np.asarray([e.track_id for e in events], np.int64)
+        unknown = sorted(set(tracks[~artefacts.is_known(tracks)].tolist()))
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (", ..." if len(unknown) > 10 else "")
+            raise HTTPException(
+                422, f"unknown track_id (not in the catalogue of run {artefacts.run}): {shown}"
+            )
+        rows = [(e.user_id, e.track_id, to_micros(e.timestamp) if e.timestamp else None) for e in events]
+        # one listen is written on the event loop; a large batch in a thread, not to hold up other requests
+        ids = (
+            store.add_events(rows)
+            if len(rows) <= INLINE_WRITE_MAX
+            else await asyncio.to_thread(store.add_events, rows)
+        )
+        state.stats.events(len(ids))
+        return JSONResponse({"stored": len(ids), "ids": ids}, status_code=201)
+
+    @events_router.get("/events/{user_id}", tags=["events"], response_model=UserEvents)
+    async def get_events(user_id: UserId, k: Annotated[int, Query(ge=1, le=MAX_EVENTS_K)] = 20):
+        """The user's latest ``k`` events, newest first."""
+        store = state.require_store()
+        return {
+            "user_id": user_id,
+            "events": [
+                {"id": e.id, "track_id": e.track_id, "timestamp": e.timestamp}
+                for e in store.latest(user_id, k)
+            ],
+        }
+
+    @recommendations_router.get(
+        "/similar/{track_id}",
+        tags=["recommendations"],
+        response_model=SimilarOut,
+        responses={404: {"description": "a track not in the catalogue"}},
+    )
+    async def similar(track_id: TrackId, k: K = config.default_k, names: bool = False):
+        """The track's nearest tracks (the ALS item-to-item list), best first."""
+        artefacts = state.ready()
+        if not artefacts.is_known(np.asarray([track_id]))[0]:
+            raise HTTPException(404, f"track {track_id} is not in the catalogue of run {artefacts.run}")
+        ranked = artefacts.similar_to(track_id, k)
+        picks = [Pick(int(t), float(s), "similar") for t, s in zip(ranked.tracks, ranked.scores, strict=True)]
+        return JSONResponse(
+            {
+                "track_id": track_id,
+                "similar": [
+                    {key: value for key, value in item.items() if key != "source"}
+                    for item in tracks_json(artefacts, picks, names)
+                ],
+            }
+        )
+
+    @service_router.get("/stats", tags=["service"])
+    def stats() -> dict:
+        """Counters since start (this process): requests, lists by source and variant, errors, events."""
+        out = state.stats.snapshot()
+        store = state.store
+        out["events_in_store"] = store.count_events() if store is not None else None
+        artefacts = state.artefacts
+        out["artefacts"] = artefacts.summary() if artefacts is not None else None
+        return out
+
+    @experiments_router.get("/ab", tags=["experiments"])
+    def experiments() -> dict:
+        """The configured experiment and the experiments found in the log (lists per experiment)."""
+        store = state.require_store()
+        current = config.experiment.model_dump() if config.experiment is not None else None
+        return {"experiment": current, "logged": store.experiments()}
+
+    @experiments_router.get(
+        "/ab/{experiment}/results",
+        tags=["experiments"],
+        responses={404: {"description": "an experiment neither configured nor logged"}},
+    )
+    def ab_results(
+        experiment: Experiment, window_hours: Annotated[float | None, Query(gt=0, le=24 * 365)] = None
+    ) -> dict:
+        """Per variant: users, lists, success rate with its interval; z-tests against the first variant."""
+        store = state.require_store()
+        configured = config.experiment if config.experiment and config.experiment.name == experiment else None
+        window = window_hours or (configured.success_window_hours if configured else 24.0)
+        confidence = configured.confidence if configured else 0.95
+        outcomes = store.outcomes(experiment, int(window * 3600 * 1e6))
+        if configured is None and not outcomes:
+            raise HTTPException(404, f"no experiment named {experiment!r} is configured or logged")
+        names = [v.name for v in configured.variants] if configured else []
+        shares = {v.name: v.share for v in configured.variants} if configured else None
+        result = ab.summarize(((v, u, s) for v, u, s, _ in outcomes), names, confidence, shares)
+        now = now_micros()
+        pending = sum(1 for *_, served in outcomes if served + window * 3600 * 1e6 > now)
+        return {
+            "experiment": experiment,
+            "configured": configured is not None,
+            "window_hours": window,
+            "pending": pending,
+            **result,
+            "note": "success: a listen to one of the list's tracks within the window after serving; "
+            "lists still inside their window count as they stand (pending)",
+        }
+
+    @admin_router.delete("/ab/{experiment}/results", tags=["admin"], dependencies=[Depends(require_admin)])
+    def ab_clear(experiment: Experiment) -> dict:
+        """Delete the experiment's log (admin)."""
+        return {"experiment": experiment, "deleted": state.require_store().clear_experiment(experiment)}
+
+    @admin_router.post(
+        "/admin/reload",
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
+        responses={503: {"description": "loading failed; the previous artefacts keep serving"}},
+    )
+    def reload() -> dict:
+        """Load the run's artefacts again and swap them in; requests in flight are not disturbed."""
+        try:
+            state.reload_seen = state.require_store().ask_reload()  # the other workers follow
+            artefacts = state.load()
+        except Exception as exc:
+            serving = state.artefacts.version if state.artefacts else None
+            raise HTTPException(
+                503, f"reload failed ({type(exc).__name__}: {exc}); still serving version {serving}"
+            ) from None
+        state.stats.reloaded()
+        return {"status": "reloaded", **artefacts.summary()}
+
+    return [service_router, recommendations_router, events_router, experiments_router, admin_router]
