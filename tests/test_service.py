@@ -990,3 +990,68 @@ def test_the_recommender_computes_lists_without_http(run_root, tmp_path):
         assert rec.stats.snapshot()["recommendations"]["total"] == 3
     finally:
         rec.store.close()
+
+
+# hardening (issue 13) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59:59-14:00", "1960-01-01T00:00:00", "2999-01-01T00:00:00+00:00"]
+)
+def test_event_times_outside_the_range_are_refused_by_name(client, when):
+    r = client.post(
+        "/events", json=[{"user_id": 77, "track_id": 10}, {"user_id": 77, "track_id": 11, "timestamp": when}]
+    )
+    assert r.status_code == 422 and "item 1" in r.json()["detail"] and "time range" in r.json()["detail"]
+    assert client.get("/events/77").json()["events"] == [], "all or none: nothing stored"
+
+
+def test_at_outside_the_range_is_a_422(client):
+    r = client.get("/recommendations/5", params={"at": "0001-01-01T00:00:00+14:00"})
+    assert r.status_code == 422 and "at outside the accepted time range" in r.json()["detail"]
+    assert client.get("/recommendations/5", params={"at": "2022-12-20T10:00:00"}).status_code == 200
+
+
+def test_a_stored_extreme_time_never_breaks_a_read(client):
+    store = client.app.state.service.store
+    store.add_events([(77, 10, 253_402_300_799_000_000 + 14 * 3_600_000_000)])  # 9999-12-31T23:59:59-14:00
+    for k in (1, 5, 20):
+        r = client.get("/events/77", params={"k": k})
+        assert r.status_code == 200 and r.json()["events"][0]["timestamp"].startswith("9999-12-30")
+    assert client.get("/recommendations/77").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"user_id": NaN, "track_id": 1}',
+        '{"user_id": 1e400, "track_id": 1}',
+        '{"user_id": Infinity, "track_id": 1}',
+    ],
+)
+def test_values_json_cannot_hold_get_a_422_not_a_500(client, raw):
+    r = client.post("/events", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][-1] == "user_id"
+
+
+def test_a_422_names_a_few_items_never_the_whole_body(client):
+    body = [{"user_id": -1, "track_id": "x" * 1000}] * 3000
+    r = client.post("/events", json=body)
+    assert r.status_code == 422
+    assert len(r.json()["detail"]) <= 5 and r.json()["errors"] > 5
+    assert len(r.content) < 10_000, "the reply does not echo the request"
+
+
+@pytest.mark.parametrize("user", ["+5", "%205", "1_000", "5%20", "0x5"])
+def test_ids_are_decimal_digits(client, user):
+    assert client.get(f"/recommendations/{user}").status_code == 422
+    assert client.get(f"/similar/{user}").status_code == 422
+
+
+def test_head_health_and_an_empty_admin_header_does_not_hide_a_bearer_token(client):
+    assert client.head("/health").status_code == 200
+    r = client.delete(
+        "/ab/nothing/results", headers={"X-Admin-Token": "", "Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 200, r.text

@@ -23,19 +23,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from musicrec.config import Profile, load_profile
 from musicrec.io import RunPaths
 from musicrec.service.events import EventStore
 from musicrec.service.recommender import NotReady, Recommender, Stats, follow_reloads, load_quietly
-from musicrec.service.routes import ADMIN_TOKEN_ENV, routers
+from musicrec.service.routes import ADMIN_TOKEN_ENV, MAX_SHOWN, routers
 from musicrec.service.settings import ServiceConfig
 
 log = logging.getLogger("musicrec.service")
@@ -61,6 +64,30 @@ class _CountResponses:
             await self.app(scope, receive, send_status)
         finally:
             self.stats.response(status["code"])
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON can hold it: NaN and infinities, bytes and objects become short text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bool | int | str) or value is None:
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
+    if isinstance(value, dict) and depth < 2:
+        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:MAX_SHOWN]}
+    if isinstance(value, list | tuple) and depth < 2:
+        return [_json_safe(v, depth + 1) for v in value[:MAX_SHOWN]]
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def validation_body(errors: list[dict]) -> dict:
+    """A 422's body: the first few errors, each with its location, message and (short) input; never
+    the whole request echoed back (a 19 MB body once got a 35 MB reply), always valid JSON."""
+    shown = [
+        {key: _json_safe(error[key]) for key in ("type", "loc", "msg", "input", "ctx") if key in error}
+        for error in errors[:MAX_SHOWN]
+    ]
+    return {"detail": shown, "errors": len(errors)}
 
 
 def _resolve(
@@ -151,6 +178,10 @@ def create_app(
     )
     app.state.service = state
     app.add_middleware(_CountResponses, stats=state.stats)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_body(exc.errors()), status_code=422)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:

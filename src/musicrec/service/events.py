@@ -83,8 +83,14 @@ def to_micros(when: dt.datetime) -> int:
     return (when - _EPOCH) // dt.timedelta(microseconds=1)
 
 
+_MIN_MICROS = to_micros(dt.datetime.min.replace(tzinfo=dt.UTC) + dt.timedelta(days=1))
+_MAX_MICROS = to_micros(dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(days=1))
+
+
 def from_micros(micros: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=int(micros))
+    """The UTC time of microseconds since the epoch, clamped to what a datetime can hold: a value
+    stored before the service checked time ranges never makes a read fail."""
+    return _EPOCH + dt.timedelta(microseconds=min(max(int(micros), _MIN_MICROS), _MAX_MICROS))
 
 
 def now_micros() -> int:

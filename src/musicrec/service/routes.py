@@ -15,13 +15,13 @@ import numpy as np
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from musicrec.service import ab
 from musicrec.service.blending import Pick
-from musicrec.service.events import now_micros, to_micros
+from musicrec.service.events import from_micros, now_micros, to_micros
 from musicrec.service.recommender import Recommender, tracks_json
-from musicrec.service.settings import NAME_PATTERN
+from musicrec.service.settings import NAME_PATTERN, ServiceConfig
 
 ADMIN_TOKEN_ENV = "MUSICREC_ADMIN_TOKEN"
 INT32_MAX = 2**31 - 1
@@ -30,6 +30,33 @@ MAX_EVENTS_K = 1000
 INLINE_WRITE_MAX = 100  # POST /events with more listens than this writes them from a thread
 
 Id = Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)]
+MAX_SHOWN = 5  # offending items named in an error reply
+
+
+def _digits(value: object) -> object:
+    """A path id as written: decimal digits only (no ``+5``, `` 5`` or ``1_000``, which int() takes)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("an id is decimal digits only")
+    return value
+
+
+def time_range(config: ServiceConfig) -> tuple[int, int]:
+    """The accepted event and ``at=`` times, in microseconds: from ``earliest_time`` to
+    ``future_days`` after now."""
+    earliest = to_micros(dt.datetime.combine(config.earliest_time, dt.time(), dt.UTC))
+    return earliest, now_micros() + int(config.future_days * 86_400e6)
+
+
+def outside(config: ServiceConfig, times: list[dt.datetime | None]) -> list[int]:
+    """Positions of the times outside :func:`time_range` (None: the arrival time, always inside)."""
+    low, high = time_range(config)
+    return [i for i, when in enumerate(times) if when is not None and not low <= to_micros(when) <= high]
+
+
+def _range_error(config: ServiceConfig, what: str, bad: list[str]) -> HTTPException:
+    low, high = (from_micros(t).isoformat(timespec="seconds") for t in time_range(config))
+    shown = "; ".join(bad[:MAX_SHOWN]) + (f"; ... ({len(bad)} in all)" if len(bad) > MAX_SHOWN else "")
+    return HTTPException(422, f"{what} outside the accepted time range {low} to {high}: {shown}")
 
 
 # request and response shapes (for validation and /docs)
@@ -104,7 +131,7 @@ def routers(state: Recommender) -> list[APIRouter]:
     ) -> None:
         if not state.admin_token:
             raise HTTPException(403, f"admin endpoints are disabled: set {ADMIN_TOKEN_ENV} to enable them")
-        given = x_admin_token
+        given = x_admin_token or None  # an empty header does not override a Bearer token
         if given is None and authorization and authorization.lower().startswith("bearer "):
             given = authorization[7:].strip()
         if not given:
@@ -112,11 +139,16 @@ def routers(state: Recommender) -> list[APIRouter]:
         if not hmac.compare_digest(given.encode(), state.admin_token.encode()):
             raise HTTPException(403, "wrong admin token")
 
-    UserId = Annotated[int, PathParam(ge=0, le=INT32_MAX, description="a user id (int32)")]
-    TrackId = Annotated[int, PathParam(ge=0, le=INT32_MAX, description="a track id (int32)")]
+    UserId = Annotated[
+        int, BeforeValidator(_digits), PathParam(ge=0, le=INT32_MAX, description="a user id (int32)")
+    ]
+    TrackId = Annotated[
+        int, BeforeValidator(_digits), PathParam(ge=0, le=INT32_MAX, description="a track id (int32)")
+    ]
     K = Annotated[int, Query(ge=1, le=config.max_k, description=f"list length, 1 to {config.max_k}")]
     Experiment = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=100)]
 
+    @service_router.head("/health", include_in_schema=False)
     @service_router.get("/health", tags=["service"])
     async def health() -> dict:
         """Alive (whether or not the artefacts are loaded)."""
@@ -147,6 +179,8 @@ def routers(state: Recommender) -> list[APIRouter]:
         ] = None,
     ):
         """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
+        if outside(config, [at]):
+            raise _range_error(config, "at", [at.isoformat()])
         served = state.recommend(user_id, k, to_micros(at) if at is not None else None)
         return JSONResponse(served.body(names))
 
@@ -166,6 +200,11 @@ def routers(state: Recommender) -> list[APIRouter]:
         """Store listens (all or none): they feed the online i2i and the A/B success."""
         artefacts, store = state.ready(), state.require_store()
         events = body if isinstance(body, list) else [body]
+        late = outside(config, [e.timestamp for e in events])
+        if late:
+            raise _range_error(
+                config, "timestamp", [f"item {i}: {events[i].timestamp.isoformat()}" for i in late]
+            )
         tracks = np.asarray([e.track_id for e in events], np.int64)
         unknown = sorted(set(tracks[~artefacts.is_known(tracks)].tolist()))
         if unknown:

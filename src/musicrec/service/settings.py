@@ -10,6 +10,7 @@ Only pydantic here (no FastAPI, no numpy), so that :mod:`musicrec.config` can im
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -133,6 +134,12 @@ class ServiceConfig(_Strict):
         "NORMAL",
         description="SQLite synchronous mode in WAL: NORMAL survives a crash of the service, "
         "FULL also a power loss (slower writes)",
+    )
+    earliest_time: dt.date = Field(
+        dt.date(1970, 1, 1), description="event timestamps and at= before this day are refused (422)"
+    )
+    future_days: float = Field(
+        1.0, ge=0, description="event timestamps and at= more than this many days after now are refused (422)"
     )
     blending: BlendingConfig = Field(default_factory=BlendingConfig)
     experiment: ExperimentConfig | None = None
