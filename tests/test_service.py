@@ -1036,7 +1036,7 @@ def test_values_json_cannot_hold_get_a_422_not_a_500(client, raw):
 
 
 def test_a_422_names_a_few_items_never_the_whole_body(client):
-    body = [{"user_id": -1, "track_id": "x" * 1000}] * 3000
+    body = [{"user_id": -1, "track_id": "x" * 300}] * 3000  # 1 MB, under the body limit
     r = client.post("/events", json=body)
     assert r.status_code == 422
     assert len(r.json()["detail"]) <= 5 and r.json()["errors"] > 5
@@ -1055,3 +1055,22 @@ def test_head_health_and_an_empty_admin_header_does_not_hide_a_bearer_token(clie
         "/ab/nothing/results", headers={"X-Admin-Token": "", "Authorization": f"Bearer {TOKEN}"}
     )
     assert r.status_code == 200, r.text
+
+
+def test_a_body_above_the_limit_gets_413_and_the_service_stays_up(run_root, tmp_path):
+    with TestClient(make_app(run_root, tmp_path / "e.sqlite", max_body_bytes=1000)) as c:
+        big = [{"user_id": 1, "track_id": 10}] * 100  # about 3 kB
+        r = c.post("/events", json=big)
+        assert r.status_code == 413 and "1,000 bytes" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it streams
+            for _ in range(10):
+                yield b" " * 200
+
+        assert (
+            c.post("/events", content=chunks(), headers={"content-type": "application/json"}).status_code
+            == 413
+        )
+        assert c.get("/health").status_code == 200
+        assert c.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201
+        assert c.get("/events/1").json()["events"][0]["track_id"] == 10

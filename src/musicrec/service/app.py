@@ -66,6 +66,55 @@ class _CountResponses:
             self.stats.response(status["code"])
 
 
+class _LimitBody:
+    """ASGI middleware: a request body above ``max_bytes`` gets 413, by its Content-Length before a
+    byte is read, or as soon as a streamed body passes the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _too_large(self, send) -> None:
+        body = json.dumps({"detail": f"request body above {self.max_bytes:,} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        seen, started, answered = 0, False, False
+
+        async def counted():
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes and not started:
+                    # answer 413 here, and tell the app the client left: it stops reading, and what
+                    # it would send is dropped (FastAPI turns errors raised while reading into 400)
+                    answered = True
+                    await self._too_large(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_answered(message):
+            nonlocal started
+            if answered:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, send_unless_answered)
+
+
 def _json_safe(value: Any, depth: int = 0) -> Any:
     """``value`` as JSON can hold it: NaN and infinities, bytes and objects become short text."""
     if isinstance(value, float):
@@ -177,6 +226,7 @@ def create_app(
         "i2i picks from the events posted here, A/B experiments, statistics.",
     )
     app.state.service = state
+    app.add_middleware(_LimitBody, max_bytes=config.max_body_bytes)
     app.add_middleware(_CountResponses, stats=state.stats)
 
     @app.exception_handler(RequestValidationError)

@@ -135,6 +135,9 @@ class ServiceConfig(_Strict):
         description="SQLite synchronous mode in WAL: NORMAL survives a crash of the service, "
         "FULL also a power loss (slower writes)",
     )
+    max_body_bytes: PositiveInt = Field(
+        2_000_000, description="a larger request body gets 413 (10,000 listens take about 700 kB)"
+    )
     earliest_time: dt.date = Field(
         dt.date(1970, 1, 1), description="event timestamps and at= before this day are refused (422)"
     )
