@@ -254,7 +254,7 @@ def test_model_lists_top_popular_per_user(tmp_path):
     als.write_parquet(paths.candidates / "personal_als.parquet")
     recs = pl.concat(
         [
-            lists_frame({1: [4, 3], 2: [5], 3: [6]}).with_columns(pl.lit("ranker").alias("source")),
+            lists_frame({1: [4, 3], 2: [5], 3: [6]}).with_columns(pl.lit("final").alias("source")),
             lists_frame({9: [5, 6]}).with_columns(pl.lit("top_popular").alias("source")),
         ]
     )

@@ -312,7 +312,7 @@ def test_recommendations_keep_the_contract(project):
     assert recos.join(before.select("user_id", "track_id"), on=["user_id", "track_id"]).height == 0, (
         "no already-heard track"
     )
-    warm = recos.filter(pl.col("source") == "ranker")
+    warm = recos.filter(pl.col("source") == "final")
     assert set(warm.get_column("user_id")) == set(before.get_column("user_id"))
     popular = pl.read_parquet(out / "candidates" / "top_popular.parquet").sort("rank").head(n)
     cold_lists = recos.filter(pl.col("source") == "top_popular")

@@ -454,7 +454,7 @@ def test_top_n_by_score_orders_breaks_ties_and_cuts():
         (2, 2, 1),
         (2, 1, 2),
     ]
-    assert set(top["source"]) == {"ranker"}
+    assert set(top["source"]) == {"final"}
 
 
 @pytest.mark.parametrize("loss", ["YetiRank", "Logloss"])
@@ -622,10 +622,10 @@ def test_score_users_writes_ranked_lists_and_top_popular_for_cold_users(tmp_path
     # warm users' top 2 by ALS score; cold user 3 gets the top-popular list
     recs = pl.read_parquet(paths.recommendations).sort("user_id", "rank")
     assert recs.select("user_id", "track_id", "rank", "source").rows() == [
-        (1, 20, 1, "ranker"),
-        (1, 23, 2, "ranker"),
-        (2, 25, 1, "ranker"),
-        (2, 26, 2, "ranker"),
+        (1, 20, 1, "final"),
+        (1, 23, 2, "final"),
+        (2, 25, 1, "final"),
+        (2, 26, 2, "final"),
         (3, 30, 1, "top_popular"),
     ]
     assert (result["warm_users"], result["cold_users"]) == (2, 1)

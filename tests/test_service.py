@@ -105,7 +105,7 @@ def write_run(root: Path, run: str = RUN) -> Path:
         },
         schema=USER_RECS_SCHEMA,
     )
-    recs.with_columns(source=pl.Series(["ranker"] * 9 + ["top_popular"] * 5)).write_parquet(
+    recs.with_columns(source=pl.Series(["final"] * 9 + ["top_popular"] * 5)).write_parquet(
         outputs / "recommendations.parquet"
     )
     pl.DataFrame(
@@ -173,7 +173,7 @@ def test_online_slots_by_hand():
     assert online_slots(9, 1 / 3) == [3, 6, 9]
 
 
-OFFLINE = Ranked.of([10, 11, 12, 13, 14, 15], [6, 5, 4, 3, 2, 1], "ranker")
+OFFLINE = Ranked.of([10, 11, 12, 13, 14, 15], [6, 5, 4, 3, 2, 1], "final")
 # user 1's online picks from events 25 then 20: 21 .9, 26 .9, 10 .8, 27 .8, 22 .5
 ONLINE = Ranked.of([21, 26, 10, 27, 22], [0.9, 0.9, 0.8, 0.8, 0.5], "online_i2i")
 POPULAR = Ranked.of([1, 2, 3, 4, 5], [100, 90, 80, 70, 60], "top_popular")
@@ -184,21 +184,21 @@ def test_interleave_order_and_dedup():
     # slots 4, 7, 10 online; the offline list runs out after slot 8, so online goes on;
     # its 10 is already placed (slot 1) and is skipped
     assert [p.track_id for p in picks] == [10, 11, 12, 21, 13, 14, 26, 15, 27, 22]
-    on, off = "online_i2i", "ranker"
+    on, off = "online_i2i", "final"
     assert [p.source for p in picks] == [off, off, off, on, off, off, on, off, on, on]
     assert picks[3].score == pytest.approx(0.9) and picks[0].score == 6
-    assert count_sources(picks) == {"ranker": 6, "online_i2i": 4, "top_popular": 0}
+    assert count_sources(picks) == {"final": 6, "online_i2i": 4, "top_popular": 0}
     assert served_by(count_sources(picks)) == "online_blended"
 
 
 def test_interleave_removes_heard_and_repeats_then_fills_from_popular():
-    offline = Ranked.of([10, 11, 10, 12], source="ranker")  # 10 twice
+    offline = Ranked.of([10, 11, 10, 12], source="final")  # 10 twice
     online = Ranked.of([11, 30, 31], source="online_i2i")  # 11 also offline
     picks = blend(offline, online, POPULAR, 8, heard=[12, 31, 2], config=BlendingConfig(online_share=0.5))
     # offline clean: 10, 11; online clean: 11, 30. Slot 1 offline 10, slot 2 online 11,
     # slot 3 offline 11 (placed: skip; the list is out), online 30, then popular 1, 3, 4, 5
     assert [p.track_id for p in picks] == [10, 11, 30, 1, 3, 4, 5]
-    assert [p.source for p in picks] == ["ranker", "online_i2i", "online_i2i"] + ["top_popular"] * 4
+    assert [p.source for p in picks] == ["final", "online_i2i", "online_i2i"] + ["top_popular"] * 4
 
 
 def test_blend_share_extremes_offline_strategy_and_short_k():
@@ -211,7 +211,7 @@ def test_blend_share_extremes_offline_strategy_and_short_k():
     only = blend(OFFLINE, ONLINE, POPULAR, 8, config=BlendingConfig(strategy="offline", online_share=1.0))
     assert [p.track_id for p in only] == [10, 11, 12, 13, 14, 15, 1, 2]
     assert blend(OFFLINE, ONLINE, POPULAR, 0) == []
-    empty = Ranked.empty("ranker")
+    empty = Ranked.empty("final")
     assert [p.track_id for p in blend(empty, Ranked.empty("online_i2i"), POPULAR, 3, heard=[1])] == [2, 3, 4]
     # fewer unheard tracks than k: a shorter list, no repeats
     assert [p.track_id for p in blend(empty, empty, POPULAR, 10, heard=[1, 2])] == [3, 4, 5]
@@ -223,7 +223,7 @@ def test_rrf_by_hand():
     # 13 and 27: 1/64; 14 and 22: 1/65; 15: 1/66
     assert [p.track_id for p in picks] == [10, 21, 11, 26, 12, 13, 27, 14, 22, 15]
     assert picks[0].score == pytest.approx(1 / 61 + 1 / 63)
-    assert picks[0].source == "ranker" and picks[1].source == "online_i2i"
+    assert picks[0].source == "final" and picks[1].source == "online_i2i"
     weighted = blend(OFFLINE, ONLINE, POPULAR, 2, config=BlendingConfig(strategy="rrf", online_weight=2.0))
     # online weight 2: 10 has 1/61 + 2/63 = 0.04814, 21 has 2/61 = 0.03279, 26 has 2/62
     assert [p.track_id for p in weighted] == [10, 21]
@@ -268,14 +268,14 @@ def test_health_ready_and_fallback_to_top_popular(client):
     assert r.status_code == 200
     body = r.json()
     assert ids(r) == [1, 2, 3, 4, 5]
-    assert body["sources"] == {"ranker": 0, "online_i2i": 0, "top_popular": 5}
+    assert body["sources"] == {"final": 0, "online_i2i": 0, "top_popular": 5}
     assert body["served_by"] == "top_popular" and body["experiment"] is None and body["variant"] is None
     assert [t["score"] for t in body["tracks"]] == [100, 90, 80, 70, 60]
 
 
 def test_personal_list_short_list_and_cold_list(client):
     r = client.get("/recommendations/1", params={"k": 4})
-    assert ids(r) == [10, 11, 12, 13] and r.json()["served_by"] == "personal"
+    assert ids(r) == [10, 11, 12, 13] and r.json()["served_by"] == "final"
     # the default k (10): six of the ranker, then top-popular without the heard 1 and 2
     assert ids(client.get("/recommendations/1")) == [10, 11, 12, 13, 14, 15, 3, 4, 5, 6]
     # user 2: three tracks, then top-popular without the heard 3
@@ -296,7 +296,7 @@ def test_online_blending_from_events(client):
     r = client.get("/recommendations/1", params={"k": 10})
     # online picks (recent 25, 20): 21, 26 (.9), 10, 27 (.8), 22 (.5); interleave 0.3: slots 4, 7, 10
     assert ids(r) == [10, 11, 12, 21, 13, 14, 26, 15, 27, 22]
-    assert r.json()["sources"] == {"ranker": 6, "online_i2i": 4, "top_popular": 0}
+    assert r.json()["sources"] == {"final": 6, "online_i2i": 4, "top_popular": 0}
     assert r.json()["served_by"] == "online_blended"
     # replaying at a time before the second event: only 20 counts (21 .9, 10 .8, 22 .5)
     early = client.get("/recommendations/1", params={"k": 10, "at": "2022-12-20T10:30:00"})
@@ -307,7 +307,7 @@ def test_online_blending_from_events(client):
 def test_events_are_heard(client):
     post(client, 2, 16)  # 16 has no similar list: no online pick, but it is heard now
     r = client.get("/recommendations/2", params={"k": 5})
-    assert ids(r) == [10, 17, 1, 2, 4] and r.json()["served_by"] == "personal"
+    assert ids(r) == [10, 17, 1, 2, 4] and r.json()["served_by"] == "final"
 
 
 def test_names(client):
@@ -420,7 +420,7 @@ def test_stats_count_sources_errors_and_events(client):
     client.get("/recommendations/abc")  # client error
     client.get("/similar/999")  # client error
     stats = client.get("/stats").json()
-    assert stats["recommendations"]["by_source"] == {"personal": 1, "online_blended": 1, "top_popular": 2}
+    assert stats["recommendations"]["by_source"] == {"final": 1, "online_blended": 1, "top_popular": 2}
     assert stats["recommendations"]["total"] == 4
     assert stats["errors"] == {"client": 2, "server": 0}
     assert stats["events_stored"] == 1 and stats["events_in_store"] == 1
@@ -980,8 +980,8 @@ def test_the_recommender_computes_lists_without_http(run_root, tmp_path):
     rec.store = EventStore(tmp_path / "direct.sqlite")
     try:
         served = rec.recommend(1, 4)
-        assert [p.track_id for p in served.picks] == [10, 11, 12, 13] and served.served_by == "personal"
-        assert served.body()["tracks"][0] == {"track_id": 10, "score": 6.0, "source": "ranker"}
+        assert [p.track_id for p in served.picks] == [10, 11, 12, 13] and served.served_by == "final"
+        assert served.body()["tracks"][0] == {"track_id": 10, "score": 6.0, "source": "final"}
         # an event makes online picks (20's similar tracks: 21, 10, 22); replayed before it, none
         rec.store.add_events([(1, 20, to_micros(utc(2022, 12, 20, 10)))])
         assert rec.recommend(1, 10).sources["online_i2i"] > 0

@@ -191,7 +191,7 @@ def model_lists(
             out[name] = top_popular_lists(paths, users_df.get_column(C.user_id), k_max, listeners)
         elif paths.candidate_list(name).is_file():
             out[name] = _user_lists(paths.candidate_list(name), users_df, k_max)
-    out["final"] = _user_lists(paths.recommendations, users_df, k_max, source="ranker")
+    out["final"] = _user_lists(paths.recommendations, users_df, k_max, source="final")
     return out
 
 

@@ -27,7 +27,7 @@ def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
         if name != "top_popular" and paths.candidate_list(name).is_file()
     }
     if paths.recommendations.is_file():
-        sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "ranker")
+        sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "final")
     return sources
 
 

@@ -266,6 +266,6 @@ def top_n_by_score(rows: pl.DataFrame, scores: np.ndarray, n: int) -> pl.DataFra
         .head(n)
         .with_columns(
             pl.int_range(1, pl.len() + 1, dtype=pl.Int16).over(C.user_id).alias(C.rank),
-            pl.lit("ranker").alias("source"),
+            pl.lit("final").alias("source"),
         )
     )

@@ -35,7 +35,9 @@ import numpy as np
 
 from musicrec.service.settings import BlendingConfig
 
-OFFLINE, ONLINE, POPULAR = "ranker", "online_i2i", "top_popular"
+#: The lists a served list is made of; "final" is the pipeline's final list everywhere (metrics,
+#: recommendations.parquet, the service, the A/B log).
+OFFLINE, ONLINE, POPULAR = "final", "online_i2i", "top_popular"
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def blend(
 
     Examples
     --------
-    >>> offline = Ranked.of([10, 11, 12, 13], [4.0, 3.0, 2.0, 1.0], "ranker")
+    >>> offline = Ranked.of([10, 11, 12, 13], [4.0, 3.0, 2.0, 1.0], "final")
     >>> online = Ranked.of([20, 11, 21], [0.9, 0.8, 0.7], "online_i2i")
     >>> popular = Ranked.of([1, 2], [100.0, 90.0], "top_popular")
     >>> cfg = BlendingConfig(online_share=0.5)
@@ -191,13 +193,13 @@ def count_sources(picks: Sequence[Pick]) -> dict[str, int]:
 
 
 def served_by(counts: dict[str, int]) -> str:
-    """The request's category for the statistics: ``online_blended``, ``personal`` or ``top_popular``.
+    """The request's category for the statistics: ``online_blended``, ``final`` or ``top_popular``.
 
-    ``online_blended`` when an online pick made it into the list, ``personal`` when the
+    ``online_blended`` when an online pick made it into the list, ``final`` when the
     offline ranker's list did, ``top_popular`` otherwise (the fallback).
     """
     if counts.get(ONLINE, 0):
         return "online_blended"
     if counts.get(OFFLINE, 0):
-        return "personal"
+        return "final"
     return "top_popular"

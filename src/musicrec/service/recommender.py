@@ -74,7 +74,7 @@ class Stats:
         self.started = time.time()
         self.requests = 0
         self.recommendations = 0
-        self.by_source = {"personal": 0, "online_blended": 0, "top_popular": 0}
+        self.by_source = {"final": 0, "online_blended": 0, "top_popular": 0}
         self.by_variant: dict[str, int] = {}
         self.client_errors = 0
         self.server_errors = 0

@@ -90,7 +90,7 @@ class UserEvents(BaseModel):
 class TrackOut(BaseModel):
     track_id: int
     score: float
-    source: str = Field(description="ranker (the offline list), online_i2i or top_popular")
+    source: str = Field(description="final (the ranked list of the pipeline), online_i2i or top_popular")
     track: str | None = Field(None, description="with ?names=true")
     artist: str | None = Field(None, description="with ?names=true")
 
@@ -101,7 +101,7 @@ class RecommendationsOut(BaseModel):
     served_at: dt.datetime
     tracks: list[TrackOut]
     sources: dict[str, int] = Field(description="how many tracks each source filled")
-    served_by: str = Field(description="online_blended, personal or top_popular (the fallback)")
+    served_by: str = Field(description="online_blended, final or top_popular (the fallback)")
     experiment: str | None
     variant: str | None
     run: str
