@@ -1074,3 +1074,52 @@ def test_a_body_above_the_limit_gets_413_and_the_service_stays_up(run_root, tmp_
         assert c.get("/health").status_code == 200
         assert c.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201
         assert c.get("/events/1").json()["events"][0]["track_id"] == 10
+
+
+def test_a_locked_store_is_a_503_with_retry_after_and_health_never_waits(run_root, tmp_path):
+    import sqlite3
+    import threading
+    import time
+
+    db = tmp_path / "locked.sqlite"
+    with TestClient(make_app(run_root, db, busy_timeout_ms=3000)) as c:
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            answer = {}
+
+            def post_one():
+                answer["r"] = c.post("/events", json={"user_id": 1, "track_id": 10})
+
+            writer = threading.Thread(target=post_one)
+            writer.start()
+            time.sleep(0.3)  # the POST now waits for the lock, in a thread
+            start = time.perf_counter()
+            assert c.get("/health").status_code == 200
+            assert time.perf_counter() - start < 1.5, "/health did not wait for the 3 s lock"
+            writer.join()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        r = answer["r"]
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["detail"]
+        assert c.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201, "free again"
+
+
+def test_a_store_that_cannot_write_makes_ready_say_so(client, monkeypatch):
+    import sqlite3
+
+    store = client.app.state.service.store
+
+    def full(rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "add_events", full)
+    r = client.post("/events", json={"user_id": 1, "track_id": 10})
+    assert r.status_code == 503 and "disk is full" in r.json()["detail"]
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and "cannot write" in ready.json()["detail"]
+    assert "sqlite" in ready.json()["detail"], "the store's file is named"
+    monkeypatch.undo()
+    assert client.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201
+    assert client.get("/ready").status_code == 200

@@ -14,9 +14,11 @@ The artefacts are loaded once, through the lifespan, into :class:`~.artefacts.Ar
 flight finishes on the artefacts it started with. Counters (``/stats``) are per process.
 
 The endpoints on the request path (recommendations, events, similar, health, ready) are
-``async``: their work is a few hundred microseconds of numpy and one short SQLite statement,
-cheaper to run on the event loop than to hand to a thread. The slow ones (``/stats``'s
-count, A/B results, reload) are plain functions, which FastAPI runs in its thread pool.
+``async``; whatever touches the store runs in a thread (``asyncio.to_thread``), so a writer
+waiting for SQLite's lock never holds up the event loop (``/health`` answers meanwhile). The
+slow ones (``/stats``'s count, A/B results, reload) are plain functions, which FastAPI runs in
+its thread pool. Store errors answer 503: a lock held too long with ``Retry-After``, a store
+that cannot write also makes ``/ready`` say so.
 """
 
 import asyncio
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -232,6 +235,18 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(validation_body(exc.errors()), status_code=422)
+
+    @app.exception_handler(sqlite3.Error)
+    async def store_failed(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        message = str(exc)
+        if "locked" in message or "busy" in message:
+            wait = config.busy_timeout_ms
+            detail = f"the event store is busy (another writer held its lock past {wait} ms): retry"
+        else:
+            state.store_error = f"{type(exc).__name__}: {message} ({state.db_path.name})"
+            detail = f"the event store cannot write: {state.store_error}"
+            log.error("event store %s: %s", state.db_path, message)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> JSONResponse:

@@ -130,6 +130,7 @@ class Recommender:
         self.store: EventStore | None = None
         self.artefacts: Artefacts | None = None
         self.load_error: str | None = None
+        self.store_error: str | None = None  # the store's last write failure (disk full, ...); /ready tells
         self.stats = Stats()
         self._reload_lock = threading.Lock()
         self.reload_seen = 0  # the store's reload generation these artefacts answer
@@ -200,6 +201,7 @@ class Recommender:
         return artefacts
 
     def require_store(self) -> EventStore:
+        """The open store (:class:`NotReady` when it is not)."""
         if self.store is None:
             raise NotReady("not ready: the event store is not open")
         return self.store

@@ -20,14 +20,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from musicrec.service import ab
 from musicrec.service.blending import Pick
 from musicrec.service.events import from_micros, now_micros, to_micros
-from musicrec.service.recommender import Recommender, tracks_json
+from musicrec.service.recommender import NotReady, Recommender, tracks_json
 from musicrec.service.settings import NAME_PATTERN, ServiceConfig
 
 ADMIN_TOKEN_ENV = "MUSICREC_ADMIN_TOKEN"
 INT32_MAX = 2**31 - 1
 MAX_EVENTS_PER_POST = 10_000
 MAX_EVENTS_K = 1000
-INLINE_WRITE_MAX = 100  # POST /events with more listens than this writes them from a thread
 
 Id = Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)]
 MAX_SHOWN = 5  # offending items named in an error reply
@@ -161,6 +160,8 @@ def routers(state: Recommender) -> list[APIRouter]:
         """200 once the artefacts are loaded and the store is open; 503 (with the reason) before."""
         artefacts = state.ready()
         state.require_store()
+        if state.store_error:
+            raise NotReady(f"not ready: the event store cannot write: {state.store_error}")
         return {"status": "ready", **artefacts.summary()}
 
     @recommendations_router.get(
@@ -181,7 +182,10 @@ def routers(state: Recommender) -> list[APIRouter]:
         """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
         if outside(config, [at]):
             raise _range_error(config, "at", [at.isoformat()])
-        served = state.recommend(user_id, k, to_micros(at) if at is not None else None)
+        # in a thread: the store's read (and the log's write) never hold up the event loop
+        served = await asyncio.to_thread(
+            state.recommend, user_id, k, to_micros(at) if at is not None else None
+        )
         return JSONResponse(served.body(names))
 
     @events_router.post(
@@ -213,12 +217,9 @@ def routers(state: Recommender) -> list[APIRouter]:
                 422, f"unknown track_id (not in the catalogue of run {artefacts.run}): {shown}"
             )
         rows = [(e.user_id, e.track_id, to_micros(e.timestamp) if e.timestamp else None) for e in events]
-        # one listen is written on the event loop; a large batch in a thread, not to hold up other requests
-        ids = (
-            store.add_events(rows)
-            if len(rows) <= INLINE_WRITE_MAX
-            else await asyncio.to_thread(store.add_events, rows)
-        )
+        # in a thread: a writer waiting for SQLite's lock never holds up the event loop (/health)
+        ids = await asyncio.to_thread(store.add_events, rows)
+        state.store_error = None  # it writes again
         state.stats.events(len(ids))
         return JSONResponse({"stored": len(ids), "ids": ids}, status_code=201)
 
@@ -226,12 +227,10 @@ def routers(state: Recommender) -> list[APIRouter]:
     async def get_events(user_id: UserId, k: Annotated[int, Query(ge=1, le=MAX_EVENTS_K)] = 20):
         """The user's latest ``k`` events, newest first."""
         store = state.require_store()
+        latest = await asyncio.to_thread(store.latest, user_id, k)
         return {
             "user_id": user_id,
-            "events": [
-                {"id": e.id, "track_id": e.track_id, "timestamp": e.timestamp}
-                for e in store.latest(user_id, k)
-            ],
+            "events": [{"id": e.id, "track_id": e.track_id, "timestamp": e.timestamp} for e in latest],
         }
 
     @recommendations_router.get(
