@@ -47,6 +47,7 @@ from musicrec.service.settings import BlendingConfig, ExperimentConfig, ServiceC
 
 RUN = "hand"
 TOKEN = "test-token"
+ADMIN = {"X-Admin-Token": TOKEN}
 EXPERIMENT = {
     "name": "exp",
     "salt": "s1",
@@ -299,7 +300,7 @@ def test_online_blending_from_events(client):
     assert r.json()["sources"] == {"final": 6, "online_i2i": 4, "top_popular": 0}
     assert r.json()["served_by"] == "online_blended"
     # replaying at a time before the second event: only 20 counts (21 .9, 10 .8, 22 .5)
-    early = client.get("/recommendations/1", params={"k": 10, "at": "2022-12-20T10:30:00"})
+    early = client.get("/recommendations/1", params={"k": 10, "at": "2022-12-20T10:30:00"}, headers=ADMIN)
     assert ids(early) == [10, 11, 12, 21, 13, 14, 22, 15, 3, 4]
     assert early.json()["served_at"].startswith("2022-12-20T10:30:00")
 
@@ -693,7 +694,7 @@ def test_variants_change_the_blending(run_root, tmp_path):
 
 def test_every_response_is_logged(run_root, tmp_path):
     db = tmp_path / "e.sqlite"
-    with TestClient(make_app(run_root, db, experiment=EXPERIMENT)) as c:
+    with TestClient(make_app(run_root, db, experiment=EXPERIMENT, replay_mode=True)) as c:
         r = c.get("/recommendations/1", params={"k": 3, "at": "2022-12-20T00:00:00"}).json()
     (logged,) = EventStore(db).recommendations()
     assert (logged.rec_id, logged.user_id, logged.experiment, logged.variant, logged.tracks) == (
@@ -737,7 +738,8 @@ def hand_log(store: EventStore) -> None:
 
 def test_ab_results_on_a_hand_made_log(run_root, tmp_path):
     db = tmp_path / "e.sqlite"
-    with TestClient(make_app(run_root, db, experiment=EXPERIMENT)) as c:
+    # a replay's log: the listens' own timestamps decide the outcomes
+    with TestClient(make_app(run_root, db, experiment=EXPERIMENT, replay_mode=True)) as c:
         hand_log(c.app.state.service.store)
         r = c.get("/ab/exp/results")
         assert r.status_code == 200
@@ -786,7 +788,7 @@ def test_ab_results_on_a_hand_made_log(run_root, tmp_path):
 def test_ab_replay_through_the_api(run_root, tmp_path):
     exp = ExperimentConfig.model_validate(EXPERIMENT)
     user = next(u for u in range(100, 200) if ab.assign(u, exp) == "final")
-    with TestClient(make_app(run_root, tmp_path / "e.sqlite", experiment=EXPERIMENT)) as c:
+    with TestClient(make_app(run_root, tmp_path / "e.sqlite", experiment=EXPERIMENT, replay_mode=True)) as c:
         served = c.get(f"/recommendations/{user}", params={"k": 3, "at": "2022-12-20T00:00:00"}).json()
         assert [t["track_id"] for t in served["tracks"]] == [1, 2, 3]
         post(c, user, 2, utc(2022, 12, 20, 3))
@@ -1007,9 +1009,12 @@ def test_event_times_outside_the_range_are_refused_by_name(client, when):
 
 
 def test_at_outside_the_range_is_a_422(client):
-    r = client.get("/recommendations/5", params={"at": "0001-01-01T00:00:00+14:00"})
+    r = client.get("/recommendations/5", params={"at": "0001-01-01T00:00:00+14:00"}, headers=ADMIN)
     assert r.status_code == 422 and "at outside the accepted time range" in r.json()["detail"]
-    assert client.get("/recommendations/5", params={"at": "2022-12-20T10:00:00"}).status_code == 200
+    assert (
+        client.get("/recommendations/5", params={"at": "2022-12-20T10:00:00"}, headers=ADMIN).status_code
+        == 200
+    )
 
 
 def test_a_stored_extreme_time_never_breaks_a_read(client):
@@ -1123,3 +1128,30 @@ def test_a_store_that_cannot_write_makes_ready_say_so(client, monkeypatch):
     monkeypatch.undo()
     assert client.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201
     assert client.get("/ready").status_code == 200
+
+
+def test_clients_cannot_decide_an_ab_test_outside_replay_mode(run_root, tmp_path):
+    """Issue 13: 400 requests with at=2020-01-01 and events posted an hour "later" turned the verdict.
+    Now at= needs the admin token, and outcomes count listens by when they arrived."""
+    exp = ExperimentConfig.model_validate(EXPERIMENT)
+    user = next(u for u in range(100, 200) if ab.assign(u, exp) == "final")
+    with TestClient(make_app(run_root, tmp_path / "e.sqlite", experiment=EXPERIMENT)) as c:
+        r = c.get(f"/recommendations/{user}", params={"k": 3, "at": "2020-01-01T00:00:00"})
+        assert r.status_code == 403 and "replay feature" in r.json()["detail"]
+        served = c.get(f"/recommendations/{user}", params={"k": 3}).json()  # served now
+        track = served["tracks"][0]["track_id"]
+        post(c, user, track, utc(2022, 12, 20, 3))  # dated in the past, received after serving
+        final = next(v for v in c.get("/ab/exp/results").json()["variants"] if v["variant"] == "final")
+        assert final["successes"] == 1, "counted by when it arrived: after the list was served"
+    with TestClient(make_app(run_root, tmp_path / "f.sqlite", experiment=EXPERIMENT)) as c:
+        post(c, user, 1, utc(2022, 12, 20, 3))  # received before the list is served
+        c.get(f"/recommendations/{user}", params={"k": 3})
+        final = next(v for v in c.get("/ab/exp/results").json()["variants"] if v["variant"] == "final")
+        assert final["successes"] == 0, "a listen received before serving never counts, whatever its date"
+
+
+def test_the_difference_interval_stays_inside_minus_one_one():
+    # 1 of 10 against 10 of 10: the normal interval, 0.9 +- 1.96 * 0.0949, reaches 1.086
+    out = ab.two_proportion_test(1, 10, 10, 10)
+    assert out["difference"] == pytest.approx(0.9) and out["ci"][1] == 1.0
+    assert out["ci"][0] == pytest.approx(0.9 - 1.959964 * (0.09 / 10) ** 0.5, abs=1e-4)

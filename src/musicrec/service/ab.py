@@ -84,7 +84,8 @@ def two_proportion_test(s_a: int, n_a: int, s_b: int, n_b: int, confidence: floa
     out["difference"] = diff
     z_crit = z_value(confidence)
     se_diff = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    out["ci"] = (diff - z_crit * se_diff, diff + z_crit * se_diff)
+    # a difference of two proportions lies in [-1, 1]: so does its interval (the normal one can overshoot)
+    out["ci"] = (max(-1.0, diff - z_crit * se_diff), min(1.0, diff + z_crit * se_diff))
     pooled = (s_a + s_b) / (n_a + n_b)
     se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     if se > 0:

@@ -327,18 +327,23 @@ class EventStore:
         rows = self.connection().execute(sql + " ORDER BY served_at, rowid", args)
         return [LoggedRecommendation(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
-    def outcomes(self, experiment: str, window_us: int) -> list[tuple[str, int, bool, int]]:
+    def outcomes(
+        self, experiment: str, window_us: int, by: str = "received_at"
+    ) -> list[tuple[str, int, bool, int]]:
         """``(variant, user_id, success, served_at)`` for each logged list of ``experiment``.
 
         Success: an event of the same user on one of the list's tracks with
-        ``served_at <= ts <= served_at + window_us``.
+        ``served_at <= t <= served_at + window_us``, ``t`` the event's ``received_at`` (normal
+        serving: a client cannot date a listen into a window) or its own ``ts`` (replays).
         """
+        if by not in ("received_at", "ts"):
+            raise ValueError(f"outcomes by received_at or ts, not {by!r}")
         self.flush()
-        sql = """
+        sql = f"""
             SELECT r.variant, r.user_id,
                    EXISTS (SELECT 1 FROM json_each(r.tracks) AS j
                            JOIN events AS e ON e.user_id = r.user_id AND e.track_id = j.value
-                           WHERE e.ts >= r.served_at AND e.ts <= r.served_at + ?) AS success,
+                           WHERE e.{by} >= r.served_at AND e.{by} <= r.served_at + ?) AS success,
                    r.served_at
             FROM recommendations AS r WHERE r.experiment = ?"""
         return [

@@ -260,7 +260,10 @@ def replay(
 
     requests = posts = posted = 0
     started = time.perf_counter()
-    app = create_app(profile, root=root, db_path=db, admin_token="", config=config)
+    # replay mode: the requests carry the replayed day's time (at=), the listens their own timestamps
+    app = create_app(
+        profile, root=root, db_path=db, admin_token="", config=config.model_copy(update={"replay_mode": True})
+    )
     with TestClient(app) as client:
         ready = client.get("/ready")
         if ready.status_code != 200:
@@ -313,7 +316,7 @@ def success_by_day(db: Path, experiment: ExperimentConfig, sessions: pl.DataFram
     """
     store = EventStore(db)
     try:
-        outcomes = store.outcomes(experiment.name, int(experiment.success_window_hours * 3600 * 1e6))
+        outcomes = store.outcomes(experiment.name, int(experiment.success_window_hours * 3600 * 1e6), by="ts")
     finally:
         store.close()
     logged = pl.DataFrame(

@@ -124,19 +124,33 @@ def routers(state: Recommender) -> list[APIRouter]:
     experiments_router = APIRouter(tags=["experiments"])
     admin_router = APIRouter(tags=["admin"])
 
+    def given_token(x_admin_token: str | None, authorization: str | None) -> str | None:
+        given = x_admin_token or None  # an empty header does not override a Bearer token
+        if given is None and authorization and authorization.lower().startswith("bearer "):
+            given = authorization[7:].strip()
+        return given or None
+
     def require_admin(
         x_admin_token: Annotated[str | None, Header()] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> None:
         if not state.admin_token:
             raise HTTPException(403, f"admin endpoints are disabled: set {ADMIN_TOKEN_ENV} to enable them")
-        given = x_admin_token or None  # an empty header does not override a Bearer token
-        if given is None and authorization and authorization.lower().startswith("bearer "):
-            given = authorization[7:].strip()
+        given = given_token(x_admin_token, authorization)
         if not given:
             raise HTTPException(401, "admin token required (header X-Admin-Token)")
         if not hmac.compare_digest(given.encode(), state.admin_token.encode()):
             raise HTTPException(403, "wrong admin token")
+
+    def is_admin(
+        x_admin_token: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> bool:
+        """Whether the request carries the admin token (never an error: for optional admin features)."""
+        given = given_token(x_admin_token, authorization)
+        return bool(
+            state.admin_token and given and hmac.compare_digest(given.encode(), state.admin_token.encode())
+        )
 
     UserId = Annotated[
         int, BeforeValidator(_digits), PathParam(ge=0, le=INT32_MAX, description="a user id (int32)")
@@ -175,11 +189,17 @@ def routers(state: Recommender) -> list[APIRouter]:
             dt.datetime | None,
             Query(
                 description="replays: the request's time (ISO 8601, naive = UTC); only events "
-                "up to it count, and the list is logged as served then"
+                "up to it count, and the list is logged as served then. Needs the admin token unless "
+                "service.replay_mode is on"
             ),
         ] = None,
+        admin: Annotated[bool, Depends(is_admin)] = False,
     ):
         """The user's list: offline list and online i2i picks blended, heard removed, top-popular fill."""
+        if at is not None and not config.replay_mode and not admin:
+            raise HTTPException(
+                403, "at= is a replay feature: send the admin token, or set service.replay_mode"
+            )
         if outside(config, [at]):
             raise _range_error(config, "at", [at.isoformat()])
         # in a thread: the store's read (and the log's write) never hold up the event loop
@@ -286,7 +306,9 @@ def routers(state: Recommender) -> list[APIRouter]:
         configured = config.experiment if config.experiment and config.experiment.name == experiment else None
         window = window_hours or (configured.success_window_hours if configured else 24.0)
         confidence = configured.confidence if configured else 0.95
-        outcomes = store.outcomes(experiment, int(window * 3600 * 1e6))
+        outcomes = store.outcomes(
+            experiment, int(window * 3600 * 1e6), by="ts" if config.replay_mode else "received_at"
+        )
         if configured is None and not outcomes:
             raise HTTPException(404, f"no experiment named {experiment!r} is configured or logged")
         names = [v.name for v in configured.variants] if configured else []

@@ -135,6 +135,12 @@ class ServiceConfig(_Strict):
         description="SQLite synchronous mode in WAL: NORMAL survives a crash of the service, "
         "FULL also a power loss (slower writes)",
     )
+    replay_mode: bool = Field(
+        False,
+        description="replays (make abtest): at= is honoured for anyone and A/B outcomes count listens by "
+        "their own timestamps; off (normal serving): at= needs the admin token, the served time is the "
+        "server's clock, and outcomes count only listens received after a list was served",
+    )
     max_body_bytes: PositiveInt = Field(
         2_000_000, description="a larger request body gets 413 (10,000 listens take about 700 kB)"
     )
