@@ -1155,3 +1155,18 @@ def test_the_difference_interval_stays_inside_minus_one_one():
     out = ab.two_proportion_test(1, 10, 10, 10)
     assert out["difference"] == pytest.approx(0.9) and out["ci"][1] == 1.0
     assert out["ci"][0] == pytest.approx(0.9 - 1.959964 * (0.09 / 10) ** 0.5, abs=1e-4)
+
+
+def test_a_request_reads_only_the_latest_events(tmp_path):
+    store = EventStore(tmp_path / "many.sqlite")
+    try:
+        # track 7 heard long ago, then 3,000 listens of 100..199, newest last
+        store.add_events([(5, 7, 1_000)] + [(5, 100 + i % 100, 2_000 + i) for i in range(3000)])
+        every = store.user_tracks(5)
+        assert every[:3] == [199, 198, 197] and 7 in every and len(every) == 101
+        latest = store.user_tracks(5, latest=1000)
+        assert latest == every[:100], "the same order, newest first, each track once"
+        assert 7 not in latest
+        assert store.user_tracks(5, until=1_500, latest=10) == [7]
+    finally:
+        store.close()

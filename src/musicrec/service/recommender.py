@@ -217,7 +217,7 @@ class Recommender:
         experiment = self.experiment
         variant = ab.assign(user_id, experiment) if experiment is not None else None
         blending = self.blendings[variant]
-        events = store.user_tracks(user_id, at)
+        events = store.user_tracks(user_id, at, latest=self.config.events_read)
         heard = artefacts.heard_by(user_id)
         if events:
             heard = np.concatenate([heard, np.asarray(events, np.int64)])

@@ -141,6 +141,11 @@ class ServiceConfig(_Strict):
         "their own timestamps; off (normal serving): at= needs the admin token, the served time is the "
         "server's clock, and outcomes count only listens received after a list was served",
     )
+    events_read: PositiveInt = Field(
+        1000,
+        description="a user's latest stored events read per request: the online picks use the newest "
+        "blending.recent_events of them, and their tracks count as heard (older events do not)",
+    )
     max_body_bytes: PositiveInt = Field(
         2_000_000, description="a larger request body gets 413 (10,000 listens take about 700 kB)"
     )
