@@ -1170,3 +1170,71 @@ def test_a_request_reads_only_the_latest_events(tmp_path):
         assert store.user_tracks(5, until=1_500, latest=10) == [7]
     finally:
         store.close()
+
+
+def test_a_worker_stops_when_its_supervisor_is_gone():
+    import threading
+
+    from musicrec.service.app import exit_with_parent
+
+    parents = iter([41, 41, 1])  # the supervisor, twice, then init: it was killed
+    stopped = threading.Event()
+    watcher = exit_with_parent(41, poll_seconds=0.01, getppid=lambda: next(parents), stop=stopped.set)
+    watcher.join(timeout=5)
+    assert stopped.is_set() and not watcher.is_alive()
+
+
+def test_a_killed_supervisor_takes_its_workers_down(tmp_path):
+    """kill -9 of the uvicorn supervisor with two workers: the workers exit and the port is free."""
+    import contextlib
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import os, sys, uvicorn; os.environ['SUPERVISOR'] = str(os.getpid()); "
+        "uvicorn.run('tests_worker_app:app', factory=True, host='127.0.0.1', port=int(sys.argv[1]), "
+        "workers=2)"
+    )
+    (tmp_path / "tests_worker_app.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from musicrec.service.app import exit_with_parent\n"
+        "import os\n"
+        "def app():\n"
+        "    exit_with_parent(int(os.environ['SUPERVISOR']), poll_seconds=0.2)\n"
+        "    return FastAPI()\n"
+    )
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", code, str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "log", "w"),  # noqa: SIM115
+    )
+    workers: list = []
+    try:
+        log = tmp_path / "log"
+        deadline = time.time() + 60
+        while time.time() < deadline and log.read_text().count("Application startup complete") < 2:
+            time.sleep(0.3)
+        workers = [
+            p
+            for p in psutil.Process(supervisor.pid).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline())  # not multiprocessing's resource tracker
+        ]
+        assert len(workers) == 2, log.read_text()
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, "every worker exited after its supervisor died: " + log.read_text()
+    finally:  # never leave a server behind, even when the test fails
+        for p in [*psutil.Process().children(recursive=True), *workers]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()

@@ -27,8 +27,10 @@ import json
 import logging
 import math
 import os
+import signal
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -268,9 +270,31 @@ def create_app(
 _ENV = "MUSICREC_SERVICE_ARGS"
 
 
+def exit_with_parent(
+    parent: int,
+    poll_seconds: float = 1.0,
+    getppid=os.getppid,
+    stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
+) -> threading.Thread:
+    """Watch the parent process; when it is gone (``kill -9`` of uvicorn's supervisor makes the
+    worker an orphan, still serving and holding the port), stop this process as SIGTERM does."""
+
+    def watch() -> None:
+        while getppid() == parent:
+            time.sleep(poll_seconds)
+        log.warning("the supervisor (pid %d) is gone: this worker stops", parent)
+        stop()
+
+    thread = threading.Thread(target=watch, name="musicrec-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def app_from_env() -> FastAPI:
     """Factory for uvicorn's worker processes (``serve(workers=n)``): arguments from the environment."""
     args = json.loads(os.environ[_ENV])
+    # the supervisor's pid as it started us: a worker that comes up after it died stops too
+    exit_with_parent(args.get("supervisor", os.getppid()))
     # each worker loads before it takes a connection: the kernel hands connections only to workers
     # that accept, so none of them answers 503 while another is already serving
     return create_app(args["params"], root=args["root"], db_path=args["db_path"])
@@ -304,7 +328,12 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
     os.environ[_ENV] = json.dumps(
-        {"params": str(params), "root": str(root), "db_path": str(db_path) if db_path else None}
+        {
+            "params": str(params),
+            "root": str(root),
+            "db_path": str(db_path) if db_path else None,
+            "supervisor": os.getpid(),
+        }
     )
     uvicorn.run(
         "musicrec.service.app:app_from_env",
