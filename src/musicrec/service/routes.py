@@ -9,7 +9,7 @@ some of them aliases local to :func:`routers`.
 import asyncio
 import datetime as dt
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query
@@ -70,6 +70,20 @@ class EventIn(BaseModel):
     timestamp: dt.datetime | None = None
 
 
+class Problem(BaseModel):
+    """Every error's body: a message, or (invalid requests) the first few validation errors."""
+
+    detail: str | list[dict[str, Any]]
+    errors: int | None = Field(None, description="how many validation errors there were in all")
+
+
+#: The errors any endpoint can answer, with their body (declared, so clients and fuzzers know them).
+ERRORS = {
+    422: {"model": Problem, "description": "invalid request: the first few errors, or a message"},
+    503: {"model": Problem, "description": "not ready, or the event store busy or failing"},
+}
+
+
 class EventsStored(BaseModel):
     stored: int
     ids: list[int]
@@ -86,12 +100,15 @@ class UserEvents(BaseModel):
     events: list[EventOut]
 
 
-class TrackOut(BaseModel):
+class SimilarTrackOut(BaseModel):
     track_id: int
     score: float
-    source: str = Field(description="final (the ranked list of the pipeline), online_i2i or top_popular")
     track: str | None = Field(None, description="with ?names=true")
     artist: str | None = Field(None, description="with ?names=true")
+
+
+class TrackOut(SimilarTrackOut):
+    source: str = Field(description="final (the ranked list of the pipeline), online_i2i or top_popular")
 
 
 class RecommendationsOut(BaseModel):
@@ -109,7 +126,7 @@ class RecommendationsOut(BaseModel):
 
 class SimilarOut(BaseModel):
     track_id: int
-    similar: list[TrackOut]
+    similar: list[SimilarTrackOut]
 
 
 # state ----------------------------------------------------------------------------------
@@ -118,11 +135,11 @@ class SimilarOut(BaseModel):
 def routers(state: Recommender) -> list[APIRouter]:
     """The endpoints over ``state``, as routers for :func:`~.app.create_app` to include."""
     config = state.config
-    service_router = APIRouter(tags=["service"])
-    recommendations_router = APIRouter(tags=["recommendations"])
-    events_router = APIRouter(tags=["events"])
-    experiments_router = APIRouter(tags=["experiments"])
-    admin_router = APIRouter(tags=["admin"])
+    service_router = APIRouter(responses=ERRORS, tags=["service"])
+    recommendations_router = APIRouter(responses=ERRORS, tags=["recommendations"])
+    events_router = APIRouter(responses=ERRORS, tags=["events"])
+    experiments_router = APIRouter(responses=ERRORS, tags=["experiments"])
+    admin_router = APIRouter(responses=ERRORS, tags=["admin"])
 
     def given_token(x_admin_token: str | None, authorization: str | None) -> str | None:
         given = x_admin_token or None  # an empty header does not override a Bearer token
