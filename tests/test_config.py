@@ -93,3 +93,33 @@ def test_boundary_after_the_data_ends_names_the_key():
         split.resolve(dt.date(2022, 1, 1), dt.date(2022, 12, 31))
     with pytest.raises(ProfileError, match=r"split.label_start: .* leaves no history"):
         SplitConfig(label_start=400, test_start=10).resolve(dt.date(2022, 1, 1), dt.date(2022, 12, 31))
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_profile_is_refused(tmp_path, text):
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ProfileError, match="the profile is empty"):
+        load_profile(tmp_path / "empty.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("ranking:\n  iteratons: 3\n", "ranking.iteratons: unknown key (did you mean 'iterations'?)"),
+        (
+            "candidates:\n  als:\n    factor: 3\n",
+            "candidates.als.factor: unknown key (did you mean 'factors'?)",
+        ),
+        ("splitt: {}\n", "splitt: unknown key (did you mean 'split'?)"),
+    ],
+)
+def test_unknown_keys_get_a_suggestion(tmp_path, text, hint):
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(ProfileError) as caught:
+        load_profile(tmp_path / "typo.yaml")
+    assert hint in str(caught.value)
+
+
+def test_a_data_path_for_a_synthetic_profile_is_refused():
+    with pytest.raises(ProfileError, match="DATA_PATH=/some/raw is for a real source.*synthetic"):
+        load_profile("params/tiny.yaml", data_path="/some/raw")

@@ -13,6 +13,8 @@ test window on 2022-12-16).
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -376,9 +378,11 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
     if not path.is_file():
         raise ProfileError(f"{path}: no such profile (profiles live in params/)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:  # an empty file would silently run every default (30,000 synthetic users)
+        raise ProfileError(f"{path}: the profile is empty; start from a copy of params/default.yaml")
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile is a mapping of keys, got {type(raw).__name__}")
     raw.setdefault("run_name", path.stem)
@@ -387,6 +391,11 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
         if not isinstance(raw["data"], dict):
             raise ProfileError(f"{path}: data: must be a mapping")
         raw["data"]["path"] = str(data_path)
+        if raw["data"].get("source", "synthetic") == "synthetic":
+            raise ProfileError(
+                f"{path}: DATA_PATH={data_path} is for a real source, and this profile's data.source is "
+                "synthetic (it generates its data): drop DATA_PATH, or set data.source"
+            )
     try:
         return Profile.model_validate(raw)
     except ValidationError as exc:
@@ -394,6 +403,23 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
 
 
 _UNION_TAGS = ("constrained-int", "date", "int", "function-")
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the profile accepts at ``loc`` (a path of section names), for "did you mean"."""
+    model: type[BaseModel] = Profile
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        candidates = [
+            a
+            for a in (annotation, *typing.get_args(annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
 
 
 def _describe(errors: list[dict]) -> str:
@@ -407,11 +433,14 @@ def _describe(errors: list[dict]) -> str:
         got = next((e["input"] for e in errs if "input" in e and not isinstance(e["input"], dict)), None)
         if any(e["type"] == "extra_forbidden" for e in errs):
             message = "unknown key"
+            close = difflib.get_close_matches(str(errs[0]["loc"][-1]), _known_keys(errs[0]["loc"][:-1]), n=1)
+            if close:
+                message += f" (did you mean {close[0]!r}?)"
         elif key.endswith(("label_start", "test_start")) and len(errs) > 1:
             message = "expected a date (YYYY-MM-DD) or a whole number of days before the data ends"
         else:
             message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errs))
-        if got is not None and message != "unknown key":
+        if got is not None and not message.startswith("unknown key"):
             message += f" (got {got!r})"
         parts.append(f"{key}: {message}")
     return "; ".join(parts)
