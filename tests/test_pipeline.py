@@ -17,9 +17,10 @@ import polars as pl
 import pytest
 
 from musicrec.schema import CATALOG_NAMES_SCHEMA, INTERACTIONS_SCHEMA, TRACKS_SCHEMA
+from musicrec.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
+STAGES = PIPELINE  # musicrec.stages
 pytestmark = pytest.mark.slow
 
 

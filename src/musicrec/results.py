@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from musicrec.io import atomic_path, read_json
+from musicrec.io import RunPaths, atomic_path, read_json
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HEADLINE = (("ndcg", 10), ("recall", 10))
@@ -28,7 +28,7 @@ def interval_cell(value: float | None, lower: float | None, upper: float | None,
 
 def run_metrics(root: Path, run: str) -> pl.DataFrame:
     """One run's metrics (segment ``all``), or a clear error naming the missing file."""
-    path = Path(root) / "outputs" / run / "metrics.json"
+    path = RunPaths(Path(root).resolve(), run).metrics_json
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics for run {run!r}; run `make evaluate` on its profile")
     return pl.DataFrame(read_json(path)).filter(pl.col("segment") == "all")
