@@ -1238,3 +1238,12 @@ def test_a_killed_supervisor_takes_its_workers_down(tmp_path):
         for p in [*psutil.Process().children(recursive=True), *workers]:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+def test_not_ready_names_the_missing_file_without_the_machines_paths(tmp_path):
+    empty = tmp_path / "nothing here"
+    empty.mkdir()
+    with TestClient(make_app(empty, tmp_path / "e.sqlite")) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "outputs/hand" in r.json()["detail"]
+        assert str(tmp_path) not in r.json()["detail"]

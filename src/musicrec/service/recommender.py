@@ -178,7 +178,8 @@ class Recommender:
             try:
                 artefacts = Artefacts.load(self.paths, self.config, version)
             except Exception as exc:
-                self.load_error = f"{type(exc).__name__}: {exc}"
+                # paths relative to the project: a client learns what is missing, not where it is kept
+                self.load_error = f"{type(exc).__name__}: {exc}".replace(f"{self.paths.root}/", "")
                 log.error("loading the artefacts of run %s failed: %s", self.paths.run, self.load_error)
                 raise
             self.artefacts, self.load_error = artefacts, None  # one reference swap: atomic
