@@ -583,3 +583,33 @@ def test_lastfm_shared(shared_data: Path) -> None:
     ts = data.interactions[C.started_at]
     assert ts.min().year >= options.first_year and ts.max().year == 2011
     assert (data.tracks[C.genres].list.len() <= options.top_tags_per_artist).all()
+
+
+def test_ium_a_few_string_user_ids_are_an_error_naming_the_lines(tmp_path: Path) -> None:
+    """Issue 13: four lines with "abc" silently renumbered every user (source user 101 became 1)."""
+    events = [dict(e, user_id=e["user_id"] + 100) for e in ium_events()]
+    events[3]["user_id"] = "abc"
+    write_ium(tmp_path, events)
+    with pytest.raises(DataContractError, match=r"sessions\.jsonl.*user_id.*mixes integer.*line 4: 'abc'"):
+        ium.load(tmp_path, IumConfig())
+
+
+def test_ium_integer_ids_written_as_strings_keep_their_values(tmp_path: Path) -> None:
+    events = [dict(e, user_id=str(e["user_id"] + 100)) for e in ium_events()]
+    write_ium(tmp_path, events)
+    data = ium.load(tmp_path, IumConfig())
+    assert set(data.interactions[C.user_id].unique()) == {101, 102} and "user_id_map" not in data.extra
+
+
+def test_ium_every_line_twice_changes_no_weight(tmp_path: Path) -> None:
+    write_ium(tmp_path / "once")
+    write_ium(tmp_path / "twice", [e for e in ium_events() for _ in range(2)])
+    once, twice = ium.load(tmp_path / "once", IumConfig()), ium.load(tmp_path / "twice", IumConfig())
+    assert once.interactions.equals(twice.interactions)
+    merged = twice.dropped.counts["sessions.jsonl: exact duplicate events merged"]
+    assert merged == sum(
+        1 for e in ium_events() if e["track_id"] and e["event_type"] in ("PLAY", "LIKE", "SKIP")
+    )
+    assert twice.interactions.height + dropped_total(twice) == 2 * len(ium_events()), (
+        "every line accounted for"
+    )

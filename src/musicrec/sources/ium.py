@@ -161,6 +161,20 @@ def _read_events(
     dropped.add(f"{file}: events without a user", events.filter(no_user).height)
     events = events.filter(~no_user)
     if events.schema[C.user_id] == pl.Utf8:
+        text = pl.col(C.user_id).str.strip_chars()
+        numeric = text.str.contains(r"^[0-9]+$")
+        n_numeric = events.select(numeric.sum()).item()
+        if n_numeric == events.height:  # integers written as strings: the same ids
+            events = events.with_columns(text.cast(pl.Int64))
+        elif n_numeric:  # some integers, some not: renumbering would change every user's id
+            bad = events.with_row_index("line", offset=1).filter(~numeric).head(5)
+            shown = "; ".join(f"line {line}: {user!r}" for line, user in bad.select("line", C.user_id).rows())
+            raise DataContractError(
+                file,
+                C.user_id,
+                f"mixes integer and other ids ({events.height - n_numeric} not integers: {shown})",
+            )
+    if events.schema[C.user_id] == pl.Utf8:  # string ids throughout: mapped to 1..n, kept in extra
         user_map = dense_ids(events.get_column(C.user_id), C.user_id)
         extra["user_id_map"] = user_map
         events = (
@@ -188,7 +202,11 @@ def _read_events(
         dropped.add(f"{file}: events of a type with no weight ({event_type})", n)
     events = events.filter(~unweighted)
 
-    return events.select(
+    # an exact repeat of an event (same user, track, time and type: a line written twice) would
+    # count its weight twice; it is merged and counted instead
+    distinct = events.unique(maintain_order=True)
+    dropped.add(f"{file}: exact duplicate events merged", events.height - distinct.height)
+    return distinct.select(
         C.user_id,
         "source_track",
         pl.col(_TS).alias(C.started_at),
