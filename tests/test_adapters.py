@@ -613,3 +613,37 @@ def test_ium_every_line_twice_changes_no_weight(tmp_path: Path) -> None:
     assert twice.interactions.height + dropped_total(twice) == 2 * len(ium_events()), (
         "every line accounted for"
     )
+
+
+@pytest.mark.parametrize("rating", ["7.5", "-3"])
+def test_movielens_ratings_off_the_scale_are_errors(tmp_path: Path, rating: str) -> None:
+    folder = tmp_path / "latest"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text(
+        f"userId,movieId,rating,timestamp\n1,2,4.0,978300760\n1,3,{rating},978300761\n"
+    )
+    (folder / "movies.csv").write_text("movieId,title,genres\n2,A (1999),Drama\n3,B (2000),Drama\n")
+    with pytest.raises(
+        DataContractError, match=r"ratings\.csv, column 'rating'.*1 ratings outside .* 0\.5 \.\. 5"
+    ):
+        movielens.load(folder, MovieLensConfig())
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_listens_dated_in_the_future_are_errors_naming_the_rows(lazy: bool) -> None:
+    from musicrec.schema import validate_interactions, validate_interactions_lazy
+
+    frame = pl.DataFrame(
+        {
+            C.user_id: [1, 2],
+            C.track_id: [10, 10],
+            C.started_at: [dt.datetime(2022, 5, 1), dt.datetime(2099, 1, 1)],
+            C.track_seq: [1, 1],
+        }
+    ).with_columns(pl.col(C.started_at).cast(pl.Datetime("ns")), pl.col(C.user_id, C.track_id).cast(pl.Int32))
+    with pytest.raises(DataContractError, match=r"column 'started_at'.*dated in the future") as caught:
+        if lazy:
+            validate_interactions_lazy(frame.lazy(), pl.Series([10], dtype=pl.Int32))
+        else:
+            validate_interactions(frame, track_ids=pl.Series([10], dtype=pl.Int32))
+    assert "2099" in str(caught.value), "the offending row is shown"

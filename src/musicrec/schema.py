@@ -239,6 +239,12 @@ def validate_catalog_names(names: pl.DataFrame, file: str = "catalog_names.parqu
     return names.select(list(CATALOG_NAMES_SCHEMA))
 
 
+def latest_plausible() -> dt.datetime:
+    """The latest time a listen can have happened: a day after now (a later date is a source's
+    typo or clock, and would move the end of the data, hence every window, into the future)."""
+    return dt.datetime.now() + dt.timedelta(days=1)
+
+
 def validate_interactions(
     interactions: pl.DataFrame,
     track_ids: pl.Series | None = None,
@@ -266,6 +272,14 @@ def validate_interactions(
     check_not_null(interactions, [C.user_id, C.track_id], file)
     interactions = check_dtype(interactions, C.started_at, INTERACTIONS_SCHEMA[C.started_at], file)
     check_not_null(interactions, [C.started_at], file)
+    latest = latest_plausible()
+    _reject_rows(
+        interactions,
+        interactions.get_column(C.started_at) > latest,
+        file,
+        C.started_at,
+        f"rows dated in the future (after {latest:%Y-%m-%d})",
+    )
     if date_range is not None:
         first, last = date_range
         ts = interactions.get_column(C.started_at)
@@ -381,6 +395,15 @@ def validate_interactions_lazy(
                 f"values outside {low} .. {high}",
                 with_row.filter(~pl.col(column).is_between(low, high)).head(N_EXAMPLES).collect(),
             )
+    latest = latest_plausible()
+    future = pl.col(C.started_at) > latest
+    if interactions.select(future.any()).collect(engine="streaming").item():
+        raise DataContractError(
+            file,
+            C.started_at,
+            f"rows dated in the future (after {latest:%Y-%m-%d})",
+            with_row.filter(future).head(N_EXAMPLES).collect(),
+        )
     used = interactions.select(pl.col(C.track_id).unique()).collect(engine="streaming").to_series()
     unknown = used.filter(~used.is_in(track_ids.implode()))
     if unknown.len():

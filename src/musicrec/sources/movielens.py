@@ -75,6 +75,8 @@ GENRES_100K = (
 NO_GENRE = ("(no genres listed)", "unknown", "")
 
 _USER, _MOVIE, _RATING, _TS = "userId", "movieId", "rating", "timestamp"
+#: Every MovieLens release rates from 0.5 (or 1) to 5 stars.
+RATING_SCALE = (0.5, 5.0)
 _TITLE, _GENRES = "title", "genres"
 
 
@@ -260,6 +262,15 @@ def _normalise_ratings(ratings: pl.DataFrame, file: str) -> pl.DataFrame:
     ):
         ratings = check_dtype(ratings, column, dtype, file)
     check_not_null(ratings, [_USER, _MOVIE, _RATING, _TS], file)
+    low, high = RATING_SCALE
+    off_scale = ~ratings.get_column(_RATING).is_between(low, high)
+    if off_scale.any():
+        raise DataContractError(
+            file,
+            _RATING,
+            f"{int(off_scale.sum())} ratings outside MovieLens's scale {low} .. {high}",
+            ratings.with_row_index("row").filter(off_scale),
+        )
     return ratings
 
 
