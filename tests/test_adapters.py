@@ -647,3 +647,18 @@ def test_listens_dated_in_the_future_are_errors_naming_the_rows(lazy: bool) -> N
         else:
             validate_interactions(frame, track_ids=pl.Series([10], dtype=pl.Int32))
     assert "2099" in str(caught.value), "the offending row is shown"
+
+
+def test_movielens_header_only_says_no_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "latest"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    (folder / "movies.csv").write_text("movieId,title,genres\n2,A (1999),Drama\n")
+    with pytest.raises(DataContractError, match=r"ratings\.csv.*has no rows"):
+        movielens.load(folder, MovieLensConfig())
+
+
+def test_a_data_path_that_is_a_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    with pytest.raises(SourceError, match=r"is a file; DATA_PATH names the folder"):
+        movielens.load(tmp_path / "ratings.csv", MovieLensConfig())

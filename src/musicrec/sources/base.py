@@ -36,6 +36,11 @@ class SourceError(FileNotFoundError):
 
 def require_files(folder: Path, source: str, *names: str) -> None:
     """Stop with a clear message when the raw folder or one of its files is missing."""
+    if folder.is_file():
+        raise SourceError(
+            f"{source}: DATA_PATH={folder} is a file; DATA_PATH names the folder that holds the "
+            f"{source} files (here: {folder.parent})"
+        )
     if not folder.is_dir():
         raise SourceError(
             f"{source}: raw data folder {folder} does not exist. Put the {source} files there "

@@ -254,6 +254,8 @@ def _ratings_1m(path: Path) -> pl.DataFrame:
 
 def _normalise_ratings(ratings: pl.DataFrame, file: str) -> pl.DataFrame:
     """Int32 ids, Float32 ratings, Int64 epoch seconds; errors name the file and column."""
+    if ratings.height == 0:
+        raise DataContractError(file, None, "has no rows (a header alone): no ratings to adapt")
     for column, dtype in (
         (_USER, pl.Int32()),
         (_MOVIE, pl.Int32()),
