@@ -219,10 +219,9 @@ def routers(state: Recommender) -> list[APIRouter]:
             )
         if outside(config, [at]):
             raise _range_error(config, "at", [at.isoformat()])
-        # in a thread: the store's read (and the log's write) never hold up the event loop
-        served = await asyncio.to_thread(
-            state.recommend, user_id, k, to_micros(at) if at is not None else None
-        )
+        # on the loop: its store calls never wait for a lock (a WAL read of the latest events, and
+        # the served list appended to a buffer that a background thread writes)
+        served = state.recommend(user_id, k, to_micros(at) if at is not None else None)
         return JSONResponse(served.body(names))
 
     @events_router.post(
