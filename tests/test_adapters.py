@@ -453,11 +453,18 @@ def test_movielens_1m_layout_and_threshold(tmp_path: Path) -> None:
     }
 
 
+def write_latest(
+    folder: Path, ratings: str, movies: str = "movieId,title,genres\n2,A (1999),Drama\n"
+) -> Path:
+    """An ml-latest-small layout with the given ``ratings.csv`` and ``movies.csv`` texts."""
+    folder.mkdir(exist_ok=True)
+    (folder / "ratings.csv").write_text(ratings)
+    (folder / "movies.csv").write_text(movies)
+    return folder
+
+
 def test_movielens_bad_input(tmp_path: Path) -> None:
-    folder = tmp_path / "latest"
-    folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieID,rating,timestamp\n1,2,4.0,978300760\n")
-    (folder / "movies.csv").write_text("movieId,title,genres\n2,A (1999),Drama\n")
+    folder = write_latest(tmp_path / "latest", "userId,movieID,rating,timestamp\n1,2,4.0,978300760\n")
     with pytest.raises(DataContractError, match=r"ratings\.csv, column 'movieId'.*movieID"):
         movielens.load(folder, MovieLensConfig())
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,x,4.0,978300760\n")
@@ -617,12 +624,11 @@ def test_ium_every_line_twice_changes_no_weight(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rating", ["7.5", "-3"])
 def test_movielens_ratings_off_the_scale_are_errors(tmp_path: Path, rating: str) -> None:
-    folder = tmp_path / "latest"
-    folder.mkdir()
-    (folder / "ratings.csv").write_text(
-        f"userId,movieId,rating,timestamp\n1,2,4.0,978300760\n1,3,{rating},978300761\n"
+    folder = write_latest(
+        tmp_path / "latest",
+        f"userId,movieId,rating,timestamp\n1,2,4.0,978300760\n1,3,{rating},978300761\n",
+        "movieId,title,genres\n2,A (1999),Drama\n3,B (2000),Drama\n",
     )
-    (folder / "movies.csv").write_text("movieId,title,genres\n2,A (1999),Drama\n3,B (2000),Drama\n")
     with pytest.raises(
         DataContractError, match=r"ratings\.csv, column 'rating'.*1 ratings outside .* 0\.5 \.\. 5"
     ):
@@ -650,10 +656,7 @@ def test_listens_dated_in_the_future_are_errors_naming_the_rows(lazy: bool) -> N
 
 
 def test_movielens_header_only_says_no_rows(tmp_path: Path) -> None:
-    folder = tmp_path / "latest"
-    folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
-    (folder / "movies.csv").write_text("movieId,title,genres\n2,A (1999),Drama\n")
+    folder = write_latest(tmp_path / "latest", "userId,movieId,rating,timestamp\n")
     with pytest.raises(DataContractError, match=r"ratings\.csv.*has no rows"):
         movielens.load(folder, MovieLensConfig())
 

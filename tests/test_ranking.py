@@ -22,7 +22,6 @@ from musicrec.ranking.features import (
     merge_candidates,
     track_features,
     user_features,
-    window_listens,
 )
 from musicrec.ranking.ranker import (
     SamplingReport,
@@ -34,6 +33,7 @@ from musicrec.ranking.ranker import (
     top_n_by_score,
 )
 from musicrec.ranking.stage import explain_user, score_users
+from musicrec.split import before
 
 T0 = dt.datetime(2022, 3, 1)
 END = dt.date(2022, 3, 11)  # = at(10): every window below ends here
@@ -505,7 +505,7 @@ def test_window_listens_is_strictly_before_the_end():
     lf = listens(
         [(1, 10, end - dt.timedelta(microseconds=1)), (1, 11, end), (1, 12, at(12)), (2, 13, at(0))]
     ).lazy()
-    assert sorted(window_listens(lf, END).collect()["track_id"].to_list()) == [10, 13]
+    assert sorted(before(lf, END).collect()["track_id"].to_list()) == [10, 13]
 
 
 def write_run(root, interactions: pl.DataFrame) -> RunPaths:

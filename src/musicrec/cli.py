@@ -36,13 +36,12 @@ import yaml
 from musicrec.config import ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
-from musicrec.stages import ON_DEMAND as ON_DEMAND_STAGES
-from musicrec.stages import PIPELINE, RunLocked, makefile_rules, plan, run_lock, transaction
+from musicrec.stages import ON_DEMAND, PIPELINE, RunLocked, makefile_rules, plan, run_lock, transaction
 from musicrec.stages import stage as declared_stage
 
 # declared in musicrec.stages. ON_DEMAND runs only when asked (`make abtest`), never by `make all`
 # nor by default in `bench`: the A/B replay drives the service through the whole test window.
-STAGES, ON_DEMAND = PIPELINE, ON_DEMAND_STAGES
+STAGES = PIPELINE
 KERNEL = "musicrec"
 
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,11 +508,12 @@ def makefile_rules() -> str:
     lines = []
     for s in STAGES:
         ups = " ".join(f"$(STAMPS)/{u}" for u in s.upstream)
-        extra = " $(if $(ABTEST),always)" if s.name == "06_ab_test" else ""
+        # an on-demand stage takes notebook parameters from make (ABTEST), and then always reruns
+        extra = " $(if $(ABTEST),always)" if s.on_demand else ""
         lines.append(
             f"$(STAMPS)/{s.name}: $(call stale,{s.name}){extra}{' ' + ups if ups else ''} | $(READY)"
         )
-        if s.name == "06_ab_test":
+        if s.on_demand:  # not part of `all`: its page is rendered when it runs
             lines.append(f"\t$(STAGE) {s.name} $(foreach p,$(ABTEST),--param '$(p)')")
             lines.append("\t$(REPORT)")
         else:
@@ -527,7 +527,3 @@ def makefile_rules() -> str:
     for s in STAGES:
         lines.append(f"{(s.target + ':'):<{width}} $(STAMPS)/{s.name} ## {s.summary}")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.stdout.write(makefile_rules())

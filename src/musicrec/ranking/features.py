@@ -49,11 +49,6 @@ KEYS = (C.user_id, C.track_id)
 TARGET = "target"
 
 
-def window_listens(interactions: pl.LazyFrame, window_end: dt.date) -> pl.LazyFrame:
-    """The listens strictly before ``window_end``."""
-    return before(interactions, window_end)
-
-
 def _days_before(end: dt.date, column: pl.Expr) -> pl.Expr:
     """Days (fractional) from ``column`` to the window's end."""
     return (midnight(end) - column).dt.total_seconds() / 86_400.0
@@ -415,7 +410,7 @@ class FeatureBuilder:
         from musicrec.io import read_json
 
         end = paths.windows().fit_end(window)
-        listens = window_listens(pl.scan_parquet(paths.interactions), end)
+        listens = before(pl.scan_parquet(paths.interactions), end)
         tracks = pl.read_parquet(paths.tracks)
         folder = output_dir(paths, window)
         similar_path = folder / "similar.parquet"

@@ -162,8 +162,9 @@ class Artefacts:
         history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
         heard_until = None
         if config.heard == "fit" and paths.split.is_file():
-            heard_until = paths.windows().fit_end("history+labels")
-            history = paths.windows().fit_listens(history, "history+labels")
+            windows = paths.windows()
+            heard_until = windows.fit_end("history+labels")
+            history = windows.fit_listens(history, "history+labels")
         heard = Lists.build(
             history.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id).collect(),
             C.user_id,

@@ -46,14 +46,14 @@ def time_range(config: ServiceConfig) -> tuple[int, int]:
     return earliest, now_micros() + int(config.future_days * 86_400e6)
 
 
-def outside(config: ServiceConfig, times: list[dt.datetime | None]) -> list[int]:
-    """Positions of the times outside :func:`time_range` (None: the arrival time, always inside)."""
-    low, high = time_range(config)
+def outside(accepted: tuple[int, int], times: list[dt.datetime | None]) -> list[int]:
+    """Positions of the times outside ``accepted`` (:func:`time_range`; None: the arrival time)."""
+    low, high = accepted
     return [i for i, when in enumerate(times) if when is not None and not low <= to_micros(when) <= high]
 
 
-def _range_error(config: ServiceConfig, what: str, bad: list[str]) -> HTTPException:
-    low, high = (from_micros(t).isoformat(timespec="seconds") for t in time_range(config))
+def _range_error(accepted: tuple[int, int], what: str, bad: list[str]) -> HTTPException:
+    low, high = (from_micros(t).isoformat(timespec="seconds") for t in accepted)
     shown = "; ".join(bad[:MAX_SHOWN]) + (f"; ... ({len(bad)} in all)" if len(bad) > MAX_SHOWN else "")
     return HTTPException(422, f"{what} outside the accepted time range {low} to {high}: {shown}")
 
@@ -217,8 +217,9 @@ def routers(state: Recommender) -> list[APIRouter]:
             raise HTTPException(
                 403, "at= is a replay feature: send the admin token, or set service.replay_mode"
             )
-        if outside(config, [at]):
-            raise _range_error(config, "at", [at.isoformat()])
+        accepted = time_range(config)
+        if outside(accepted, [at]):
+            raise _range_error(accepted, "at", [at.isoformat()])
         # on the loop: its store calls never wait for a lock (a WAL read of the latest events, and
         # the served list appended to a buffer that a background thread writes)
         served = state.recommend(user_id, k, to_micros(at) if at is not None else None)
@@ -240,10 +241,11 @@ def routers(state: Recommender) -> list[APIRouter]:
         """Store listens (all or none): they feed the online i2i and the A/B success."""
         artefacts, store = state.ready(), state.require_store()
         events = body if isinstance(body, list) else [body]
-        late = outside(config, [e.timestamp for e in events])
+        accepted = time_range(config)
+        late = outside(accepted, [e.timestamp for e in events])
         if late:
             raise _range_error(
-                config, "timestamp", [f"item {i}: {events[i].timestamp.isoformat()}" for i in late]
+                accepted, "timestamp", [f"item {i}: {events[i].timestamp.isoformat()}" for i in late]
             )
         tracks = np.asarray([e.track_id for e in events], np.int64)
         unknown = sorted(set(tracks[~artefacts.is_known(tracks)].tolist()))
