@@ -635,6 +635,22 @@ def test_movielens_ratings_off_the_scale_are_errors(tmp_path: Path, rating: str)
         movielens.load(folder, MovieLensConfig())
 
 
+@pytest.mark.parametrize("timestamp", ["99999999999999", "-5"])
+def test_movielens_timestamps_off_the_clock_are_errors_naming_the_rows(
+    tmp_path: Path, timestamp: str
+) -> None:
+    folder = write_latest(
+        tmp_path / "latest",
+        f"userId,movieId,rating,timestamp\n1,2,4.0,978300760\n1,3,4.5,{timestamp}\n",
+        "movieId,title,genres\n2,A (1999),Drama\n3,B (2000),Drama\n",
+    )
+    with pytest.raises(
+        DataContractError, match=r"ratings\.csv, column 'timestamp'.*1 timestamps outside"
+    ) as caught:
+        movielens.load(folder, MovieLensConfig())
+    assert "row=1" in str(caught.value) and timestamp in str(caught.value)
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_listens_dated_in_the_future_are_errors_naming_the_rows(lazy: bool) -> None:
     from musicrec.schema import validate_interactions, validate_interactions_lazy

@@ -123,3 +123,21 @@ def test_unknown_keys_get_a_suggestion(tmp_path, text, hint):
 def test_a_data_path_for_a_synthetic_profile_is_refused():
     with pytest.raises(ProfileError, match="DATA_PATH=/some/raw is for a real source.*synthetic"):
         load_profile("params/tiny.yaml", data_path="/some/raw")
+
+
+def test_a_synthetic_test_start_after_the_span_is_refused_before_generating(tmp_path, monkeypatch):
+    import musicrec.sources.synthetic as synthetic
+    from musicrec.data import build_dataset
+    from musicrec.io import RunPaths
+
+    profile = load_profile(PARAMS / "tiny.yaml")
+    late = profile.model_copy(
+        update={"split": profile.split.model_copy(update={"test_start": dt.date(2030, 1, 1)})}
+    )
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("generated before the windows were checked")
+
+    monkeypatch.setattr(synthetic, "generate", must_not_run)
+    with pytest.raises(ProfileError, match=r"split\.test_start: 2030-01-01 is after the data ends on"):
+        build_dataset(late, RunPaths.for_profile(late, tmp_path), progress=False)

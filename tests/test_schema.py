@@ -213,3 +213,9 @@ def test_lazy_checks_name_the_problem(bad, column, problem):
         validate_interactions_lazy(lazy(interactions(**bad)), TRACK_IDS, FILE)
     assert info.value.column == column and problem in str(info.value), str(info.value)
     assert str(info.value).startswith(FILE)
+
+
+def test_a_text_column_shows_only_the_values_that_are_no_numbers():
+    err = contract_error(interactions(user_id=["1", "2", "abc", "3", "4"]))
+    assert err.column == "user_id" and "1 values are not numbers" in str(err)
+    assert "'abc'" in str(err) and "'1'" not in str(err) and "row=2" in str(err)

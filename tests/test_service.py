@@ -814,11 +814,11 @@ def test_wilson_and_z_test_edge_cases():
 
 
 @contextlib.contextmanager
-def live_service(run_root, tmp_path, *extra: str):
+def live_service(run_root, tmp_path, *extra: str, profile: str = "run_name: hand\n"):
     """``python -m musicrec.service`` over the hand-made run on a free loopback port; yields its URL."""
     params = tmp_path / "params" / "hand.yaml"
     params.parent.mkdir(exist_ok=True)
-    params.write_text("run_name: hand\n")
+    params.write_text(profile)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -865,6 +865,22 @@ def test_python_m_musicrec_service_binds_to_loopback(run_root, tmp_path):
         assert url.startswith("http://127.0.0.1:")
         r = httpx.get(f"{url}/recommendations/1", params={"k": 2})
         assert [t["track_id"] for t in r.json()["tracks"]] == [10, 11]
+
+
+def test_a_request_head_above_the_limit_gets_431_and_the_service_stays_up(run_root, tmp_path):
+    profile = "run_name: hand\nservice:\n  max_head_bytes: 4096\n"
+    with live_service(run_root, tmp_path, profile=profile) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+
+        def ask(header_bytes: int) -> bytes:
+            head = f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * header_bytes}\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(head.encode())
+                return s.recv(4096)
+
+        assert ask(8_000).startswith(b"HTTP/1.1 431 ") and b"request head above 4,096 bytes" in ask(8_000)
+        assert ask(3_000).startswith(b"HTTP/1.1 200 ")  # under the limit: served
+        assert httpx.get(f"{url}/health").status_code == 200
 
 
 @pytest.mark.parametrize("client, workers", [("python", 1), ("python", 2), ("wrk", 2)])
@@ -1079,6 +1095,74 @@ def test_a_body_above_the_limit_gets_413_and_the_service_stays_up(run_root, tmp_
         assert c.get("/health").status_code == 200
         assert c.post("/events", json={"user_id": 1, "track_id": 10}).status_code == 201
         assert c.get("/events/1").json()["events"][0]["track_id"] == 10
+
+
+def test_a_body_that_stops_arriving_gets_408_instead_of_holding_the_connection():
+    import asyncio
+
+    from musicrec.service.app import _GuardBody
+
+    sent, seen_by_app = [], []
+
+    async def app(scope, receive, send):
+        seen_by_app.append(await receive())  # the first chunk
+        seen_by_app.append(await receive())  # the rest never comes
+
+    chunks = [{"type": "http.request", "body": b'{"user_id": ', "more_body": True}]
+
+    async def receive():
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)  # a body shorter than its Content-Length
+
+    async def send(message):
+        sent.append(message)
+
+    guard = _GuardBody(app, max_bytes=1000, idle_seconds=0.05)
+    scope = {"type": "http", "headers": [(b"content-length", b"100")]}
+    asyncio.run(asyncio.wait_for(guard(scope, receive, send), 10))
+    assert sent[0]["status"] == 408 and b"no request body byte for 0.05 s" in sent[1]["body"]
+    assert seen_by_app[-1] == {"type": "http.disconnect"}  # the app stops reading
+
+
+def test_a_large_batch_is_parsed_off_the_event_loop(run_root, tmp_path, monkeypatch):
+    import asyncio
+    import time
+
+    import musicrec.service.routes as routes
+
+    parse = routes.parse_events
+
+    finished = []
+
+    def slow_parse(raw):  # blocks whichever thread runs it, as validating 10,000 listens does
+        time.sleep(0.5)
+        finished.append(("parsed", None))
+        return parse(raw)
+
+    monkeypatch.setattr(routes, "parse_events", slow_parse)
+    app = make_app(run_root, tmp_path / "e.sqlite")
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://t")
+        async with app.router.lifespan_context(app), client as c:
+            while (await c.get("/ready")).status_code != 200:
+                await asyncio.sleep(0.05)
+
+            async def post():
+                r = await c.post("/events", json=[{"user_id": 1, "track_id": 10}] * 1000)
+                finished.append(("post", r.status_code))
+
+            async def health():
+                await asyncio.sleep(0.1)  # the POST is being parsed by now
+                r = await c.get("/health")
+                finished.append(("health", r.status_code))
+
+            await asyncio.gather(post(), health())
+
+    asyncio.run(main())
+    assert finished == [("health", 200), ("parsed", None), ("post", 201)]
 
 
 def test_a_locked_store_is_a_503_with_retry_after_and_health_never_waits(run_root, tmp_path):

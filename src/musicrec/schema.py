@@ -159,12 +159,15 @@ def check_dtype(df: pl.DataFrame, column: str, dtype: pl.DataType, file: str) ->
         )
     numeric_target = dtype.is_integer() or dtype.is_float()
     if numeric_target and not (series.dtype.is_numeric() or series.dtype == pl.Null):
-        raise DataContractError(
-            file,
-            column,
-            f"wrong type {series.dtype}, expected {dtype}",
-            df.select(column).drop_nulls().head(N_EXAMPLES),
-        )
+        problem, shown = f"wrong type {series.dtype}, expected {dtype}", df.select(column).drop_nulls()
+        if series.dtype == pl.Utf8:  # the values that are no number at all are the ones to show
+            not_numbers = (
+                series.str.strip_chars().cast(pl.Float64, strict=False).is_null() & series.is_not_null()
+            )
+            if not_numbers.any():
+                problem += f" ({int(not_numbers.sum())} values are not numbers)"
+                shown = df.with_row_index("row").filter(not_numbers).select("row", column)
+        raise DataContractError(file, column, problem, shown.head(N_EXAMPLES))
     converted = series.cast(dtype, strict=False)
     bad = converted.is_null() & series.is_not_null()
     if dtype.is_integer() and series.dtype.is_float():

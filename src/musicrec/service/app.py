@@ -26,6 +26,7 @@ that cannot write also makes ``/ready`` say so.
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from musicrec.config import Profile, load_profile
 from musicrec.io import RunPaths
@@ -74,43 +76,57 @@ class _CountResponses:
             self.stats.response(status["code"])
 
 
-class _LimitBody:
+class _GuardBody:
     """ASGI middleware: a request body above ``max_bytes`` gets 413, by its Content-Length before a
-    byte is read, or as soon as a streamed body passes the limit."""
+    byte is read, or as soon as a streamed body passes the limit; a body that stops arriving for
+    ``idle_seconds`` (shorter than its Content-Length, say) gets 408 instead of holding the
+    connection."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, idle_seconds: float):
+        self.app, self.max_bytes, self.idle_seconds = app, max_bytes, idle_seconds
 
-    async def _too_large(self, send) -> None:
-        body = json.dumps({"detail": f"request body above {self.max_bytes:,} bytes"}).encode()
+    @staticmethod
+    async def _answer(send, status: int, detail: str) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_large = f"request body above {self.max_bytes:,} bytes"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(send)
-        seen, started, answered = 0, False, False
+            return await self._answer(send, 413, too_large)
+        seen, body_done, started, answered = 0, False, False, False
 
-        async def counted():
-            nonlocal seen, answered
-            message = await receive()
+        async def refuse(status: int, detail: str) -> dict:
+            # answer here, and tell the app the client left: it stops reading, and what it would
+            # send is dropped (FastAPI turns errors raised while reading into 400)
+            nonlocal answered
+            answered = True
+            if not started:
+                await self._answer(send, status, detail)
+            return {"type": "http.disconnect"}
+
+        async def guarded():
+            nonlocal seen, body_done
+            if body_done:  # after the body, the app waits for the disconnect: no time limit
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_seconds)
+            except TimeoutError:
+                return await refuse(408, f"no request body byte for {self.idle_seconds:g} s")
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes and not started:
-                    # answer 413 here, and tell the app the client left: it stops reading, and what
-                    # it would send is dropped (FastAPI turns errors raised while reading into 400)
-                    answered = True
-                    await self._too_large(send)
-                    return {"type": "http.disconnect"}
+                body_done = not message.get("more_body", False)
+                if seen > self.max_bytes:
+                    return await refuse(413, too_large)
             return message
 
         async def send_unless_answered(message):
@@ -120,7 +136,44 @@ class _LimitBody:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        await self.app(scope, counted, send_unless_answered)
+        await self.app(scope, guarded, send_unless_answered)
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools) with a cap on a request's head (request line and
+    headers): past ``max_head_bytes`` it answers 431 and closes, where httptools alone would buffer
+    a header of any size (64 MB was accepted)."""
+
+    def __init__(self, *args, max_head_bytes: int = 32_768, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_head_bytes = max_head_bytes
+        self._in_head, self._head_bytes, self._tail = True, 0, b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:  # count up to the blank line that ends the head, before httptools buffers it
+            end = (self._tail + data).find(b"\r\n\r\n")
+            size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._tail))
+            if size > self.max_head_bytes:
+                return self._refuse()
+            self._head_bytes, self._tail = size, (self._tail + data)[-3:]
+        super().data_received(data)
+
+    def _refuse(self) -> None:
+        msg = f"request head above {self.max_head_bytes:,} bytes".encode()
+        self.logger.warning(msg.decode())
+        self.transport.write(
+            STATUS_LINE[431] + b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg)
+        )
+        self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._head_bytes, self._tail = True, 0, b""
+        super().on_message_complete()
 
 
 def _json_safe(value: Any, depth: int = 0) -> Any:
@@ -234,7 +287,7 @@ def create_app(
         "i2i picks from the events posted here, A/B experiments, statistics.",
     )
     app.state.service = state
-    app.add_middleware(_LimitBody, max_bytes=config.max_body_bytes)
+    app.add_middleware(_GuardBody, max_bytes=config.max_body_bytes, idle_seconds=config.body_idle_seconds)
     app.add_middleware(_CountResponses, stats=state.stats)
 
     @app.exception_handler(RequestValidationError)
@@ -326,9 +379,10 @@ def serve(
     config = getattr(profile, "service", None) or ServiceConfig()
     host = host or config.host
     port = port or config.port
+    http = functools.partial(BoundedHeadProtocol, max_head_bytes=config.max_head_bytes)
     if workers <= 1:
         app = create_app(profile, root=root, db_path=db_path, config=config, background_load=True)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, http=http)
         return
     os.environ[_ENV] = json.dumps(
         {
@@ -345,4 +399,5 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        http=http,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -148,6 +148,13 @@ class ServiceConfig(_Strict):
     )
     max_body_bytes: PositiveInt = Field(
         2_000_000, description="a larger request body gets 413 (10,000 listens take about 700 kB)"
+    )
+    body_idle_seconds: PositiveFloat = Field(
+        5.0,
+        description="a request body that sends no byte for this long gets 408 (short body, stalled client)",
+    )
+    max_head_bytes: PositiveInt = Field(
+        32_768, description="a request whose request line and headers pass this many bytes gets 431"
     )
     earliest_time: dt.date = Field(
         dt.date(1970, 1, 1), description="event timestamps and at= before this day are refused (422)"

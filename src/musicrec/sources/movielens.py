@@ -18,6 +18,7 @@ and the 100k "unknown" flag mean no genre. Movies have no artists or albums.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from musicrec.schema import (
     check_dtype,
     check_not_null,
     check_unique,
+    latest_plausible,
 )
 from musicrec.sources.base import (
     SourceData,
@@ -264,6 +266,18 @@ def _normalise_ratings(ratings: pl.DataFrame, file: str) -> pl.DataFrame:
     ):
         ratings = check_dtype(ratings, column, dtype, file)
     check_not_null(ratings, [_USER, _MOVIE, _RATING, _TS], file)
+    # epoch seconds from 1970 to a day after now; anything else would overflow the dates or move
+    # the end of the data (hence every window) into the future
+    latest = int(latest_plausible().timestamp())
+    off_clock = ~ratings.get_column(_TS).is_between(0, latest)
+    if off_clock.any():
+        raise DataContractError(
+            file,
+            _TS,
+            f"{int(off_clock.sum())} timestamps outside 0 .. {latest:,} seconds since 1970 "
+            f"(1970-01-01 to {dt.datetime.fromtimestamp(latest, dt.UTC):%Y-%m-%d})",
+            ratings.with_row_index("row").filter(off_clock),
+        )
     low, high = RATING_SCALE
     off_scale = ~ratings.get_column(_RATING).is_between(low, high)
     if off_scale.any():
