@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import math
 from pathlib import Path
 
@@ -610,3 +611,19 @@ def test_preference_estimate_is_true_preference_within_its_bound(synthetic_run):
     exact = true_preference(synthetic_run.oracle, users, tracks)
     assert np.all(np.abs(estimate - exact) <= 1e-6 * exact)
     assert len(np.unique(exact)) > 1000  # a real spread, not a constant
+
+
+def test_oracle_pool_defaults_to_the_runs_candidate_files(synthetic_run, tmp_path):
+    """Without an explicit pool the approximate oracle reads every per-user list of the run (the
+    path scale10 and full take): the same lists as that pool given by hand."""
+    paths = RunPaths(tmp_path, "syn")
+    shutil.copytree(synthetic_run.data, paths.data)
+    own = lists_frame({1: [5, 6, 7], 2: [8, 9], 3: [10]})
+    paths.candidate_list("personal_als").parent.mkdir(parents=True, exist_ok=True)
+    own.write_parquet(paths.candidate_list("personal_als"))
+    users = np.array([1, 2, 3])
+    by_default = oracle_lists(paths, users, k_max=4, n_popular=3, max_exact_pairs=0, batch_pairs=4)
+    given = oracle_lists(
+        paths, users, k_max=4, candidate_pool={"personal_als": own}, n_popular=3, max_exact_pairs=0
+    )
+    assert by_default.sort("user_id", "rank").equals(given.sort("user_id", "rank"))

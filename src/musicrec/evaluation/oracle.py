@@ -22,7 +22,7 @@ from musicrec.schema import C
 def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
     """Every per-user list of the run, whole: the generators' files and the ranker's list."""
     sources = {
-        name: pl.scan_parquetpaths.candidate_list(name)
+        name: pl.scan_parquet(paths.candidate_list(name))
         for name in GENERATORS
         if name != "top_popular" and paths.candidate_list(name).is_file()
     }
