@@ -104,8 +104,9 @@ results: $(READY) ## rewrite the README's results table from outputs/<run>/metri
 screenshot: outputs/$(RUN)/reports/index.html ## the index page as headless Chromium renders it: reports/index.png
 	$(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)" --screenshot
 
-lab: $(READY) ## JupyterLab with the project's kernel
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+# a notebook opened here writes the scratch run <run>-lab, never make's run (see musicrec/lab.py)
+lab: $(READY) ## JupyterLab with the project's kernel (notebooks run by hand write outputs/<run>-lab/)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: lint doctest $(READY) ## set up if needed, then lint, the doctests and the whole test suite (with an end-to-end tiny run)
 	$(PY) -m pytest
@@ -128,6 +129,13 @@ BENCH_RUNS ?= default scale10 full
 .PHONY: bench-readme
 bench-readme: $(READY) ## rewrite the README's benchmark tables from outputs/<run>/bench.json (BENCH_RUNS)
 	$(PY) -m musicrec bench-tables $(BENCH_RUNS)
+
+# the runs `make compare` puts side by side (outputs/<run>/metrics.parquet); the page is
+# outputs/compare-<run>-<run>....html, plotly.js inline (works offline)
+RUNS ?= default
+.PHONY: compare
+compare: | $(READY) ## one HTML page comparing the runs' metrics: outputs/compare-<runs>.html (RUNS="default scale10")
+	$(PY) -m musicrec compare $(RUNS)
 
 ALS_VARIANTS ?= users warm full full:8
 bench-als: | $(READY) ## ALS refit variants side by side: fit time, NDCG@10 (ALS_VARIANTS="users full:5")

@@ -398,3 +398,54 @@ def test_abtest_replays_the_test_window_on_demand(project):
     result = make(project, "abtest", "PARAMS=params/tiny.yaml", "ABTEST=max_user=3")
     assert result.returncode != 0
     assert "max_user: not a parameter of 06_ab_test.ipynb" in result.stderr and "max_users" in result.stderr
+
+
+@pytest.mark.parametrize("target", ["all", "plan", "serve"])
+def test_a_missing_profile_under_make_gets_the_packages_message(project, target):
+    result = make(project, target, "PARAMS=params/nope.yaml")
+    assert result.returncode != 0
+    assert "params/nope.yaml: no such profile" in result.stderr + result.stdout
+    assert "No rule to make target" not in result.stderr
+
+
+def _contents(folders: list[Path]) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".stamps" not in p.parts
+    }
+
+
+def test_notebooks_run_from_jupyterlab_into_a_scratch_run(project):
+    """As JupyterLab runs them: the kernel in notebooks/, only the profile chosen; every notebook
+    runs top to bottom into outputs/tiny-lab/, and make's run is left exactly as it was."""
+    import papermill as pm
+
+    from musicrec.cli import _kernel_name
+
+    made = [project / f / "tiny" for f in ("data", "outputs", "plots")]
+    before = _contents(made)
+    names = [*STAGES, "06_ab_test"]
+    # one notebook alone first: a new scratch run starts from make's artefacts
+    runs = [("solo", ["04_ranking"]), ("lab", names)]
+    for scratch, stages in runs:
+        for name in stages:
+            parameters = {"params_path": "params/tiny.yaml"}
+            if scratch != "lab":
+                parameters["scratch"] = scratch
+            pm.execute_notebook(
+                str(project / "notebooks" / f"{name}.ipynb"),
+                str(project / f"{name}-{scratch}.ipynb"),
+                parameters=parameters,
+                kernel_name=_kernel_name(),
+                cwd=str(project / "notebooks"),
+                progress_bar=False,
+            )
+    assert (project / "outputs" / "tiny-solo" / "recommendations.parquet").is_file()
+    lab = project / "outputs" / "tiny-lab"
+    assert (lab / "metrics.parquet").is_file() and (lab / "recommendations.parquet").is_file()
+    assert (project / "data" / "tiny-lab" / "split.json").is_file()
+    assert _contents(made) == before, "make's run was written to"

@@ -13,6 +13,7 @@
 ``musicrec plan``         prints the stale stages (``--why``: and why), which make reruns.
 ``musicrec makefile-rules`` prints the Makefile's stage rules (from ``musicrec.stages``).
 ``musicrec results RUN..`` rewrites the README's results table from the runs' metrics.
+``musicrec compare RUN..`` writes one HTML page comparing the runs' metrics (``musicrec.compare``).
 
 A failing stage prints one paragraph (the error and where the full traceback is),
 not a traceback.
@@ -33,7 +34,7 @@ from typing import Any
 import psutil
 import yaml
 
-from musicrec.config import ProfileError, load_profile
+from musicrec.config import Profile, ProfileError, load_profile
 from musicrec.io import RunPaths, atomic_path, read_json, write_json
 from musicrec.monitor import PeakMemory
 from musicrec.stages import ON_DEMAND, PIPELINE, RunLocked, makefile_rules, plan, run_lock, transaction
@@ -73,6 +74,24 @@ def _kernel_name() -> str:
     return KERNEL if KERNEL in find_kernel_specs() else "python3"
 
 
+class _Prefixed:
+    """A text stream writing each line of what it gets to ``out`` behind ``prefix`` (a stage's
+    progress lines on the console of ``make all``, as the cells print them)."""
+
+    def __init__(self, out, prefix: str):
+        self.out, self.prefix, self.pending = out, prefix, ""
+
+    def write(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.out.write(f"{self.prefix}{line}\n")
+        if lines:
+            self.out.flush()
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 @contextlib.contextmanager
 def _stderr_to(log: Path):
     """Send this process's and the kernel's stderr (Jupyter's chatter) to a log file."""
@@ -89,7 +108,8 @@ def _stderr_to(log: Path):
             os.close(saved)
 
 
-RESERVED = ("params_path", "data_path", "root")  # set from the command line's own options
+#: Set from the command line's own options; ``scratch=""``: make's run, not a scratch one (musicrec.lab)
+RESERVED = ("params_path", "data_path", "root", "scratch")
 
 
 def notebook_parameters(notebook: Path, given: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +150,9 @@ def run_stage(
 ) -> StageRun:
     """Execute one stage notebook on a profile; raise :class:`StageError` on failure.
 
-    ``overrides``: values for other names of the notebook's ``parameters`` cell. The run holds
+    ``progress``: what the cells print (their progress lines) is copied to this process's stdout
+    as it comes, each line behind the stage's name. ``overrides``: values for other names of the
+    notebook's ``parameters`` cell. The run holds
     the run folder's lock and is all or nothing (:func:`musicrec.stages.transaction`): after a
     failure the previous artefacts are back in place.
     """
@@ -145,16 +167,48 @@ def run_stage(
         "params_path": str(Path(params).resolve()),
         "data_path": data_path or "",
         "root": str(root),
+        "scratch": "",
         **notebook_parameters(source, overrides or {}),
     }
+    if profile.tracking:  # said before the stage runs, not after
+        from musicrec.tracking import TrackingError, require
+
+        try:
+            require(profile)
+        except TrackingError as exc:
+            raise StageError(f"stage {stage}: {exc}") from None
+    started = time.time()
     try:
-        with (
-            run_lock(paths, f"musicrec stage {stage}"),
-            transaction(declared_stage(stage), profile, paths, data_path),
-        ):
-            return _execute(stage, params, source, target, parameters, paths, progress)
+        with run_lock(paths, f"musicrec stage {stage}"):
+            with transaction(declared_stage(stage), profile, paths, data_path):
+                run = _execute(stage, params, source, target, parameters, paths, progress)
+            _record(run, profile, params, paths, started)
+            return run
     except RunLocked as exc:
         raise StageError(f"stage {stage}: {exc}") from None
+
+
+def _record(run: StageRun, profile: Profile, params: str | Path, paths: RunPaths, started: float) -> None:
+    """After a stage succeeded: its provenance to ``outputs/<run>/provenance.json`` and, with
+    ``tracking: mlflow``, the run to the local MLflow store (``musicrec.tracking``)."""
+    from musicrec.provenance import record_stage
+
+    entry = record_stage(paths, run.stage, params)
+    if profile.tracking == "mlflow":
+        from musicrec.tracking import log_stage
+
+        try:
+            log_stage(
+                profile,
+                run.stage,
+                paths,
+                started=started,
+                seconds=run.seconds,
+                peak_rss_mb=run.peak_rss_mb,
+                provenance=entry,
+            )
+        except Exception as exc:  # the stage's artefacts are in place: tracking does not undo them
+            print(f"musicrec stage {run.stage}: done; logging it to MLflow failed: {exc}", file=sys.stderr)
 
 
 def _execute(
@@ -181,8 +235,9 @@ def _execute(
                 parameters=parameters,
                 kernel_name=_kernel_name(),
                 cwd=str(paths.root),
-                progress_bar=progress,
+                progress_bar=False,  # a redrawn bar; the cells' own lines say more
                 log_output=False,
+                stdout_file=_Prefixed(sys.stdout, f"{stage} | ") if progress else None,
                 request_save_on_cell_execute=False,
             )
         except pm.PapermillExecutionError as exc:
@@ -296,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.json)")
     results.add_argument("--readme", default="README.md")
     results.add_argument("--root", default=".")
+    compare = sub.add_parser("compare", help="one HTML page comparing runs' metrics (outputs/compare-*.html)")
+    compare.add_argument("runs", nargs="+", help="run names (outputs/<run>/metrics.parquet)")
+    compare.add_argument("--metric", default="ndcg", help="the metric the charts open on (ndcg, recall, ...)")
+    compare.add_argument("--k", type=int, default=10, help="list length of the coverage and segment charts")
+    compare.add_argument("--out", default=None, help="the page (default: outputs/compare-<run>-<run>.html)")
+    compare.add_argument("--root", default=".")
     args = parser.parse_args(argv)
 
     try:
@@ -321,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.params,
                 args.data_path or None,
                 args.root,
-                progress=sys.stderr.isatty(),
+                progress=True,
                 overrides=dict(args.overrides),
             )
             print(
@@ -345,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             from musicrec.results import results_table, update_readme
 
             print(f"results: {update_readme(args.readme, results_table(args.runs, args.root))}")
+        elif args.command == "compare":
+            from musicrec.compare import write_compare
+
+            print(f"compare: {write_compare(args.runs, args.root, args.out, args.metric, args.k)}")
         elif args.command == "bench":
             from musicrec.bench import slow_steps, write_bench
 
@@ -353,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for name in args.stages:
                 print(f"bench: running {name} ...", flush=True)
-                run = run_stage(name, args.params, args.data_path or None, args.root)
+                run = run_stage(name, args.params, args.data_path or None, args.root, progress=True)
                 rows.append(bench_row(run))
                 # recorded after every stage: a long run that fails later keeps what it measured
                 bench = write_bench(paths, str(args.params), rows)

@@ -26,6 +26,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -361,6 +362,16 @@ class Profile(_Strict):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    tracking: Literal["mlflow"] | None = Field(
+        None,
+        description="mlflow: log each stage run to the local MLflow store mlruns/ (musicrec.tracking); "
+        "null, false or off (the default): no tracking",
+    )
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_off(cls, value: object) -> object:
+        return None if value is False else value  # YAML reads `off` and `false` as False
 
     @property
     def run(self) -> str:

@@ -129,6 +129,11 @@ class RunPaths:
         return self.outputs / "bench.json"
 
     @property
+    def provenance(self) -> Path:
+        """Stage name -> where its last successful run came from (``musicrec.provenance``)."""
+        return self.outputs / "provenance.json"
+
+    @property
     def metrics(self) -> Path:
         """Every model's metrics: ``model, k, metric, segment, value, lower, upper`` (parquet)."""
         return self.outputs / "metrics.parquet"
@@ -276,5 +281,5 @@ def save_figure(fig, paths: RunPaths, name: str) -> Path:
     """Save a matplotlib figure as ``plots/<run>/<name>.png`` (atomically) and return the path."""
     target = paths.plot(name)
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")  # legible when scaled down
     return target

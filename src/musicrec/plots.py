@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import matplotlib
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import polars as pl
+import seaborn as sns
+
+#: The saved figures' resolution (plots/<run>/*.png, and so the index page's).
+DPI = 150
+
+
+def use_theme() -> None:
+    """seaborn's white-grid theme and colour-blind-safe palette for every figure; PNGs saved at
+    :data:`DPI`; in a notebook, figures drawn at twice the screen's density and shown at their
+    size (sharp, not enlarged). Applied when this module is imported."""
+    sns.set_theme(style="whitegrid", palette="colorblind", rc={"figure.dpi": 100, "savefig.dpi": DPI})
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
+
+
+use_theme()
 
 WINDOW_COLOURS = {"history": "#4c72b0", "labels": "#dd8452", "test": "#55a868"}
 
@@ -98,22 +120,86 @@ def calibration_ratios(table: pl.DataFrame):
     ax.barh(t.get_column("statistic").to_list()[::-1], ratios, color=colours)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    # a handful of labelled ratios: the default log ticks crowd into each other between decades
+    low, high = min(ratios.min(), 0.5), max(ratios.max(), 2.0)
+    ticks = [t for t in (0.01, 0.03, 0.1, 0.25, 0.5, 1, 2, 4, 10, 30, 100) if low / 1.5 <= t <= high * 1.5]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("generated / Yandex Music (log; green within 1.5x)")
     ax.set_title("Calibration against the real data")
     fig.tight_layout()
     return fig
 
 
+MISSING = "–"  # an en dash: what a report shows for a missing value
+
+
+def cell_text(value: object, digits: int = 3) -> str:
+    """One value as a report shows it: thousands separators, whole numbers without a decimal
+    point, ``digits`` significant decimals for fractions, a dash for missing, dicts as
+    ``key: value``, lists joined, text in full.
+
+    >>> [cell_text(v) for v in (4116496, 1703.0, 0.12345, None, float("nan"), {"a": 1}, [1, 2])]
+    ['4,116,496', '1,703', '0.123', '–', '–', 'a: 1', '1, 2']
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{value:,}"
+    if isinstance(value, float | np.floating):
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if value == int(value) and abs(value) >= 1:
+            return f"{int(value):,}"
+        return f"{value:,.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.{digits}g}"
+    if isinstance(value, dict):
+        # a None entry is a key the value lacks (polars gives a struct column every row's keys)
+        shown = [f"{k}: {cell_text(v, digits)}" for k, v in value.items() if v is not None]
+        return ", ".join(shown) or MISSING
+    if isinstance(value, list | tuple | pl.Series | np.ndarray):
+        return ", ".join(cell_text(v, digits) for v in value) or MISSING
+    if isinstance(value, dt.datetime | dt.date):
+        return (
+            value.isoformat(sep=" ", timespec="minutes")
+            if isinstance(value, dt.datetime)
+            else value.isoformat()
+        )
+    return str(value)
+
+
 def table(df: pl.DataFrame | dict | list[dict], digits: int = 3):
-    """A small polars frame (or records) as a pandas frame for clean notebook and HTML display."""
+    """A frame (or records, or columns) as a report table: every notebook's one formatter.
+
+    No index column; the values as :func:`cell_text` writes them; numbers right-aligned. Returns
+    a pandas ``Styler``, which Jupyter and the HTML reports show as a table.
+    """
     if isinstance(df, dict) and df and all(isinstance(v, list) for v in df.values()):
-        df = pl.DataFrame(df)  # columns
+        df = pl.DataFrame(df, strict=False)  # columns
     elif not isinstance(df, pl.DataFrame):
-        df = pl.DataFrame(df if isinstance(df, list) else [df])  # records, or one record
-    frame = df.to_pandas()
-    floats = frame.select_dtypes("float").columns
-    frame[floats] = frame[floats].round(digits)
-    return frame
+        df = pl.DataFrame(df if isinstance(df, list) else [df], strict=False)  # records, or one record
+    numeric = [c for c, t in df.schema.items() if t.is_numeric()]
+    import pandas as pd
+
+    shown = pd.DataFrame({c: [cell_text(v, digits) for v in df.get_column(c).to_list()] for c in df.columns})
+    styler = shown.style.hide(axis="index")
+    text = [c for c in df.columns if c not in numeric]
+    styler = styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])
+    if text:
+        styler = styler.set_properties(subset=text, **{"text-align": "left"})
+    if numeric:
+        styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+        styler = styler.set_properties(subset=numeric, **{"font-variant-numeric": "tabular-nums"})
+    return styler
+
+
+def settings_table(section) -> object:
+    """A profile section (a pydantic model or a dict) as a two-column ``parameter, value`` table,
+    every value written out in full (nested settings as ``key: value``)."""
+    values = section.model_dump(mode="json") if hasattr(section, "model_dump") else dict(section)
+    return table({"parameter": list(values), "value": [cell_text(v) for v in values.values()]})
 
 
 def stage_times(runs: pl.DataFrame):
@@ -215,8 +301,9 @@ def metric_curves(curves: pl.DataFrame):
         ax.set_xscale("log")
         ax.set_xlabel("k (list length)")
         ax.set_title(f"{metric}@k")
-    axes[0].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4) + 0.02, 1, 1))
     return fig
 
 
@@ -236,22 +323,22 @@ def popularity_bias(bias: pl.DataFrame):
 
 
 def coverage_against_ndcg(points: pl.DataFrame):
-    """Each model as a point: catalogue coverage of its top 10 against its NDCG@10."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for row in points.iter_rows(named=True):
-        colour = "#dd8452" if row["model"] == "final" else "#4c72b0"
-        ax.scatter(row["coverage"], row["ndcg"], s=40, color=colour)
-        ax.annotate(
-            row["model"],
-            (row["coverage"], row["ndcg"]),
-            fontsize=8,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
+    """Each model as a point: catalogue coverage of its top 10 against its NDCG@10, each named
+    in a legend-like column on the right (labels beside the points collide)."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    rows = points.sort("ndcg", descending=True).to_dicts()
+    palette = sns.color_palette("colorblind", len(rows))
+    for colour, row in zip(palette, rows, strict=True):
+        marker = "*" if row["model"] == "final" else "o"
+        size = 160 if row["model"] == "final" else 55
+        label = f"{row['model']}: NDCG {row['ndcg']:.3f}, coverage {row['coverage']:.1%}"
+        ax.scatter(row["coverage"], row["ndcg"], s=size, color=colour, marker=marker, label=label, zorder=3)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=1))
     ax.set_xlabel("catalogue coverage of the top 10 (log)")
     ax.set_ylabel("NDCG@10")
     ax.set_title("Accuracy against coverage")
+    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import yaml
 
 from musicrec.config import load_profile
 from musicrec.io import RunPaths, atomic_path, read_json
+from musicrec.plots import MISSING, cell_text
 from musicrec.results import interval_cell
 from musicrec.stages import STAGES
 
@@ -35,16 +37,33 @@ h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;m
 .sub{color:#59636e;margin-top:0}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f6f8fa}td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}
-.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:1rem}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:1rem}
 .figs img{width:100%;border:1px solid #d0d7de;border-radius:6px}
 a{color:#0969da}
+.note{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:.6rem .9rem}
+details{margin:.6rem 0}summary{cursor:pointer;color:#0969da}
+details table{font-size:.8rem}.toc a{margin-right:.7rem}
 """
 
 
-def render_notebook(notebook: Path, target: Path) -> Path:
-    """One executed notebook as HTML without code cells; a progress bar shows its last state only."""
+_PAGE_STYLE = """<style>
+.mr-nav{font:14px/1.5 system-ui,sans-serif;background:#f6f8fa;border-bottom:1px solid #d0d7de;
+padding:.5rem 1rem;margin:0 0 1rem}.mr-nav a{color:#0969da;margin-right:.8rem}
+.mr-nav .mr-contents{display:block;margin-top:.2rem;color:#59636e}
+</style>"""
+
+
+def _contents(body: str) -> list[tuple[str, str]]:
+    """The (anchor, text) of every second-level heading nbconvert wrote."""
+    found = re.findall(r'<h2 id="([^"]+)">(.*?)(?:<a class="anchor-link"|</h2>)', body, flags=re.S)
+    return [(anchor, re.sub(r"<[^>]+>", "", text).strip()) for anchor, text in found]
+
+
+def render_notebook(notebook: Path, target: Path, title: str | None = None, run: str = "") -> Path:
+    """One executed notebook as HTML without code cells, titled, with a bar on top: a link back
+    to the run's index page and the page's contents (its sections)."""
     import nbformat
     from nbconvert import HTMLExporter
     from traitlets.config import Config
@@ -54,7 +73,19 @@ def render_notebook(notebook: Path, target: Path) -> Path:
     exporter = HTMLExporter(
         config=config, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    title = title or notebook.stem
+    page_title = f"{title} · musicrec {run}".strip()
+    body, _ = exporter.from_notebook_node(
+        nbformat.read(notebook, as_version=4), resources={"metadata": {"name": page_title}}
+    )
+    links = " ".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in _contents(body))
+    nav = (
+        f'{_PAGE_STYLE}<nav class="mr-nav"><a href="index.html">&larr; run {html.escape(run)}: index</a>'
+        f"<strong>{html.escape(title)}</strong>"
+        + (f'<span class="mr-contents">Contents: {links}</span>' if links else "")
+        + "</nav>"
+    )
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
     with atomic_path(target) as tmp:
         tmp.write_text(body)
     return target
@@ -72,10 +103,9 @@ def _table(rows: list[dict], markup: tuple[str, ...] = ()) -> str:
             if k in markup:
                 cells += f"<td>{v}</td>"
             elif isinstance(v, int | float) and not isinstance(v, bool):
-                text = f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
-                cells += f'<td class="num">{text}</td>'
+                cells += f'<td class="num">{cell_text(v, digits=2)}</td>'
             else:
-                cells += f"<td>{html.escape(str(v))}</td>"
+                cells += f"<td>{html.escape(cell_text(v) if v != '' else MISSING)}</td>"
         body += f"<tr>{cells}</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -85,25 +115,159 @@ def _figure(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+REFERENCE = ("oracle",)  # models that are not candidates for the winner: the synthetic ceiling
+GENERATORS_EXCLUDED = ("final", "oracle")  # the lift is over the best of the other models
+
+
+def _metrics(paths: RunPaths) -> list[dict]:
+    return read_json(paths.metrics_json) if paths.metrics_json.is_file() else []
+
+
+def _pick(rows: list[dict], metric: str, k: int, segment: str = "all") -> dict[str, dict]:
+    """model -> its row for ``metric@k`` on ``segment`` (rows with a value only)."""
+    return {
+        r["model"]: r
+        for r in rows
+        if r["metric"] == metric and r["k"] == k and r["segment"] == segment and r["value"] is not None
+    }
+
+
+def _percent(value: float, digits: int = 0) -> str:
+    return f"{value:+.{digits}%}"
+
+
 def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
-    """Models by NDCG@k, with recall@k and coverage, each with its interval (segment: all warm users)."""
-    if not paths.metrics_json.is_file():
+    """The run card's table: models by NDCG@k (the winner marked), each value with its 95%
+    interval: NDCG@k, recall@k, the lift in NDCG@k over the best other model (the final list's,
+    from the paired comparison), the share of the oracle's NDCG@k, and catalogue coverage@k (a
+    count over every warm user's list: exact, see :data:`COVERAGE_NOTE`)."""
+    rows = _metrics(paths)
+    ndcg, recall, coverage = (_pick(rows, m, k) for m in ("ndcg", "recall", "coverage"))
+    if not ndcg:
         return []
-    metrics = ("ndcg", "recall", "coverage")
-    cells: dict[str, dict[str, str]] = {}
-    ndcg: dict[str, float] = {}
-    for r in read_json(paths.metrics_json):
-        if r["segment"] != "all" or r["k"] != k or r["metric"] not in metrics or r["value"] is None:
-            continue
-        cells.setdefault(r["model"], {})[f"{r['metric']}@{k}"] = interval_cell(
-            r["value"], r["lower"], r["upper"], digits=4
+    winner = max((m for m in ndcg if m not in REFERENCE), key=lambda m: ndcg[m]["value"], default=None)
+    oracle = ndcg.get("oracle")
+    comparison = read_json(paths.evaluation).get("comparison", []) if paths.evaluation.is_file() else []
+    paired = {(c["model_a"], c["model_b"]): c for c in comparison if c["metric"] == "ndcg" and c["k"] == k}
+    out = []
+    for model in sorted(ndcg, key=lambda m: -ndcg[m]["value"]):
+        r = ndcg[model]
+        lift = ""
+        against = next((c for (a, _), c in paired.items() if a == model), None)
+        if against is not None and against["mean_b"]:
+            base = against["mean_b"]
+            lift = (
+                f"{_percent(against['diff'] / base)} over {against['model_b']} "
+                f"[{_percent(against['lower'] / base)}, {_percent(against['upper'] / base)}]"
+            )
+        share = ""
+        if oracle is not None and model != "oracle" and oracle["value"]:
+            o = oracle["value"]
+            share = f"{r['value'] / o:.0%} [{r['lower'] / o:.0%}, {r['upper'] / o:.0%}]"
+        cov = coverage.get(model)
+        out.append(
+            {
+                "model": f"{model} ★ winner"
+                if model == winner
+                else f"{model} (reference: true taste)"
+                if model in REFERENCE
+                else model,
+                f"NDCG@{k}": interval_cell(r["value"], r["lower"], r["upper"], digits=4),
+                f"recall@{k}": interval_cell(
+                    *(recall[model][x] for x in ("value", "lower", "upper")), digits=4
+                )
+                if model in recall
+                else "–",
+                "lift (NDCG)": lift or "–",
+                "share of the oracle (NDCG)": share or "–",
+                f"coverage@{k} (exact)": f"{cov['value']:.1%}" if cov else "–",
+            }
         )
-        if r["metric"] == "ndcg":
-            ndcg[r["model"]] = r["value"]
-    return [
-        {"model": model, **{f"{m}@{k}": cells[model].get(f"{m}@{k}", "") for m in metrics}}
-        for model in sorted(cells, key=lambda model: -ndcg.get(model, 0.0))
+    return out
+
+
+COVERAGE_NOTE = (
+    "Coverage counts the distinct tracks in the top-10 lists of every warm user: it is a count over "
+    "all of them, not an estimate from a sample, so it is shown without an interval (a bootstrap of a "
+    "distinct count is biased low: a resample holds about 63% of the users)."
+)
+
+
+ORACLE_NOTE = (
+    "The oracle ranks by the synthetic users' true taste, not by what they went on to play, so it is "
+    "no ceiling where a model learns the listening itself (repeats, popularity, recency)."
+)
+
+
+def oracle_caveats(paths: RunPaths) -> list[str]:
+    """Where the oracle is not a ceiling: each metric@k (all warm users) on which a model scores
+    above it, as ``recall@100: final 0.363 against 0.339``."""
+    rows = _metrics(paths)
+    notes = []
+    for metric, k in sorted({(r["metric"], r["k"]) for r in rows if r["model"] == "oracle"}):
+        picked = _pick(rows, metric, k)
+        if "oracle" not in picked or metric in ("coverage", "novelty", "diversity"):
+            continue
+        ceiling = picked["oracle"]["value"]
+        above = [m for m, r in picked.items() if m != "oracle" and r["value"] > ceiling]
+        if above:
+            shown = ", ".join(f"{m} {picked[m]['value']:.3f}" for m in above)
+            notes.append(f"{metric}@{k}: {shown} against {ceiling:.3f}")
+    return notes
+
+
+def metric_grid(paths: RunPaths) -> str:
+    """Every metric, k and segment: one row per (segment, model), one column per metric@k."""
+    rows = _metrics(paths)
+    if not rows:
+        return ""
+    columns = sorted({(r["metric"], r["k"]) for r in rows})
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        key = (r["segment"], r["model"])
+        cells.setdefault(key, {})[f"{r['metric']}@{r['k']}"] = (
+            interval_cell(r["value"], r["lower"], r["upper"], digits=4) or "–"
+        )
+    segment_order = {s: i for i, s in enumerate(("all", "light", "medium", "heavy", "cold"))}
+    ordered = sorted(cells, key=lambda key: (segment_order.get(key[0], 9), key[0], key[1]))
+    table_rows = [
+        {
+            "segment": seg,
+            "model": model,
+            **{f"{m}@{k}": cells[(seg, model)].get(f"{m}@{k}", "–") for m, k in columns},
+        }
+        for seg, model in ordered
     ]
+    return _table(table_rows)
+
+
+def provenance_rows(paths: RunPaths) -> list[dict]:
+    """What made the run: per stage, the commit (and a dirty tree), the time; then the packages
+    and the machine of the last stage (``outputs/<run>/provenance.json``)."""
+    file = paths.provenance
+    if not file.is_file():
+        return []
+    records = read_json(file)
+    rows = [
+        {
+            "stage": STAGE_TITLES.get(stage, stage),
+            "commit": str(r.get("git_commit", ""))[:12]
+            + (" (uncommitted changes)" if r.get("git_dirty") else ""),
+            "ran at": r.get("time", ""),
+        }
+        for stage, r in records.items()
+    ]
+    return rows
+
+
+def environment_rows(paths: RunPaths) -> list[dict]:
+    """The packages and the machine of the run's latest stage."""
+    file = paths.provenance
+    if not file.is_file():
+        return []
+    latest = max(read_json(file).values(), key=lambda r: r.get("time", ""), default={})
+    keys = [k for k in latest if k.endswith("_version")] + ["cpu_count", "memory_gb", "platform", "machine"]
+    return [{"what": k.removesuffix("_version"), "value": str(latest.get(k))} for k in keys if k in latest]
 
 
 def ab_rows(abtest: dict) -> list[dict]:
@@ -152,7 +316,8 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     timings = read_json(paths.timings) if paths.timings.is_file() else {}
     stage_rows = []
     for nb in executed:
-        page = render_notebook(nb, paths.reports / f"{nb.stem}.html")
+        title = STAGE_TITLES.get(nb.stem, nb.stem)
+        page = render_notebook(nb, paths.reports / f"{nb.stem}.html", title=title, run=paths.run)
         t = timings.get(nb.stem, {})
         stage_rows.append(
             {
@@ -180,29 +345,54 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
     evaluation_file = paths.evaluation
     evaluation = read_json(evaluation_file) if evaluation_file.is_file() else {}
     verdicts = "".join(f"<li><strong>{html.escape(v)}</strong></li>" for v in evaluation.get("verdicts", []))
+    caveats = oracle_caveats(paths)
+    caveat_html = (
+        f"""<p class="note"><strong>The oracle is not a ceiling everywhere.</strong> {ORACLE_NOTE}
+Above it: {html.escape("; ".join(caveats))}.</p>"""
+        if caveats
+        else ""
+    )
+    grid = metric_grid(paths)
     results_html = (
         f"""<h2>Results on the test window</h2>
-<p class="sub">Warm users (seen before the test window); 95% bootstrap intervals over users.
-Coverage: share of the catalogue in the top 10 lists.</p>{_table(headline)}
-{f"<ul>{verdicts}</ul>" if verdicts else ""}"""
+<p class="sub">Warm users (seen before the test window). Every sampled value with its 95% bootstrap
+interval over users; the lift is the paired bootstrap of the final list's NDCG@10 minus the best other
+model's, relative to it; the share of the oracle is the model's NDCG@10 over the oracle's (its interval
+the model's). {html.escape(COVERAGE_NOTE)}</p>{_table(headline)}
+{f"<ul>{verdicts}</ul>" if verdicts else ""}{caveat_html}
+<details><summary>Every metric, k and segment</summary>{grid}</details>"""
         if headline
         else ""
     )
     ab_html = ab_section(paths)
+    made = provenance_rows(paths)
+    commits = sorted({r["commit"] for r in made})
+    made_by = f"; commit {html.escape(', '.join(commits))}" if commits else ""
+    provenance_html = (
+        f"""<h2>How it was made</h2>{_table(made)}
+<details><summary>Packages and machine</summary>{_table(environment_rows(paths))}</details>"""
+        if made
+        else ""
+    )
 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>musicrec: {html.escape(paths.run)}</title><style>{_STYLE}</style></head><body>
 <h1>musicrec run <code>{html.escape(paths.run)}</code></h1>
-<p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}</p>
-{results_html}
+<p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}{made_by}</p>
+<nav class="toc">Contents: <a href="#results">Results</a> <a href="#stages">Stages</a>
+<a href="#data">Data</a> <a href="#figures">Key figures</a> <a href="#made">How it was made</a>
+<a href="#profile">Profile</a></nav>
+<div id="results">{results_html}</div>
 {ab_html}
-<h2>Stages</h2>{stages_html}
-<h2>Data</h2>{_table(data_rows)}
+<h2 id="stages">Stages</h2>{stages_html}
+<h2 id="data">Data</h2>{_table(data_rows)}
 <h3>Time windows</h3>{_table(window_rows)}
 <h3>Rows dropped on purpose</h3>{_table(dropped)}
 {f"<h3>Notes</h3><ul>{notes}</ul>" if notes else ""}
-<h2>Key figures</h2><div class="figs">{figures or "<p>(no figures yet)</p>"}</div>
-<h2>Profile</h2><pre>{html.escape(profile_yaml)}</pre>
+<h2 id="figures">Key figures</h2><div class="figs">{figures or "<p>(no figures yet)</p>"}</div>
+<div id="made">{provenance_html}</div>
+<h2 id="profile">Profile</h2><details><summary>{html.escape(str(params))} as the run read it</summary>
+<pre>{html.escape(profile_yaml)}</pre></details>
 </body></html>
 """
     index = paths.reports / "index.html"

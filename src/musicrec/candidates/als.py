@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from musicrec.candidates.base import FitData, batches, index_of
 from musicrec.config import AlsConfig
 from musicrec.io import atomic_path, write_parquet
+from musicrec.progress import iteration_lines
 from musicrec.schema import C
 
 
@@ -54,8 +55,11 @@ class AlsGenerator:
             matrix.data = np.log1p(matrix.data)
         return matrix.astype(np.float32, copy=False)  # no second copy of a 200M-entry matrix
 
-    def fit(self, data: FitData, previous: AlsGenerator | None = None) -> AlsGenerator:
-        """Fit on ``data``; with ``previous`` (the history model) refit as ``config.refit`` says."""
+    def fit(
+        self, data: FitData, previous: AlsGenerator | None = None, progress: bool = False
+    ) -> AlsGenerator:
+        """Fit on ``data``; with ``previous`` (the history model) refit as ``config.refit`` says.
+        ``progress``: a line per iteration, at most every :data:`musicrec.progress.EVERY_SECONDS`."""
         cfg = self.config
         self.data, self.user_ids, self.track_ids = data, data.user_ids, data.track_ids
         mode = cfg.refit if previous is not None else "full"
@@ -71,13 +75,14 @@ class AlsGenerator:
                 random_state=self.seed,
                 dtype=np.float32,
             )
+            iterations = iteration_lines("ALS", self.model.iterations) if progress else None
             if mode == "full":
-                self.model.fit(confidence, show_progress=False)
+                self.model.fit(confidence, show_progress=False, callback=iterations)
             else:
                 self.model.item_factors = previous.model.item_factors.copy()
                 if mode == "warm":
                     self.model.user_factors = self._carried_user_factors(previous)
-                    self.model.fit(confidence, show_progress=False)
+                    self.model.fit(confidence, show_progress=False, callback=iterations)
                 else:
                     self.model.user_factors = self._solved_user_factors(confidence)
         if mode == "users":

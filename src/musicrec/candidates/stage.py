@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from musicrec.candidates.als import AlsGenerator
 from musicrec.candidates.base import (
@@ -36,6 +35,7 @@ from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths, atomic_path, write_json, write_parquet
 from musicrec.monitor import PeakMemory
 from musicrec.parallel import WORKERS, in_order
+from musicrec.progress import bar, step
 from musicrec.schema import C
 from musicrec.split import before
 
@@ -148,7 +148,7 @@ def _write_batches(
     """Write ``work(part)`` for every part to one parquet file, in order, ``workers`` computed at a
     time (:func:`musicrec.parallel.in_order`); return the rows written."""
     with ParquetStream(path, schema) as out:
-        for frame in tqdm(in_order(work, parts, workers), total=len(parts), desc=desc, disable=not progress):
+        for frame in bar(in_order(work, parts, workers), total=len(parts), desc=desc, enabled=progress):
             out.write(frame)
     return out.rows
 
@@ -216,10 +216,12 @@ def _copy_from_history(name: str, out: Path) -> int:
     return pl.scan_parquet(source).select(pl.len()).collect().item()
 
 
-def _timed(run: GeneratorRun, attr: str, fn: Callable):
-    """``fn()``, adding its wall time to ``run.<attr>`` and its peak memory to the run's."""
+def _timed(progress: bool, run: GeneratorRun, attr: str, fn: Callable):
+    """``fn()``, adding its wall time to ``run.<attr>`` and its peak memory to the run's (and
+    saying when it starts and ends, with ``progress``)."""
     start = time.perf_counter()
-    with PeakMemory() as memory:
+    what = f"{run.generator} ({run.window}): {attr.removesuffix('_seconds')}"
+    with step(what, enabled=progress), PeakMemory() as memory:
         result = fn()
     setattr(run, attr, getattr(run, attr) + time.perf_counter() - start)
     run.peak_rss_gb = round(max(run.peak_rss_gb, memory.peak_gb), 2)
@@ -266,7 +268,10 @@ class CandidateStage:
         # top-popular: one global list
         run = GeneratorRun("top_popular", window)
         popular = _timed(
-            run, "fit_seconds", lambda: top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days)
+            self.progress,
+            run,
+            "fit_seconds",
+            lambda: top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days),
         )
         write_parquet(popular, out / "top_popular.parquet")
         run.rows, run.files = popular.height, ["top_popular.parquet"]
@@ -276,6 +281,7 @@ class CandidateStage:
         run = GeneratorRun("random", window)
         rnd = RandomGenerator(profile.seed).fit(data)
         run.rows = _timed(
+            self.progress,
             run,
             "recommend_seconds",
             lambda: _stream_users(
@@ -313,8 +319,14 @@ class CandidateStage:
             previous = self._history.get("als") or AlsGenerator.load(
                 cfg, paths.model_dir("history"), self.profile.seed
             )
-        als = _timed(run, "fit_seconds", lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous))
+        als = _timed(
+            self.progress,
+            run,
+            "fit_seconds",
+            lambda: AlsGenerator(cfg, self.profile.seed).fit(data, previous, self.progress),
+        )
         run.rows = _timed(
+            self.progress,
             run,
             "recommend_seconds",
             lambda: _stream_users(
@@ -331,10 +343,13 @@ class CandidateStage:
         )
         kept_items = cfg.refit == "users" and previous is not None
         if kept_items and (out / "history" / "similar.parquet").is_file():
-            similar_rows = _timed(run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
+            similar_rows = _timed(
+                self.progress, run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out)
+            )
             copied = "; similar lists: the history fit's (item factors kept)"
         else:
             similar_rows = _timed(
+                self.progress,
                 run,
                 "similar_seconds",
                 lambda: _stream_similar(
@@ -389,7 +404,7 @@ class CandidateStage:
             # polars already uses both cores: one batch prepared ahead while the last is written
             return _write_batches(out / "i2i_history.parquet", USER_RECS_SCHEMA, work, parts, 1)
 
-        run.rows = _timed(run, "recommend_seconds", i2i_batches)
+        run.rows = _timed(self.progress, run, "recommend_seconds", i2i_batches)
         run.files = ["i2i_history.parquet"]
         run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
         return run
@@ -412,6 +427,7 @@ class CandidateStage:
         fitted = self._history.get(name) if reuse else None
         try:
             gen = _timed(
+                self.progress,
                 run,
                 "fit_seconds",
                 lambda: (
@@ -427,6 +443,7 @@ class CandidateStage:
             self._history[name] = gen
         batch = getattr(gen_cfg, "batch_users", profile.candidates.als.batch_users)
         run.rows = _timed(
+            self.progress,
             run,
             "recommend_seconds",
             lambda: _stream_users(
@@ -442,9 +459,15 @@ class CandidateStage:
             ),
         )
         if fitted is not None and (out / "history" / f"{name}_similar.parquet").is_file():
-            _timed(run, "similar_seconds", lambda: _copy_from_history(f"{name}_similar.parquet", out))
+            _timed(
+                self.progress,
+                run,
+                "similar_seconds",
+                lambda: _copy_from_history(f"{name}_similar.parquet", out),
+            )
         else:
             _timed(
+                self.progress,
                 run,
                 "similar_seconds",
                 lambda: _stream_similar(
@@ -473,7 +496,7 @@ def parameters_table(profile: Profile) -> pl.DataFrame:
     rows = []
     for name, section in profile.candidates:
         if hasattr(section, "model_dump"):
-            params = ", ".join(f"{k}={v}" for k, v in section.model_dump(mode="json").items())
+            params = "; ".join(f"{k}: {v}" for k, v in section.model_dump(mode="json").items())
             rows.append({"generator": name, "parameters": params})
     return pl.DataFrame(rows)
 

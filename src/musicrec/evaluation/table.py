@@ -37,6 +37,7 @@ from musicrec.metrics import (
     bootstrap_ci,
     evaluate_per_user,
 )
+from musicrec.progress import step
 from musicrec.schema import C
 
 
@@ -317,6 +318,7 @@ def evaluate_each_model(
     keep_users: pl.Series | None = None,
     curve_ks: Sequence[int] = CURVE_KS,
     cold: ListsLike | None = None,
+    progress: bool = False,
     **evaluate: Any,
 ) -> ModelsPass:
     """:func:`evaluate_models` and :func:`metric_curves` with each model's lists collected once.
@@ -326,7 +328,8 @@ def evaluate_each_model(
     are kept, so memory holds one model's whole lists, not every model's: at full scale
     each is some 85M rows. ``evaluate``: the other arguments of :func:`evaluate_models`
     (``ks``, ``beyond_k``, ``tracks``, ``listeners``, ...). The tables are those of the
-    functions called on every model at once.
+    functions called on every model at once. ``progress``: a line as each model's lists are
+    read, its metrics and its curves computed.
     """
     segs = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
     warm = segs.filter(pl.col("segment") != COLD).join(
@@ -342,11 +345,16 @@ def evaluate_each_model(
     }
     evaluate["beyond_metrics"] = _beyond_metrics(int(evaluate.get("beyond_k", 10)), **inputs)  # built once
     tables, curves, rows, top, sampled = [], [], {}, {}, {}
-    for name, frame in lists.items():
-        collected = _collect_lists(frame, warm_df, k_max)
+    for i, (name, frame) in enumerate(lists.items(), 1):
+        model = f"evaluation: {name} ({i} of {len(lists)})"
+        with step(f"{model}: lists read", progress):
+            collected = _collect_lists(frame, warm_df, k_max)
         rows[name] = collected.height
-        tables.append(evaluate_models({name: collected}, test, segs, **evaluate))
-        curves.append(metric_curves({name: collected}, warm_test, warm_df.get_column(C.user_id), ks=curve_ks))
+        with step(f"{model}: metrics", progress):
+            tables.append(evaluate_models({name: collected}, test, segs, **evaluate))
+        with step(f"{model}: curves", progress):
+            users = warm_df.get_column(C.user_id)
+            curves.append(metric_curves({name: collected}, warm_test, users, ks=curve_ks))
         top[name] = collected.filter(pl.col(C.rank) <= keep_k)
         if keep_df is not None:
             sampled[name] = collected.join(keep_df, on=C.user_id, how="semi")

@@ -10,6 +10,7 @@ group ids; validation users are held out whole.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -164,8 +165,11 @@ def _pool(rows: pl.DataFrame, features: list[str]):
 CURVE_USERS, CURVE_POINTS = 3_000, 50
 
 
-def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> TrainedRanker:
-    """Fit CatBoost on labelled rows, early-stopping on held-out users.
+def fit_ranker(
+    train: pl.DataFrame, config: RankingConfig, seed: int, progress: bool = False
+) -> TrainedRanker:
+    """Fit CatBoost on labelled rows, early-stopping on held-out users (``progress``: CatBoost's
+    line every twentieth of the iterations: the metric, the time spent and left).
 
     ``YetiRank`` fits a :class:`catboost.CatBoostRanker` judged by NDCG@10 on the
     validation users; ``Logloss`` a classifier judged by AUC.
@@ -198,7 +202,7 @@ def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> Trained
             thread_count=config.threads,
             early_stopping_rounds=config.early_stopping_rounds,
             use_best_model=True,
-            verbose=False,
+            verbose=max(1, config.iterations // 20) if progress else False,
             allow_writing_files=False,
             train_dir=scratch,
         )
@@ -210,7 +214,7 @@ def fit_ranker(train: pl.DataFrame, config: RankingConfig, seed: int) -> Trained
             model = CatBoostClassifier(
                 loss_function="Logloss", eval_metric=metric, custom_metric=[metric], **common
             )
-        model.fit(fit_pool, eval_set=valid_pool)
+        model.fit(fit_pool, eval_set=valid_pool, log_cout=sys.stdout)  # the kernel's stdout: the cell
         period = max(1, model.tree_count_ // CURVE_POINTS)
         learn = model.eval_metrics(learn_pool, [metric], eval_period=period, tmp_dir=scratch)
     curves = _curves(model.get_evals_result().get("validation", {}), "validation", 1)

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from musicrec.candidates.base import batches
 from musicrec.candidates.stage import training_users, window_targets
@@ -24,6 +23,7 @@ from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths
 from musicrec.monitor import PeakMemory
 from musicrec.parallel import WORKERS, in_order
+from musicrec.progress import bar, step
 from musicrec.ranking.features import KEYS, FeatureBuilder, candidate_files
 from musicrec.ranking.ranker import (
     RECOMMENDATIONS_SCHEMA,
@@ -45,9 +45,9 @@ class StepTimes:
 
     @contextlib.contextmanager
     def step(self, name: str):
-        """Time the block and record its peak memory under ``name``."""
+        """Time the block and record its peak memory under ``name`` (and say when it is done)."""
         start = time.perf_counter()
-        with PeakMemory() as memory:
+        with step(f"ranking: {name}"), PeakMemory() as memory:
             yield
         self.seconds[name] = round(time.perf_counter() - start, 1)
         self.peak_rss_gb[name] = round(memory.peak_gb, 2)
@@ -92,8 +92,8 @@ def training_rows(
     users = training_users(targets, cfg.train_users, profile.seed)
     parts, report, found = [], SamplingReport(), 0
     chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
-    for chunk, rows in tqdm(
-        prefetched(builder.batch, chunks), total=len(chunks), desc="training rows", disable=not progress
+    for chunk, rows in bar(
+        prefetched(builder.batch, chunks), total=len(chunks), desc="training rows", enabled=progress
     ):
         labelled = label_rows(rows, _of_range(targets, chunk))
         found += int(labelled.get_column("target").sum())
@@ -130,8 +130,8 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     candidate_rows = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
         chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
-        for chunk, rows in tqdm(
-            prefetched(builder.batch, chunks), total=len(chunks), desc="scoring", disable=not progress
+        for chunk, rows in bar(
+            prefetched(builder.batch, chunks), total=len(chunks), desc="scoring", enabled=progress
         ):
             candidate_rows += rows.height
             top = top_n_by_score(rows, ranker.predict(rows), cfg.n)

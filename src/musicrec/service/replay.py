@@ -39,6 +39,7 @@ import polars as pl
 
 from musicrec.config import Profile, load_profile
 from musicrec.io import RunPaths, write_json
+from musicrec.progress import counter
 from musicrec.schema import C
 from musicrec.service import ab
 from musicrec.service.events import EventStore, to_micros
@@ -228,7 +229,6 @@ def replay(
     progress
         Show a tqdm bar over the sessions.
     """
-    from tqdm import tqdm
 
     with warnings.catch_warnings():  # starlette's notice about httpx on import: nothing to act on here
         warnings.simplefilter("ignore")
@@ -269,7 +269,7 @@ def replay(
         if ready.status_code != 200:
             raise ReplayError(f"the service could not load run {paths.run}: {ready.json().get('detail')}")
         loaded = time.perf_counter()
-        bar = tqdm(total=sessions.height, desc="replay", unit="session", disable=not progress, mininterval=5)
+        bar = counter(sessions.height, "replay", "sessions", enabled=progress)
         with bar:
             for (day,), today in sessions.group_by("day", maintain_order=True):
                 for user, at in today.select(C.user_id, "at").iter_rows():

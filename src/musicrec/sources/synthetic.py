@@ -50,12 +50,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.special import ndtri
-from tqdm import tqdm
 
 from musicrec.candidates.base import IdPositions
 from musicrec.config import SyntheticConfig
 from musicrec.io import atomic_path, write_json, write_parquet
 from musicrec.parallel import in_order
+from musicrec.progress import bar
 from musicrec.reference import YANDEX_MUSIC
 from musicrec.schema import INTERACTIONS_SCHEMA, C, validate_interactions
 
@@ -593,12 +593,12 @@ def generate(cfg: SyntheticConfig, seed: int, out_dir: Path, progress: bool = Tr
 
     # chunks are independent (each has its own seed): two are drawn at a time, written in order
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, INTERACTIONS_ARROW, compression="zstd") as writer:
-        for chunk in tqdm(
+        for chunk in bar(
             in_order(chunk_of, enumerate(chunks)),
             total=len(chunks),
             desc="synthetic listens",
-            unit="chunk",
-            disable=not progress,
+            unit="chunks",
+            enabled=progress,
         ):
             writer.write_table(chunk.to_arrow().cast(INTERACTIONS_ARROW), row_group_size=len(chunk))
             rows += len(chunk)
