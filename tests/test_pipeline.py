@@ -340,13 +340,17 @@ def test_metrics_and_the_index_page(project):
     assert (ndcg.get_column("lower") <= ndcg.get_column("value")).all()
     assert (ndcg.get_column("value") <= ndcg.get_column("upper")).all()
     index = (out / "reports" / "index.html").read_text()
-    assert "Results on the test window" in index and "ndcg@10" in index
+    assert "Results on the test window" in index and "NDCG@10" in index
     for model in ndcg.get_column("model"):
-        assert f"<td>{model}</td>" in index, f"{model} missing from the headline table"
+        assert re.search(rf"<td>{model}( ★ winner| \(reference[^<]*\))?</td>", index), f"{model} missing"
+    best = ndcg.filter(pl.col("model") != "oracle").sort("value", descending=True).get_column("model")[0]
+    assert index.count("★ winner") == 1 and f"<td>{best} ★ winner</td>" in index
     verdicts = json.loads((out / "evaluation.json").read_text())["verdicts"]
     assert verdicts and all(v in index for v in verdicts)
-    for link in re.findall(r'href="([^"]+)"', index):
+    for link in re.findall(r'href="([^"#][^"]*)"', index):
         assert (out / "reports" / link).is_file(), f"broken link {link}"
+    for anchor in re.findall(r'href="#([^"]+)"', index):
+        assert f'id="{anchor}"' in index, f"broken anchor {anchor}"
 
 
 def test_index_page_screenshot(project):
@@ -382,7 +386,10 @@ def test_abtest_replays_the_test_window_on_demand(project):
     assert {"ab_success", "ab_success_by_day"} <= {p.stem for p in (project / "plots" / "tiny").glob("*.png")}
     report = (out / "reports" / "06_ab_test.html").read_text()
     assert "image/png" in report and "replay(" not in report, "the report carries figures, no code"
-    assert report.count("session/s") == 1, "the progress bar's last state only"
+    # progress as plain lines (at most one every 10 s), never a redrawn tqdm bar
+    assert "session/s" not in report and "\r" not in report
+    lines = re.findall(r"\] replay: \d+/\d+ sessions", report)
+    assert len(lines) <= 2 + replay["seconds"] / 10
     index = (out / "reports" / "index.html").read_text()
     assert 'href="06_ab_test.html"' in index and abtest["verdict"] in index
     assert "06_ab_test" in json.loads((out / "timings.json").read_text())
