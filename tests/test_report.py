@@ -58,7 +58,7 @@ def test_the_run_card_marks_the_winner_and_gives_lift_and_share_with_intervals(r
     final = rows["final ★ winner"]
     assert final["NDCG@10"] == "0.2000 [0.1900, 0.2100]"
     # lift: 0.08 / 0.12 = +67%, interval 0.075 / 0.12 = +62.5% and 0.085 / 0.12 = +70.8%
-    assert final["lift (NDCG)"] == "+67% over personal_als [+62%, +71%]"
+    assert final["lift over personal_als (NDCG)"] == "+67% [+62%, +71%]"
     # share of the oracle: 0.20 / 0.25 = 80%, its interval 0.19 / 0.25 and 0.21 / 0.25
     assert final["share of the oracle (NDCG)"] == "80% [76%, 84%]"
     assert final["coverage@10 (exact)"] == "27.1%" and rows["personal_als"]["recall@10"] == "–"

@@ -152,9 +152,8 @@ def run_stage(
 
     ``progress``: what the cells print (their progress lines) is copied to this process's stdout
     as it comes, each line behind the stage's name. ``overrides``: values for other names of the
-    notebook's ``parameters`` cell. The run holds
-    the run folder's lock and is all or nothing (:func:`musicrec.stages.transaction`): after a
-    failure the previous artefacts are back in place.
+    notebook's ``parameters`` cell. The run holds the run folder's lock and is all or nothing
+    (:func:`musicrec.stages.transaction`): after a failure the previous artefacts are back in place.
     """
     root = Path(root).resolve()
     profile = load_profile(params, data_path=data_path)

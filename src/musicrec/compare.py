@@ -36,6 +36,7 @@ import polars as pl
 import yaml
 
 from musicrec.io import RunPaths, atomic_path, read_json
+from musicrec.report import STYLE, html_table
 from musicrec.results import interval_cell
 
 #: User segments in display order (others follow alphabetically).
@@ -514,32 +515,7 @@ def k_figure(metrics: pl.DataFrame, labels: dict[str, RunLabel], chosen: str = "
 
 
 # --------------------------------------------------------------------------- the page
-_STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1250px;margin:2rem auto;
-padding:0 1.2rem;color:#1f2328;line-height:1.5}
-h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2.2rem}
-.sub{color:#59636e;margin-top:0}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
-th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-code{font-size:.9em}
-"""
-
-
-def _html_table(rows: list[dict[str, Any]], numeric: Sequence[str] = ()) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = ""
-    for row in rows:
-        cells = "".join(
-            f'<td class="num">{html.escape(str(v))}</td>'
-            if k in numeric
-            else f"<td>{html.escape(str(v))}</td>"
-            for k, v in row.items()
-        )
-        body += f"<tr>{cells}</tr>"
-    return f"<table><tr>{head}</tr>{body}</table>"
+_STYLE = STYLE + "body{max-width:1250px}code{font-size:.9em}\n"
 
 
 def runs_rows(labels: dict[str, RunLabel], metrics: pl.DataFrame) -> list[dict[str, Any]]:
@@ -591,14 +567,14 @@ def compare_page(
     for name in dict.fromkeys([metric, "recall" if metric != "recall" else "ndcg"]):
         if name not in choices:
             continue
-        tables += f"<h3>{html.escape(METRIC_NAMES.get(name, name))}@{k}, warm users</h3>" + _html_table(
-            wide_table(headline_table(metrics, name, k)), numeric=list(labels)
+        tables += f"<h3>{html.escape(METRIC_NAMES.get(name, name))}@{k}, warm users</h3>" + html_table(
+            wide_table(headline_table(metrics, name, k)), numeric=tuple(labels)
         )
     coverage = headline_table(metrics, metric, k).filter(pl.col("coverage").is_not_null())
     if coverage.height:
         ck = coverage["coverage_k"][0]
         cells = coverage.select("run", "model", value="coverage", lower=pl.lit(None), upper=pl.lit(None))
-        tables += f"<h3>catalogue coverage@{ck}</h3>" + _html_table(wide_table(cells), numeric=list(labels))
+        tables += f"<h3>catalogue coverage@{ck}</h3>" + html_table(wide_table(cells), numeric=tuple(labels))
     names = ", ".join(labels)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>musicrec: {html.escape(names)}</title><style>{_STYLE}</style>
@@ -607,7 +583,7 @@ def compare_page(
 <p class="sub">Test window metrics of every model; 95% bootstrap intervals over users (error bars).
 Warm users: seen before the test window; <code>cold</code>: first seen in it.
 The menu above each chart switches the metric.</p>
-<h2>Runs</h2>{_html_table(runs_rows(labels, metrics))}
+<h2>Runs</h2>{html_table(runs_rows(labels, metrics))}
 <h2>Headline</h2>{tables}
 <h2>{html.escape(METRIC_NAMES.get(metric, metric))}@{k} against catalogue coverage</h2>
 <p class="sub">One point per run (symbol) and model (colour): up is more accurate, right covers more

@@ -30,12 +30,12 @@ KEY_FIGURES = (
     "ab_success",
 )
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1050px;margin:2rem auto;
 padding:0 1.2rem;color:#1f2328;line-height:1.5}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2rem}
 .sub{color:#59636e;margin-top:0}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left}
 th{background:#f6f8fa}td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:.8rem;border-radius:6px;overflow-x:auto;font-size:.85rem}
@@ -91,8 +91,9 @@ def render_notebook(notebook: Path, target: Path, title: str | None = None, run:
     return target
 
 
-def _table(rows: list[dict], markup: tuple[str, ...] = ()) -> str:
-    """Rows as an HTML table; values of the ``markup`` columns are HTML already (links)."""
+def html_table(rows: list[dict], markup: tuple[str, ...] = (), numeric: tuple[str, ...] = ()) -> str:
+    """Rows as an HTML table, values as :func:`musicrec.plots.cell_text` writes them; values of the
+    ``markup`` columns are HTML already (links); ``numeric`` columns (and numbers) right-aligned."""
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
@@ -100,12 +101,9 @@ def _table(rows: list[dict], markup: tuple[str, ...] = ()) -> str:
     for r in rows:
         cells = ""
         for k, v in r.items():
-            if k in markup:
-                cells += f"<td>{v}</td>"
-            elif isinstance(v, int | float) and not isinstance(v, bool):
-                cells += f'<td class="num">{cell_text(v, digits=2)}</td>'
-            else:
-                cells += f"<td>{html.escape(cell_text(v) if v != '' else MISSING)}</td>"
+            text = v if k in markup else html.escape(cell_text(v, digits=2) if v != "" else MISSING)
+            number = k in numeric or (isinstance(v, int | float) and not isinstance(v, bool))
+            cells += f'<td class="num">{text}</td>' if number else f"<td>{text}</td>"
         body += f"<tr>{cells}</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -149,6 +147,8 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
     oracle = ndcg.get("oracle")
     comparison = read_json(paths.evaluation).get("comparison", []) if paths.evaluation.is_file() else []
     paired = {(c["model_a"], c["model_b"]): c for c in comparison if c["metric"] == "ndcg" and c["k"] == k}
+    bases = {b for (_, b) in paired}
+    lift_column = f"lift over {'/'.join(sorted(bases))} (NDCG)" if bases else "lift (NDCG)"
     out = []
     for model in sorted(ndcg, key=lambda m: -ndcg[m]["value"]):
         r = ndcg[model]
@@ -157,7 +157,7 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
         if against is not None and against["mean_b"]:
             base = against["mean_b"]
             lift = (
-                f"{_percent(against['diff'] / base)} over {against['model_b']} "
+                f"{_percent(against['diff'] / base)} "
                 f"[{_percent(against['lower'] / base)}, {_percent(against['upper'] / base)}]"
             )
         share = ""
@@ -178,7 +178,7 @@ def headline_rows(paths: RunPaths, k: int = 10) -> list[dict]:
                 )
                 if model in recall
                 else "–",
-                "lift (NDCG)": lift or "–",
+                lift_column: lift or "–",
                 "share of the oracle (NDCG)": share or "–",
                 f"coverage@{k} (exact)": f"{cov['value']:.1%}" if cov else "–",
             }
@@ -238,7 +238,7 @@ def metric_grid(paths: RunPaths) -> str:
         }
         for seg, model in ordered
     ]
-    return _table(table_rows)
+    return html_table(table_rows)
 
 
 def provenance_rows(paths: RunPaths) -> list[dict]:
@@ -299,7 +299,7 @@ def ab_section(paths: RunPaths) -> str:
 <p class="sub">Experiment <code>{html.escape(exp["name"])}</code>: {counts["users"]:,} users,
 {counts["sessions"]:,} sessions ({html.escape(abtest["session_rule"])}). A list succeeds when its user
 listens to one of its tracks within {exp["success_window_hours"]:g} h; {exp["confidence"]:.0%} Wilson
-intervals.</p>{_table(ab_rows(abtest))}
+intervals.</p>{html_table(ab_rows(abtest))}
 <ul><li><strong>{html.escape(abtest["verdict"])}</strong></li></ul>"""
 
 
@@ -327,7 +327,7 @@ def build_report(params: str | Path, data_path: str | None = None, root: str | P
                 "finished": t.get("finished", ""),
             }
         )
-    stages_html = _table(stage_rows, markup=("stage",))
+    stages_html = html_table(stage_rows, markup=("stage",))
 
     summary = read_json(paths.data_summary) if paths.data_summary.is_file() else {}
     split = read_json(paths.split) if paths.split.is_file() else {}
@@ -358,7 +358,7 @@ Above it: {html.escape("; ".join(caveats))}.</p>"""
 <p class="sub">Warm users (seen before the test window). Every sampled value with its 95% bootstrap
 interval over users; the lift is the paired bootstrap of the final list's NDCG@10 minus the best other
 model's, relative to it; the share of the oracle is the model's NDCG@10 over the oracle's (its interval
-the model's). {html.escape(COVERAGE_NOTE)}</p>{_table(headline)}
+the model's). {html.escape(COVERAGE_NOTE)}</p>{html_table(headline)}
 {f"<ul>{verdicts}</ul>" if verdicts else ""}{caveat_html}
 <details><summary>Every metric, k and segment</summary>{grid}</details>"""
         if headline
@@ -369,14 +369,14 @@ the model's). {html.escape(COVERAGE_NOTE)}</p>{_table(headline)}
     commits = sorted({r["commit"] for r in made})
     made_by = f"; commit {html.escape(', '.join(commits))}" if commits else ""
     provenance_html = (
-        f"""<h2>How it was made</h2>{_table(made)}
-<details><summary>Packages and machine</summary>{_table(environment_rows(paths))}</details>"""
+        f"""<h2>How it was made</h2>{html_table(made)}
+<details><summary>Packages and machine</summary>{html_table(environment_rows(paths))}</details>"""
         if made
         else ""
     )
 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>musicrec: {html.escape(paths.run)}</title><style>{_STYLE}</style></head><body>
+<title>musicrec: {html.escape(paths.run)}</title><style>{STYLE}</style></head><body>
 <h1>musicrec run <code>{html.escape(paths.run)}</code></h1>
 <p class="sub">profile {html.escape(str(params))}; source {html.escape(profile.data.source)}{made_by}</p>
 <nav class="toc">Contents: <a href="#results">Results</a> <a href="#stages">Stages</a>
@@ -385,9 +385,9 @@ the model's). {html.escape(COVERAGE_NOTE)}</p>{_table(headline)}
 <div id="results">{results_html}</div>
 {ab_html}
 <h2 id="stages">Stages</h2>{stages_html}
-<h2 id="data">Data</h2>{_table(data_rows)}
-<h3>Time windows</h3>{_table(window_rows)}
-<h3>Rows dropped on purpose</h3>{_table(dropped)}
+<h2 id="data">Data</h2>{html_table(data_rows)}
+<h3>Time windows</h3>{html_table(window_rows)}
+<h3>Rows dropped on purpose</h3>{html_table(dropped)}
 {f"<h3>Notes</h3><ul>{notes}</ul>" if notes else ""}
 <h2 id="figures">Key figures</h2><div class="figs">{figures or "<p>(no figures yet)</p>"}</div>
 <div id="made">{provenance_html}</div>
