@@ -515,7 +515,7 @@ def k_figure(metrics: pl.DataFrame, labels: dict[str, RunLabel], chosen: str = "
 
 
 # --------------------------------------------------------------------------- the page
-_STYLE = STYLE + "body{max-width:1250px}code{font-size:.9em}\n"
+_STYLE = STYLE + "body{max-width:1250px}code{font-size:.9em}td{white-space:normal}\n"
 
 
 def runs_rows(labels: dict[str, RunLabel], metrics: pl.DataFrame) -> list[dict[str, Any]]:
