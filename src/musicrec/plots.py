@@ -308,14 +308,25 @@ def metric_curves(curves: pl.DataFrame):
 
 
 def popularity_bias(bias: pl.DataFrame):
-    """Box plots of the popularity of recommended tracks by model, beside what users heard."""
+    """Box plots (seaborn) of the popularity of recommended tracks by model, beside what users heard."""
     names = bias.get_column("model").unique(maintain_order=True).to_list()
-    data = [np.log10(1 + bias.filter(pl.col("model") == n).get_column("listeners").to_numpy()) for n in names]
+    frame = bias.select(
+        "model", (pl.col("listeners").cast(pl.Float64) + 1).log10().alias("popularity")
+    ).to_pandas()
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.4))
-    box = ax.boxplot(data, vert=False, tick_labels=names, showfliers=False, patch_artist=True)
-    for patch, name in zip(box["boxes"], names, strict=True):
-        patch.set_facecolor("#dd8452" if name == "test listens" else "#c6d4e8")
-    ax.invert_yaxis()
+    palette = {n: "#dd8452" if n == "test listens" else "#a1c9f4" for n in names}
+    sns.boxplot(
+        frame,
+        x="popularity",
+        y="model",
+        order=names,
+        hue="model",
+        palette=palette,
+        showfliers=False,
+        legend=False,
+        ax=ax,
+    )
+    ax.set_ylabel("")
     ax.set_xlabel("log10(1 + listeners before the test window) of a recommended top-10 track")
     ax.set_title("Popularity bias: what models recommend against what users heard")
     fig.tight_layout()
