@@ -28,6 +28,7 @@ import os
 import shutil
 from pathlib import Path
 
+from musicrec import progress
 from musicrec.config import Profile, ProfileError, load_profile
 from musicrec.io import RunPaths, write_json
 
@@ -55,12 +56,14 @@ def open_run(
     root: str | Path | None = None,
     scratch: str = "",
 ) -> tuple[Profile, RunPaths]:
-    """The profile and the run folders a notebook works on (see the module docstring).
+    """The profile and the run folders a notebook works on (see the module docstring); also
+    starts :func:`musicrec.progress.watch`, a line after every 25 s without one.
 
     ``root``: the project root, found from the working directory when empty. ``params_path``:
     absolute, or relative to the working directory or else to the root. ``scratch``: empty for
     make's run, else the suffix of the scratch run (``lab``: ``<run>-lab``).
     """
+    progress.watch()  # no long silence in the notebook, nor on make's console
     project = find_root(root or None)
     params = Path(params_path)
     if not params.is_absolute() and not params.is_file():

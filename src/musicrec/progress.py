@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -29,22 +30,67 @@ T = TypeVar("T")
 EVERY_SECONDS = 10.0
 
 
+#: A step that has printed nothing for this long says it is still going (the most silence a
+#: stage leaves: a fit's own iterations can be slower than that at the full scale).
+HEARTBEAT_SECONDS = 25.0
+
+_last_line = [time.monotonic()]
+
+
 def _stamp() -> str:
     return dt.datetime.now().strftime("%H:%M:%S")
 
 
+def _print(line: str) -> None:
+    _last_line[0] = time.monotonic()
+    print(f"[{_stamp()}] {line}", file=sys.stdout, flush=True)
+
+
 def say(message: str) -> None:
     """Print one timestamped progress line (flushed at once, so a streamed log shows it)."""
-    print(f"[{_stamp()}] {message}", file=sys.stdout, flush=True)
+    _print(message)
 
 
 @contextlib.contextmanager
-def step(what: str, enabled: bool = True) -> Iterator[None]:
-    """Say how long ``what`` took when it ends (the loops inside it say how far they are)."""
+def step(what: str, enabled: bool = True, heartbeat: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Say how long ``what`` took when it ends (the loops inside it say how far they are); while
+    it runs, a line every ``heartbeat`` seconds in which nothing else was printed."""
     start = time.perf_counter()
-    yield
+    stop = threading.Event()
+    if enabled and heartbeat:
+
+        def beat() -> None:
+            while not stop.wait(min(heartbeat, 5.0)):
+                if time.monotonic() - _last_line[0] >= heartbeat:
+                    say(f"{what}: still going, {_duration(time.perf_counter() - start)} so far")
+
+        threading.Thread(target=beat, name="musicrec-progress", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
     if enabled:
         say(f"{what}: done in {_duration(time.perf_counter() - start)}")
+
+
+_watching = threading.Event()
+
+
+def watch(heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    """From now on in this process, a line whenever nothing was printed for ``heartbeat`` seconds
+    (a stage notebook's cells between the steps that say what they do); started once."""
+    if _watching.is_set():
+        return
+    _watching.set()
+
+    def beat() -> None:
+        while True:
+            time.sleep(min(heartbeat, 5.0))
+            quiet = time.monotonic() - _last_line[0]
+            if quiet >= heartbeat:
+                say(f"still working ({_duration(quiet)} since the last line)")
+
+    threading.Thread(target=beat, name="musicrec-watch", daemon=True).start()
 
 
 def _duration(seconds: float) -> str:
@@ -79,7 +125,7 @@ class _Lines:
         line = text.replace("\r", "").strip()
         if line and line != self.last:
             self.last = line
-            print(f"[{_stamp()}] {line}", file=sys.stdout, flush=True)
+            _print(line)
 
     def flush(self) -> None:
         sys.stdout.flush()

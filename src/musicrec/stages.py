@@ -36,9 +36,9 @@ from musicrec.config import Profile
 from musicrec.io import RunPaths, read_json, write_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-#: Modules that only draw or lay out what a stage computed: editing them makes no stage stale
-#: (the next run of a stage redraws its figures; ``make report`` re-renders the pages).
-PRESENTATION = ("musicrec.plots", "musicrec.report", "musicrec.results")
+#: Modules that only draw, lay out or report the progress of what a stage computes: editing them
+#: makes no stage stale (the next run of a stage redraws its figures; ``make report`` re-renders the pages).
+PRESENTATION = ("musicrec.plots", "musicrec.report", "musicrec.results", "musicrec.progress")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from musicrec.candidates.base import (
     to_user_frame,
 )
 from musicrec.candidates.i2i import i2i_from_history, last_listens
+from musicrec.candidates.itemknn import ItemKnnGenerator
 from musicrec.candidates.popular import top_popular
 from musicrec.candidates.random import RandomGenerator
 from musicrec.config import Profile
@@ -252,10 +253,12 @@ class CandidateStage:
         cfg = profile.candidates
         out = output_dir(paths, window)
         out.mkdir(parents=True, exist_ok=True)
-        interactions = window_interactions(paths, window)
-        tracks = pl.read_parquet(paths.tracks)
-        features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
-        data = FitData.build(interactions, tracks, features)
+        with step(f"candidates ({window}): the window's listens read", progress):
+            interactions = window_interactions(paths, window)
+            tracks = pl.read_parquet(paths.tracks)
+            features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
+        with step(f"candidates ({window}): the users-by-tracks matrix built", progress):
+            data = FitData.build(interactions, tracks, features)
         reuse = window == "history+labels" and bool(self._history)
         self.rows = np.arange(len(data.user_ids))
         if window == "history":
@@ -301,6 +304,7 @@ class CandidateStage:
 
         runs.append(self._als(data, out, window))
         runs.append(self._i2i(data, interactions, out, window))
+        runs.append(self._item_knn(data, out, window))
         runs += [
             self._optional("content", "ContentGenerator", cfg.content, data, out, window, reuse),
             self._optional("audio", "AudioGenerator", cfg.audio, data, out, window, reuse),
@@ -407,6 +411,42 @@ class CandidateStage:
         run.rows = _timed(self.progress, run, "recommend_seconds", i2i_batches)
         run.files = ["i2i_history.parquet"]
         run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
+        return run
+
+    def _item_knn(self, data: FitData, out: Path, window: str) -> GeneratorRun:
+        """Item-kNN, fitted afresh on each window (its neighbours come from the window's listens)."""
+        cfg = self.profile.candidates.item_knn
+        run = GeneratorRun("item_knn", window)
+        (out / "item_knn.parquet").unlink(missing_ok=True)
+        if not cfg.enabled:
+            run.note = "disabled in the profile"
+            return run
+        knn = _timed(
+            self.progress,
+            run,
+            "fit_seconds",
+            lambda: ItemKnnGenerator(cfg, self.profile.seed, threads=self.workers).fit(data),
+        )
+        run.rows = _timed(
+            self.progress,
+            run,
+            "recommend_seconds",
+            lambda: _stream_users(
+                out / "item_knn.parquet",
+                data,
+                knn.recommend,
+                cfg.n,
+                cfg.batch_users,
+                f"item-kNN top-{cfg.n} ({window})",
+                self.progress,
+                self.workers,
+                self.rows,
+            ),
+        )
+        run.files = ["item_knn.parquet"]
+        run.note = f"{cfg.kind}, {cfg.neighbours} neighbours per track" + (
+            f", values decayed with a {cfg.half_life_days:g}-day half-life" if cfg.half_life_days else ""
+        )
         return run
 
     def _optional(
