@@ -681,3 +681,29 @@ def test_a_data_path_that_is_a_file_says_so(tmp_path: Path) -> None:
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
     with pytest.raises(SourceError, match=r"is a file; DATA_PATH names the folder"):
         movielens.load(tmp_path / "ratings.csv", MovieLensConfig())
+
+
+def test_the_movielens_profile_runs_on_the_100k_layout_unchanged(tmp_path: Path) -> None:
+    """ml-100k's ratings end in 1998: the profile's windows are shares of the ratings, so the
+    profile written for latest-small (which ends in 2018) fits it as it is."""
+    from musicrec.config import load_profile
+    from musicrec.data import build_dataset
+    from musicrec.io import RunPaths, read_json
+
+    folder = tmp_path / "ml-100k"
+    write_100k(folder)
+    start = 875_000_000  # 1997-09-23
+    lines = [
+        f"{user}\t{(user * 7 + i) % 3 * 10 + 10}\t5\t{start + (user + i * 45) * 86_400}"
+        for user in range(1, 41)
+        for i in range(3)
+    ]
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    profile = load_profile(
+        Path(__file__).resolve().parents[1] / "params" / "movielens.yaml", data_path=folder
+    )
+    paths = RunPaths(tmp_path / "project", profile.run)
+    build_dataset(profile, paths, progress=False)
+    split = read_json(paths.split)
+    assert split["data_end"].startswith("1998") and split["test_start"] > split["label_start"]
+    assert all(split["windows"][w]["rows"] > 0 for w in ("history", "labels", "test"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from musicrec import generators
 from musicrec.schema import CATALOG_NAMES_SCHEMA, INTERACTIONS_SCHEMA, TRACKS_SCHEMA
 from musicrec.stages import PIPELINE
 
@@ -248,7 +249,7 @@ def test_bench_records_time_and_memory_per_stage(project):
     assert {"training rows", "fit", "scoring"} <= {step["step"] for step in bench["ranking_steps"]}
 
 
-USER_LISTS = ("personal_als", "i2i_history", "content", "audio", "random")
+USER_LISTS = generators.USER_LISTS  # every generator that writes per-user lists
 SIMILAR_LISTS = ("similar", "content_similar", "audio_similar")
 
 

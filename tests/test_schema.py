@@ -181,6 +181,22 @@ def test_split_counts_and_cold_users(tmp_path):
     assert w["test"]["cold_users"] == 1 and w["test"]["warm_users"] == 0
 
 
+def test_boundaries_as_a_share_of_the_events(tmp_path):
+    path = tmp_path / "i.parquet"
+    # 20 listens, one a day from Jan 1 to Jan 20, by 20 users (one track each)
+    days = [dt.datetime(2022, 1, d) for d in range(1, 21)]
+    df = pl.DataFrame({"user_id": list(range(1, 21)), "track_id": [10] * 20, "started_at": days})
+    validate_interactions(df, track_ids=TRACK_IDS, file=FILE).write_parquet(path)
+    # the last 10% of 20 events are the 2 of Jan 19 and 20; the last 25% the 5 from Jan 16
+    split = compute_split(path, SplitConfig(label_start="25%", test_start="10%"))
+    assert (split["label_start"], split["test_start"]) == ("2022-01-16", "2022-01-19")
+    assert [split["windows"][w]["rows"] for w in ("history", "labels", "test")] == [15, 3, 2]
+    with pytest.raises(ValueError, match="label_start .* must be larger than test_start"):
+        SplitConfig(label_start="5%", test_start="10%")
+    with pytest.raises(ValueError, match="between 0% and 100%"):
+        SplitConfig(label_start="150%", test_start="10%")
+
+
 # ------------------------------------------------------------- the streaming checks
 
 

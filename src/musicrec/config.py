@@ -15,8 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -33,7 +34,7 @@ from pydantic import (
 from musicrec.generators import NAMES as GENERATOR_NAMES
 from musicrec.service.settings import ServiceConfig
 
-SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm")
+SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm", "yambda")
 
 
 class ProfileError(ValueError):
@@ -132,8 +133,42 @@ class YandexConfig(_Strict):
     unique_pairs: bool = True
 
 
+class YambdaConfig(_Strict):
+    """Yambda (Yandex Music's public data set, flat layout): which size, and how events count.
+
+    A (user, track) pair's weight is ``log2(1 + plays) + like_weight * liked``, where
+    ``plays`` sums ``played_ratio_pct / 100`` over the pair's Listen+ events (see
+    ``musicrec.sources.yambda``). Timestamps count seconds from the data set's own origin,
+    mapped to dates from ``origin``.
+    """
+
+    size: Literal["50m", "500m", "5b"] = Field(
+        "50m", description="the flat/<size>/ folder to read; 5b needs the distributed engine (refused)"
+    )
+    origin: dt.date = Field(
+        dt.date(2024, 1, 1),
+        description="calendar date given to timestamp 0 (Yambda publishes no dates); the windows "
+        "are counted in days from it, so only the weekday pattern depends on this choice",
+    )
+    listen_threshold: int = Field(
+        50, ge=1, le=100, description="played_ratio_pct at or above which a listen counts (Listen+)"
+    )
+    like_weight: float = Field(
+        1.0, gt=0, description="added to the weight of a liked pair; the whole weight of a liked-only pair"
+    )
+    embedding: Literal["normalized_embed", "embed"] = Field(
+        "normalized_embed", description="embeddings.parquet column that becomes track_features"
+    )
+    max_tracks_per_user: PositiveInt = Field(
+        32_767,
+        le=32_767,
+        description="a user's most recent this many pairs are kept (track_seq is int16); "
+        "earlier ones are dropped and counted",
+    )
+
+
 class DataConfig(_Strict):
-    source: Literal["synthetic", "yandex", "ium", "movielens", "lastfm"] = "synthetic"
+    source: Literal["synthetic", "yandex", "ium", "movielens", "lastfm", "yambda"] = "synthetic"
     path: Path | None = Field(
         None, description="folder of the raw source files; data/raw/<source> when unset"
     )
@@ -142,13 +177,26 @@ class DataConfig(_Strict):
     ium: IumConfig = Field(default_factory=IumConfig)
     movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
     lastfm: LastfmConfig = Field(default_factory=LastfmConfig)
+    yambda: YambdaConfig = Field(default_factory=YambdaConfig)
 
 
-Boundary = dt.date | PositiveInt
+#: A share of the events, as ``"10%"``: the boundary falls where the last 10% of them begin.
+EventShare = Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]
+Boundary = dt.date | PositiveInt | EventShare
+
+
+def share_of(boundary: str) -> float:
+    """``"10%"`` -> 0.1 (see :data:`EventShare`)."""
+    return float(boundary.rstrip("%")) / 100
 
 
 class SplitConfig(_Strict):
-    """The three windows: history | labels from label_start | test from test_start."""
+    """The three windows: history | labels from label_start | test from test_start.
+
+    A boundary is a date, a number of days before the end of the data (``15``: the last 15
+    days), or a share of the events (``"10%"``: the day on which the last 10% of the events
+    by time begin), so that one profile fits every size and layout of a source.
+    """
 
     label_start: Boundary = dt.date(2022, 12, 1)
     test_start: Boundary = dt.date(2022, 12, 16)
@@ -160,12 +208,28 @@ class SplitConfig(_Strict):
             raise ValueError("test_start must come after label_start")
         if isinstance(a, int) and isinstance(b, int) and not a > b:
             raise ValueError("label_start (days before the end) must be larger than test_start")
+        for key, value in (("label_start", a), ("test_start", b)):
+            if isinstance(value, str) and not 0 < share_of(value) < 1:
+                raise ValueError(f"{key}: {value} must be a share between 0% and 100%")
+        if isinstance(a, str) and isinstance(b, str) and not share_of(a) > share_of(b):
+            raise ValueError("label_start (a share of the last events) must be larger than test_start")
         return self
 
-    def resolve(self, first_day: dt.date, last_day: dt.date) -> tuple[dt.date, dt.date]:
-        """Turn the boundaries into dates for data spanning ``first_day .. last_day``."""
-        label = _boundary_date(self.label_start, last_day)
-        test = _boundary_date(self.test_start, last_day)
+    @property
+    def uses_shares(self) -> bool:
+        """Whether a boundary is a share of the events (known only once the data is there)."""
+        return isinstance(self.label_start, str) or isinstance(self.test_start, str)
+
+    def resolve(
+        self, first_day: dt.date, last_day: dt.date, day_at_share: Callable[[float], dt.date] | None = None
+    ) -> tuple[dt.date, dt.date]:
+        """Turn the boundaries into dates for data spanning ``first_day .. last_day``;
+        ``day_at_share(s)``: the day on which the last share ``s`` of the events begin (needed
+        when a boundary is a share: see :attr:`uses_shares`)."""
+        if day_at_share is None and self.uses_shares:
+            raise ValueError("a boundary is a share of the events: resolve it with day_at_share")
+        label = _boundary_date(self.label_start, last_day, day_at_share)
+        test = _boundary_date(self.test_start, last_day, day_at_share)
         for key, day in (("split.label_start", label), ("split.test_start", test)):
             if day <= first_day:
                 raise ProfileError(
@@ -178,9 +242,13 @@ class SplitConfig(_Strict):
         return label, test
 
 
-def _boundary_date(boundary: Boundary, last_day: dt.date) -> dt.date:
+def _boundary_date(
+    boundary: Boundary, last_day: dt.date, day_at_share: Callable[[float], dt.date] | None
+) -> dt.date:
     if isinstance(boundary, dt.date):
         return boundary
+    if isinstance(boundary, str):
+        return day_at_share(share_of(boundary))
     return last_day - dt.timedelta(days=boundary - 1)
 
 
@@ -272,6 +340,27 @@ class AudioConfig(_Strict):
     probe_cells: PositiveInt = Field(8, description="cells searched around a query's nearest cell")
 
 
+class ItemKnnConfig(_Strict):
+    """Item-to-item nearest neighbours over the users-by-tracks matrix (implicit's item-kNN).
+
+    A track's neighbours are its ``neighbours`` most similar tracks (implicit's ``K``, which
+    counts the track itself) by ``kind``: ``cosine`` of the tracks' listener vectors,
+    ``bm25`` (listeners weighted by BM25 with ``bm25_k1``, ``bm25_b``; implicit's defaults)
+    or ``tfidf``. A user's score for an unheard track sums the similarities of the tracks they
+    heard to it, each times the user's value of that track. Values are the summed weights,
+    times ``0.5 ** (age / half_life_days)`` when a half-life is set (as ``als.half_life_days``).
+    """
+
+    enabled: bool = True
+    kind: Literal["cosine", "bm25", "tfidf"] = "bm25"
+    neighbours: PositiveInt = Field(100, description="K: similar tracks kept per track, itself included")
+    n: PositiveInt = 100
+    half_life_days: float | None = Field(None, gt=0, description="decay of the values; none when unset")
+    bm25_k1: float = Field(1.2, ge=0, description="BM25 term-frequency saturation (kind bm25)")
+    bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation (kind bm25)")
+    batch_users: PositiveInt = 5_000
+
+
 class RandomConfig(_Strict):
     """Uniform over the tracks a user has not heard: the floor."""
 
@@ -286,6 +375,7 @@ class CandidatesConfig(_Strict):
     i2i_history: I2iHistoryConfig = Field(default_factory=I2iHistoryConfig)
     content: ContentConfig = Field(default_factory=ContentConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
+    item_knn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
     random: RandomConfig = Field(default_factory=RandomConfig)
     recall_at: list[PositiveInt] = Field(
         default_factory=lambda: [10, 50, 100],
@@ -306,6 +396,7 @@ class RankingConfig(_Strict):
             "top_popular": 50,
             "personal_als": 100,
             "i2i_history": 50,
+            "item_knn": 50,
             "content": 30,
             "audio": 30,
         }

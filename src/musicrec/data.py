@@ -38,7 +38,8 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
 
         synthetic = profile.data.synthetic
         # the windows must fit the span to be generated: say so before minutes of generating
-        profile.split.resolve(synthetic.start_date, synthetic.end_date)
+        if not profile.split.uses_shares:
+            profile.split.resolve(synthetic.start_date, synthetic.end_date)
         generated = generate(profile.data.synthetic, profile.seed, paths.data, progress=progress)
         notes += generated.notes
         tracks = validate_tracks(pl.read_parquet(paths.tracks), file=str(paths.tracks))

@@ -19,7 +19,7 @@ window are the hits, highlighted and marked ``✓``.
 The models and their lists are the evaluation's (:func:`musicrec.evaluation.model_lists`):
 ``final`` (the user's rows of ``recommendations.parquet``; a cold user's is the
 top-popular list), then each generator fitted on history + labels that wrote a
-per-user file (``random``, ``personal_als``, ``i2i_history``, ``content``, ``audio``),
+per-user file (``random``, ``personal_als``, ``i2i_history``, ``item_knn``, ``content``, ``audio``),
 and ``top_popular`` made per user (heard tracks removed, from
 :func:`musicrec.evaluation.popular_order`). The item-to-item files keyed by track
 (``similar``, ``content_similar``, ``audio_similar``) are not shown as such: the

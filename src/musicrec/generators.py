@@ -24,6 +24,7 @@ GENERATORS: tuple[GeneratorSpec, ...] = (
     GeneratorSpec("top_popular", "musicrec.candidates.popular", per_user=False),
     GeneratorSpec("personal_als", "musicrec.candidates.als"),
     GeneratorSpec("i2i_history", "musicrec.candidates.i2i"),
+    GeneratorSpec("item_knn", "musicrec.candidates.itemknn"),
     GeneratorSpec("content", "musicrec.candidates.content"),
     GeneratorSpec("audio", "musicrec.candidates.audio"),
     GeneratorSpec("random", "musicrec.candidates.random"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,15 @@ def compute_split(
     if first is None:
         raise DataContractError(file, C.started_at, "no interactions at all")
     first_day, last_day = first.date(), last.date()
-    label_start, test_start = cfg.resolve(first_day, last_day)
+
+    n_events = lf.select(pl.len()).collect().item()
+
+    def day_at_share(share: float) -> dt.date:
+        """The day of the earliest of the last ``ceil(share * events)`` events by time."""
+        last = max(1, math.ceil(share * n_events))
+        return lf.select(pl.col(C.started_at).top_k(last).min()).collect().item().date()
+
+    label_start, test_start = cfg.resolve(first_day, last_day, day_at_share)
 
     windowed = lf.select(C.user_id, C.started_at).with_columns(window_expr(label_start, test_start))
     per_window = (

@@ -1,2 +1,2 @@
 """Candidate generators: top-popular, ALS user-to-item and item-to-item, i2i from history,
-content-based (TF-IDF), audio autoencoder and random. See :mod:`musicrec.candidates.base`."""
+item-kNN, content-based (TF-IDF), audio autoencoder and random. See :mod:`musicrec.candidates.base`."""

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from musicrec.candidates.base import FitData, batches, index_of
+from musicrec.candidates.base import FitData, batches, decayed_matrix, index_of
 from musicrec.config import AlsConfig
 from musicrec.io import atomic_path, write_parquet
 from musicrec.progress import iteration_lines
@@ -41,15 +41,7 @@ class AlsGenerator:
     def confidence_matrix(self, data: FitData) -> sp.csr_matrix:
         """The users-by-tracks values ALS is fitted on (see the module docstring)."""
         cfg = self.config
-        matrix = data.matrix
-        if cfg.half_life_days is not None:
-            inter = data.interactions
-            end = inter.get_column(C.started_at).max()
-            age = ((end - inter.get_column(C.started_at)).dt.total_seconds() / 86400).to_numpy()
-            decayed = inter.get_column(C.weight).to_numpy() * 0.5 ** (age / cfg.half_life_days)
-            rows = data.user_rows(inter.get_column(C.user_id).to_numpy())
-            cols = data.track_columns(inter.get_column(C.track_id).to_numpy())
-            matrix = sp.csr_matrix((decayed.astype(np.float32), (rows, cols)), shape=matrix.shape)
+        matrix = decayed_matrix(data, cfg.half_life_days)
         if cfg.confidence == "log":
             matrix = matrix.copy()
             matrix.data = np.log1p(matrix.data)

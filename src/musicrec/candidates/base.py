@@ -66,6 +66,30 @@ class FitData:
         return index_of(self.track_ids, np.asarray(track_ids))
 
 
+def decayed_matrix(data: FitData, half_life_days: float | None) -> sp.csr_matrix:
+    """The window's users-by-tracks matrix with every listen's weight times
+    ``0.5 ** (age / half_life_days)``, age in days from the listen to the window's last listen
+    (summed per pair as in :attr:`FitData.matrix`); ``data.matrix`` itself when no half-life is set.
+
+    >>> import datetime as dt
+    >>> day = dt.datetime(2022, 3, 1)
+    >>> inter = pl.DataFrame({C.user_id: [1, 1], C.track_id: [7, 8], C.weight: [2.0, 1.0],
+    ...                       C.started_at: [day, day + dt.timedelta(days=10)]})
+    >>> data = FitData.build(inter, pl.DataFrame({C.track_id: [7, 8]}))
+    >>> decayed_matrix(data, 5.0).toarray().tolist()  # 10 days old, 5-day half-life: a quarter
+    [[0.5, 1.0]]
+    """
+    if half_life_days is None:
+        return data.matrix
+    inter = data.interactions
+    end = inter.get_column(C.started_at).max()
+    age = ((end - inter.get_column(C.started_at)).dt.total_seconds() / 86400).to_numpy()
+    decayed = inter.get_column(C.weight).to_numpy() * 0.5 ** (age / half_life_days)
+    rows = data.user_rows(inter.get_column(C.user_id).to_numpy())
+    cols = data.track_columns(inter.get_column(C.track_id).to_numpy())
+    return sp.csr_matrix((decayed.astype(np.float32), (rows, cols)), shape=data.matrix.shape)
+
+
 def index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Positions of ``wanted`` ids in the sorted array ``sorted_ids``; -1 where absent."""
     pos = np.searchsorted(sorted_ids, wanted)

@@ -6,7 +6,7 @@ test window are the *cold* segment, served the top-popular list and measured
 separately. The pieces:
 
 * :func:`model_lists`: each model's top-k lists for the warm users (random,
-  top-popular made per user, ALS, i2i, content, audio, the final ranker's list);
+  top-popular made per user, ALS, i2i, item-kNN, content, audio, the final ranker's list);
 * :func:`oracle_lists`: on synthetic data, each user's best unheard tracks by the
   generator's true preference, the ceiling;
 * :func:`user_segments`: warm users in terciles of history length, and the cold users;

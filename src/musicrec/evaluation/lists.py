@@ -178,7 +178,8 @@ def model_lists(
     """Every model's top ``k_max`` for the warm users: ``{model: user_id, track_id, rank}``.
 
     Models: ``random``, ``top_popular`` (:func:`top_popular_lists`), ``personal_als``,
-    ``i2i_history``, ``content`` and ``audio`` (when their files exist; every generator
+    ``i2i_history``, ``item_knn``, ``content`` and ``audio`` (every generator of
+    :data:`musicrec.generators.GENERATORS` whose file exists; every generator
     fitted on history + labels, heard tracks already excluded) and ``final`` (the
     ranker's rows of ``recommendations.parquet``). ``users`` defaults to the warm users
     with a test listen (those the metrics average over); ``listeners``: :func:`popularity`,
