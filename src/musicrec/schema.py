@@ -190,6 +190,41 @@ def _reject_rows(df: pl.DataFrame, bad: pl.Series, file: str, column: str, probl
         )
 
 
+def reject_by_stats(
+    frame: pl.LazyFrame,
+    stats: dict,
+    file: str,
+    nulls: Iterable[str],
+    limits: dict[str, tuple[int, int]],
+    shown: Iterable[str] | None = None,
+) -> None:
+    """Raise on the first problem a streaming pass found: ``stats`` holds ``<column>_nulls`` for
+    the ``nulls`` columns and ``<column>_min``/``_max`` for the ``limits`` ones; the examples are
+    read back from ``frame`` (the ``shown`` columns, all when None, with their row numbers)."""
+    with_row = frame.with_row_index("row")
+    keep = ["row", *shown] if shown is not None else with_row.collect_schema().names()
+    for column in nulls:
+        if stats[f"{column}_nulls"]:
+            raise DataContractError(
+                file,
+                column,
+                f"{stats[f'{column}_nulls']:,} rows with a null value",
+                with_row.filter(pl.col(column).is_null()).select(keep).head(N_EXAMPLES).collect(),
+            )
+    for column, (low, high) in limits.items():
+        lo, hi = stats[f"{column}_min"], stats[f"{column}_max"]
+        if lo is not None and not (low <= lo and hi <= high):
+            raise DataContractError(
+                file,
+                column,
+                f"values outside {low:,} .. {high:,}: min {lo:,}, max {hi:,}",
+                with_row.filter(~pl.col(column).is_between(low, high))
+                .select(keep)
+                .head(N_EXAMPLES)
+                .collect(),
+            )
+
+
 def check_not_null(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
     for column in columns:
         _reject_rows(df, df.get_column(column).is_null(), file, column, "rows with a null id")
@@ -379,25 +414,8 @@ def validate_interactions_lazy(
         .collect(engine="streaming")
         .row(0, named=True)
     )
+    reject_by_stats(interactions, stats, file, (C.user_id, C.track_id, C.started_at), limits)
     with_row = interactions.with_row_index("row")
-    for column in (C.user_id, C.track_id, C.started_at):
-        if stats[f"{column}_nulls"]:
-            raise DataContractError(
-                file,
-                column,
-                f"{stats[f'{column}_nulls']} rows with a null value",
-                with_row.filter(pl.col(column).is_null()).head(N_EXAMPLES).collect(),
-            )
-    for column, (low, high) in limits.items():
-        if stats[f"{column}_min"] is not None and not (
-            low <= stats[f"{column}_min"] and stats[f"{column}_max"] <= high
-        ):
-            raise DataContractError(
-                file,
-                column,
-                f"values outside {low} .. {high}",
-                with_row.filter(~pl.col(column).is_between(low, high)).head(N_EXAMPLES).collect(),
-            )
     latest = latest_plausible()
     future = pl.col(C.started_at) > latest
     if interactions.select(future.any()).collect(engine="streaming").item():

@@ -82,6 +82,7 @@ from musicrec.schema import (
     DropReport,
     check_columns,
     latest_plausible,
+    reject_by_stats,
 )
 from musicrec.sources.base import SourceData, SourceError, require_files
 
@@ -348,29 +349,9 @@ def _scan(path: Path, file: str, integers: tuple[str, ...], numeric: tuple[str, 
 
 
 def _check_stats(frame: pl.LazyFrame, stats: dict, file: str, limits: dict[str, tuple[int, int]]) -> None:
-    """Null or out-of-range ids and timestamps (from a streaming pass) stop the load with examples."""
-    with_row = frame.with_row_index("row")
-    for column, (low, high) in limits.items():
-        if stats[f"{column}_nulls"]:
-            raise DataContractError(
-                file,
-                column,
-                f"{stats[f'{column}_nulls']:,} rows with a null value",
-                with_row.filter(pl.col(column).is_null()).head(N_EXAMPLES).collect(),
-            )
-        lo, hi = stats[f"{column}_min"], stats[f"{column}_max"]
-        if lo is not None and not (low <= lo and hi <= high):
-            what = "int32 ids" if high == _INT32_MAX else "timestamps"
-            raise DataContractError(
-                file,
-                column,
-                f"values outside {low} .. {high:,} (the {what} the canonical form holds): "
-                f"min {lo:,}, max {hi:,}",
-                with_row.filter(~pl.col(column).is_between(low, high))
-                .select("row", *limits)
-                .head(N_EXAMPLES)
-                .collect(),
-            )
+    """Null or out-of-range ids and timestamps (from a streaming pass) stop the load with examples
+    (the canonical form holds int32 ids)."""
+    reject_by_stats(frame, stats, file, nulls=limits, limits=limits, shown=limits)
 
 
 _LIMITS = {_UID: (0, _INT32_MAX), _ITEM: (0, _INT32_MAX), _TS: (0, _UINT32_MAX)}
