@@ -26,7 +26,7 @@ def test_cli_report_and_bench_take_their_stages_from_the_declaration():
     from musicrec import bench, cli, report
 
     assert cli.STAGES == st.PIPELINE == ("01_data", "02_eda", "03_candidates", "04_ranking", "05_evaluation")
-    assert cli.ON_DEMAND == ("06_ab_test",)
+    assert cli.ON_DEMAND == ("06_ab_test", "07_tuning")
     assert set(report.STAGE_TITLES) == set(bench.STAGE_NAMES) == set(st.BY_NAME)
     assert all((ROOT / s.notebook).is_file() for s in st.STAGES)
     for s in st.STAGES:  # upstream stages come first

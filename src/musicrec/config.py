@@ -442,6 +442,131 @@ class EvaluationConfig(_Strict):
     )
 
 
+#: What ``make tune`` can tune (``tuning.models``): a generator, or the ranker.
+TUNABLE = ("personal_als", "item_knn", "i2i_history", "top_popular", "ranker")
+#: The profile section each tunable model's search-space keys are relative to.
+TUNED_SECTIONS = {
+    "personal_als": "candidates.als",
+    "item_knn": "candidates.item_knn",
+    "i2i_history": "candidates.i2i_history",
+    "top_popular": "candidates.top_popular",
+    "ranker": "ranking",
+}
+
+
+class Dimension(_Strict):
+    """One parameter's search range: ``low``..``high`` (integers when both are; ``log``: a log
+    scale; ``step``: a grid), or a list of ``choices`` (``null`` among them: the key unset)."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[str | int | float | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either choices (a non-empty list) or low and high")
+            return self
+        if self.low is None or self.high is None or not self.low <= self.high:
+            raise ValueError("give low <= high, or choices")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log scale needs low > 0 and no step")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        """Whether the range is of whole numbers (both bounds written as integers)."""
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+
+
+def _default_space() -> dict[str, dict[str, Dimension]]:
+    def r(low, high, log=False, step=None) -> Dimension:
+        return Dimension(low=low, high=high, log=log, step=step)
+
+    def c(*choices) -> Dimension:
+        return Dimension(choices=list(choices))
+
+    return {
+        "personal_als": {
+            "factors": r(16, 128, log=True),
+            "regularization": r(0.001, 1.0, log=True),
+            "alpha": r(1.0, 50.0, log=True),
+            "iterations": r(3, 20),
+            "confidence": c("linear", "log"),
+            "half_life_days": c(None, 14, 30, 60, 120, 240),
+        },
+        "item_knn": {"kind": c("cosine", "bm25", "tfidf"), "neighbours": r(10, 400, log=True)},
+        "i2i_history": {"last_k": r(1, 100, log=True)},
+        "top_popular": {"days": c(None, 3, 7, 14, 30, 60, 120)},
+        "ranker": {
+            "depth": r(3, 10),
+            "learning_rate": r(0.01, 0.3, log=True),
+            "negatives_per_user": r(5, 100, log=True),
+            "candidates.top_popular": r(0, 100, step=10),
+            "candidates.personal_als": r(0, 100, step=10),
+            "candidates.i2i_history": r(0, 100, step=10),
+            "candidates.item_knn": r(0, 100, step=10),
+        },
+    }
+
+
+class TuningConfig(_Strict):
+    """``make tune``: each model's parameters searched with optuna (TPE, seeded from ``seed``);
+    fitted on history, scored on the labels window (see ``musicrec.tuning``)."""
+
+    trials: PositiveInt = Field(30, description="trials per model")
+    timeout_seconds: PositiveInt = Field(600, description="seconds per model; the search stops after it")
+    metric: Literal["ndcg", "recall", "precision", "map", "hitrate"] = "ndcg"
+    k: PositiveInt = 10
+    sample_users: PositiveInt | EventShare | None = Field(
+        2_000,
+        description='labels-window users scored per trial: a count or a share ("20%"), drawn with the '
+        "seed; all when unset",
+    )
+    models: list[Literal[TUNABLE]] = Field(default_factory=lambda: list(TUNABLE))
+    space: dict[Literal[TUNABLE], dict[str, Dimension]] = Field(
+        default_factory=_default_space,
+        description="per model, the parameters to search (keys relative to the model's section); a "
+        "model given here replaces its default space",
+    )
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> TuningConfig:
+        for model, dims in self.space.items():
+            section = TUNED_SECTIONS[model]
+            for key in dims:
+                if not _section_has(section, key):
+                    raise ValueError(f"space.{model}.{key}: {section} has no key {key!r}")
+        for model in self.models:
+            if not self.space.get(model):
+                raise ValueError(f"models: {model} has no search space (tuning.space.{model})")
+        return self
+
+
+def _section_has(section: str, key: str) -> bool:
+    """Whether the dotted ``key`` names a field of the profile section ``section``
+    (``ranking`` + ``candidates.item_knn``: a key of the ``ranking.candidates`` mapping)."""
+    model: type[BaseModel] = Profile
+    parts = section.split(".") + key.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        nested = [
+            a
+            for a in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not nested:  # a leaf, or a mapping (ranking.candidates): one more part, a generator name
+            rest = parts[i + 1 :]
+            return not rest or (len(rest) == 1 and part == "candidates" and rest[0] in GENERATOR_NAMES)
+        model = nested[0]
+    return True
+
+
 class Profile(_Strict):
     """A whole run's configuration. Later stages add their own sections."""
 
@@ -453,6 +578,12 @@ class Profile(_Strict):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    tuned: str | None = Field(
+        None,
+        description="a profile overlay (outputs/<run>/tuning/best.yaml, relative to the project root) "
+        "whose keys are merged over this profile's; none when unset",
+    )
     tracking: Literal["mlflow"] | None = Field(
         None,
         description="mlflow: log each stage run to the local MLflow store mlruns/ (musicrec.tracking); "
@@ -499,9 +630,63 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
                 "synthetic (it generates its data): drop DATA_PATH, or set data.source"
             )
     try:
-        return Profile.model_validate(raw)
+        profile = Profile.model_validate(raw)
     except ValidationError as exc:
         raise ProfileError(f"{path}: " + _describe(exc.errors())) from None
+    return profile if profile.tuned is None else _with_overlay(path, raw, profile.tuned)
+
+
+#: Keys an overlay cannot set: they say which run and which overlay, not how a model is fitted.
+_NOT_OVERLAID = ("run_name", "tuned")
+
+
+def overlay_path(profile_path: str | Path, tuned: str) -> Path:
+    """Where a profile's ``tuned:`` overlay is: relative to the project root (the folder above
+    the profile's ``params/``, else the working directory) unless absolute."""
+    given = Path(tuned)
+    if given.is_absolute():
+        return given
+    folder = Path(profile_path).resolve().parent
+    root = folder.parent if folder.name == "params" else Path.cwd()
+    return root / given
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over``'s keys over ``base``'s, mappings merged key by key (neither is changed).
+
+    >>> deep_merge({"a": {"x": 1, "y": 2}, "b": 3}, {"a": {"y": 5}})
+    {'a': {'x': 1, 'y': 5}, 'b': 3}
+    """
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def _with_overlay(path: Path, raw: dict, tuned: str) -> Profile:
+    """The profile ``raw`` with the overlay file ``tuned`` merged over it, validated; errors name
+    the overlay file."""
+    file = overlay_path(path, tuned)
+    where = f"{path}: tuned: {tuned}"
+    if not file.is_file():
+        raise ProfileError(f"{where}: no such overlay file ({file}); run `make tune` or drop `tuned:`")
+    try:
+        over = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{where}: not valid YAML: {exc}") from None
+    if not isinstance(over, dict):
+        raise ProfileError(f"{where}: an overlay is a mapping of profile keys, got {type(over).__name__}")
+    refused = [k for k in _NOT_OVERLAID if k in over]
+    if refused:
+        raise ProfileError(f"{where}: {refused[0]}: an overlay cannot set it (only how models are fitted)")
+    try:
+        return Profile.model_validate(deep_merge(raw, over))
+    except ValidationError as exc:
+        raise ProfileError(f"{where}: " + _describe(exc.errors())) from None
 
 
 _UNION_TAGS = ("constrained-int", "date", "int", "function-")

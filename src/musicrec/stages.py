@@ -58,6 +58,9 @@ class Stage:
     artefacts: tuple[str, ...]
     on_demand: bool = False
     reads_data_path: bool = False
+    #: An on-demand stage's make variable of notebook parameters (``ABTEST="max_users=null"``):
+    #: set, the stage always reruns.
+    param_var: str = ""
 
     @property
     def notebook(self) -> Path:
@@ -134,6 +137,19 @@ STAGES: tuple[Stage, ...] = (
         ("seed", "service"),
         ("{outputs}/service/abtest.json", "?{outputs}/service/abtest.sqlite*"),
         on_demand=True,
+        param_var="ABTEST",
+    ),
+    Stage(
+        "07_tuning",
+        "tune",
+        "Tuning (the models' parameters searched on the labels window)",
+        "tuning",
+        "search the generators' and the ranker's parameters on the labels window (TUNE=\"trials=5\")",
+        ("01_data", "03_candidates"),
+        ("seed", "tuning", "candidates", "ranking"),
+        ("{outputs}/tuning",),
+        on_demand=True,
+        param_var="TUNE",
     ),
 )
 BY_NAME = {s.name: s for s in STAGES}
@@ -509,12 +525,13 @@ def makefile_rules() -> str:
     for s in STAGES:
         ups = " ".join(f"$(STAMPS)/{u}" for u in s.upstream)
         # an on-demand stage takes notebook parameters from make (ABTEST), and then always reruns
-        extra = " $(if $(ABTEST),always)" if s.on_demand else ""
+        extra = f" $(if $({s.param_var}),always)" if s.param_var else ""
         lines.append(
             f"$(STAMPS)/{s.name}: $(call stale,{s.name}){extra}{' ' + ups if ups else ''} | $(READY)"
         )
         if s.on_demand:  # not part of `all`: its page is rendered when it runs
-            lines.append(f"\t$(STAGE) {s.name} $(foreach p,$(ABTEST),--param '$(p)')")
+            params = f" $(foreach p,$({s.param_var}),--param '$(p)')" if s.param_var else ""
+            lines.append(f"\t$(STAGE) {s.name}{params}")
             lines.append("\t$(REPORT)")
         else:
             lines.append(f"\t$(STAGE) {s.name}")
