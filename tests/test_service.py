@@ -1204,6 +1204,7 @@ def test_a_store_that_cannot_write_makes_ready_say_so(client, monkeypatch):
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(store, "add_events", full)
+    monkeypatch.setattr(store, "try_add_events", full)  # a full disk fails the inline write too
     r = client.post("/events", json={"user_id": 1, "track_id": 10})
     assert r.status_code == 503 and "disk is full" in r.json()["detail"]
     ready = client.get("/ready")
@@ -1331,3 +1332,33 @@ def test_not_ready_names_the_missing_file_without_the_machines_paths(tmp_path):
         r = c.get("/ready")
         assert r.status_code == 503 and "outputs/hand" in r.json()["detail"]
         assert str(tmp_path) not in r.json()["detail"]
+
+
+def test_an_inline_write_never_waits_for_the_lock(tmp_path):
+    """try_add_events stores at once when the write lock is free, and gives up at once (None) when
+    another process holds it, leaving the wait to a thread; the WAL is checkpointed by others."""
+    import sqlite3
+
+    import musicrec.service.events as events
+
+    db = tmp_path / "e.sqlite"
+    store = EventStore(db, busy_timeout_ms=5000)
+    assert store.try_add_events([(1, 10, None), (1, 11, None)]) == [1, 2]
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's writer
+    try:
+        assert store.try_add_events([(1, 12, None)]) is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.try_add_events([(1, 12, None)]) == [3]
+    assert [e.track_id for e in store.latest(1, 10)] == [12, 11, 10]
+    checkpoints = []
+    store._checkpoint = lambda: checkpoints.append(1)
+    for _ in range(events.INLINE_CHECKPOINT_EVERY - 2):  # two inline commits above
+        store.try_add_events([(2, 10, None)])
+    deadline = time.time() + 10
+    while not checkpoints and time.time() < deadline:  # the checkpoint runs in its own thread
+        time.sleep(0.01)
+    assert checkpoints == [1]
+    store.close()

@@ -30,6 +30,7 @@ INT32_MAX = 2**31 - 1
 MAX_EVENTS_PER_POST = 10_000
 MAX_EVENTS_K = 1000
 PARSE_INLINE_BYTES = 16_384  # a POST /events body up to this size is parsed on the event loop
+INLINE_WRITE_EVENTS = 200  # a batch up to this size is written on the loop when the lock is free
 
 Id = Annotated[int, Field(ge=0, le=INT32_MAX, strict=True)]
 MAX_SHOWN = 5  # offending items named in an error reply
@@ -291,8 +292,11 @@ def routers(state: Recommender) -> list[APIRouter]:
                 422, f"unknown track_id (not in the catalogue of run {artefacts.run}): {shown}"
             )
         rows = [(e.user_id, e.track_id, to_micros(e.timestamp) if e.timestamp else None) for e in events]
-        # in a thread: a writer waiting for SQLite's lock never holds up the event loop (/health)
-        ids = await asyncio.to_thread(store.add_events, rows)
+        # on the loop when the write lock is free at once (no wait); else in a thread: a writer
+        # waiting for SQLite's lock never holds up the event loop (/health)
+        ids = store.try_add_events(rows) if len(rows) <= INLINE_WRITE_EVENTS else None
+        if ids is None:
+            ids = await asyncio.to_thread(store.add_events, rows)
         state.store_error = None  # it writes again
         state.stats.events(len(ids))
         return JSONResponse({"stored": len(ids), "ids": ids}, status_code=201)
