@@ -17,7 +17,7 @@ import difflib
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -601,6 +601,14 @@ class Profile(_Strict):
         return self.run_name
 
 
+def _read_yaml(file: Path, where: str) -> Any:
+    """A YAML file's content; invalid YAML is a :class:`ProfileError` starting with ``where``."""
+    try:
+        return yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{where}: not valid YAML: {exc}") from None
+
+
 def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profile:
     """Read and validate a profile; ``data_path`` (make's ``DATA_PATH``) overrides ``data.path``.
 
@@ -610,10 +618,7 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"{path}: no such profile (profiles live in params/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path, str(path))
     if raw is None:  # an empty file would silently run every default (30,000 synthetic users)
         raise ProfileError(f"{path}: the profile is empty; start from a copy of params/default.yaml")
     if not isinstance(raw, dict):
@@ -674,10 +679,7 @@ def _with_overlay(path: Path, raw: dict, tuned: str) -> Profile:
     where = f"{path}: tuned: {tuned}"
     if not file.is_file():
         raise ProfileError(f"{where}: no such overlay file ({file}); run `make tune` or drop `tuned:`")
-    try:
-        over = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{where}: not valid YAML: {exc}") from None
+    over = _read_yaml(file, where)
     if not isinstance(over, dict):
         raise ProfileError(f"{where}: an overlay is a mapping of profile keys, got {type(over).__name__}")
     refused = [k for k in _NOT_OVERLAID if k in over]
