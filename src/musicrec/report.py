@@ -241,13 +241,13 @@ def metric_grid(paths: RunPaths) -> str:
     return html_table(table_rows)
 
 
-def provenance_rows(paths: RunPaths) -> list[dict]:
-    """What made the run: per stage, the commit (and a dirty tree), the time; then the packages
-    and the machine of the last stage (``outputs/<run>/provenance.json``)."""
-    file = paths.provenance
-    if not file.is_file():
-        return []
-    records = read_json(file)
+def _provenance(paths: RunPaths) -> dict[str, dict]:
+    """Stage -> its record in ``outputs/<run>/provenance.json`` (empty before any stage ran)."""
+    return read_json(paths.provenance) if paths.provenance.is_file() else {}
+
+
+def provenance_rows(records: dict[str, dict]) -> list[dict]:
+    """What made the run: per stage, the commit (and a dirty tree) and the time."""
     rows = [
         {
             "stage": STAGE_TITLES.get(stage, stage),
@@ -260,12 +260,9 @@ def provenance_rows(paths: RunPaths) -> list[dict]:
     return rows
 
 
-def environment_rows(paths: RunPaths) -> list[dict]:
+def environment_rows(records: dict[str, dict]) -> list[dict]:
     """The packages and the machine of the run's latest stage."""
-    file = paths.provenance
-    if not file.is_file():
-        return []
-    latest = max(read_json(file).values(), key=lambda r: r.get("time", ""), default={})
+    latest = max(records.values(), key=lambda r: r.get("time", ""), default={})
     keys = [k for k in latest if k.endswith("_version")] + ["cpu_count", "memory_gb", "platform", "machine"]
     return [{"what": k.removesuffix("_version"), "value": str(latest.get(k))} for k in keys if k in latest]
 
@@ -365,12 +362,13 @@ the model's). {html.escape(COVERAGE_NOTE)}</p>{html_table(headline)}
         else ""
     )
     ab_html = ab_section(paths)
-    made = provenance_rows(paths)
+    records = _provenance(paths)  # read once for both tables
+    made = provenance_rows(records)
     commits = sorted({r["commit"] for r in made})
     made_by = f"; commit {html.escape(', '.join(commits))}" if commits else ""
     provenance_html = (
         f"""<h2>How it was made</h2>{html_table(made)}
-<details><summary>Packages and machine</summary>{html_table(environment_rows(paths))}</details>"""
+<details><summary>Packages and machine</summary>{html_table(environment_rows(records))}</details>"""
         if made
         else ""
     )

@@ -75,32 +75,23 @@ def _evaluate_groups(
         for m, frame in per_user:
             values = frame.filter(pl.col(C.user_id).is_in(members)).get_column(VALUE).to_numpy()
             value = float(values.mean()) if values.size else math.nan
-            low, high = bootstrap_ci(values, n_boot, alpha, seed)
-            rows.append(
-                {
-                    "model": model,
-                    "k": m.k,
-                    "metric": m.name,
-                    "segment": segment,
-                    "value": value,
-                    "lower": low,
-                    "upper": high,
-                }
-            )
-        for m in coverage:
-            value = float(m.from_lists(top_beyond.for_users(users)))
-            rows.append(
-                {
-                    "model": model,
-                    "k": m.k,
-                    "metric": m.name,
-                    "segment": segment,
-                    "value": value,
-                    "lower": None,
-                    "upper": None,
-                }
-            )
+            rows.append(_row(model, m, segment, value, *bootstrap_ci(values, n_boot, alpha, seed)))
+        for m in coverage:  # a count over every list: no interval
+            rows.append(_row(model, m, segment, float(m.from_lists(top_beyond.for_users(users)))))
     return rows
+
+
+def _row(model: str, metric, segment: str, value: float, lower=None, upper=None) -> dict:
+    """One row of the metrics table (:data:`METRICS_SCHEMA`)."""
+    return {
+        "model": model,
+        "k": metric.k,
+        "metric": metric.name,
+        "segment": segment,
+        "value": value,
+        "lower": lower,
+        "upper": upper,
+    }
 
 
 def _beyond_metrics(
