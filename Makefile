@@ -4,6 +4,8 @@
 
 PARAMS    ?= params/default.yaml
 DATA_PATH ?=
+# ENGINE=local|spark overrides the profile's engine (musicrec.spark; `make spark-setup` first)
+ENGINE    ?=
 PYTHON    ?= $(shell command -v python3.11 || command -v python3)
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
@@ -14,14 +16,15 @@ READY     := $(if $(filter 1,$(SKIP_SETUP)),,$(VENV)/.installed)
 RUN := $(shell sed -n 's/^run_name:[[:space:]]*["'\'']\{0,1\}\([A-Za-z0-9_.-]*\).*/\1/p' $(PARAMS) 2>/dev/null)
 RUN := $(if $(RUN),$(RUN),$(basename $(notdir $(PARAMS))))
 STAMPS := outputs/$(RUN)/.stamps
-STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)"
+STAGE = $(PY) -m musicrec stage --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(ENGINE),--engine $(ENGINE))
 
 .DEFAULT_GOAL := help
 .PHONY: test-fast doctest
+.PHONY: spark-setup
 .PHONY: help setup all plan data eda candidates ranking evaluate abtest tune results report screenshot serve bench-service lab test lint bench bench-als clean always
 
 help: ## list the targets with one line each
-	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>]"
+	@echo "musicrec: make <target> [PARAMS=params/<profile>.yaml] [DATA_PATH=<raw folder>] [ENGINE=local|spark]"
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
@@ -35,6 +38,15 @@ $(READY): pyproject.toml
 	$(PY) -m ipykernel install --prefix $(VENV) --name musicrec --display-name "musicrec (.venv)" >/dev/null
 	@touch $@
 endif
+
+# The Spark engine (engine: spark, ENGINE=spark): pyspark from the extra `spark`; Java 17 must be on PATH
+# (Debian: apt-get install openjdk-17-jre-headless). The stamp reinstalls when pyproject.toml changes.
+spark-setup: $(VENV)/.spark-installed ## install the Spark engine (pyspark, the extra `spark`; needs Java 17)
+
+$(VENV)/.spark-installed: pyproject.toml | $(READY)
+	$(PY) -m pip install --quiet -e '.[dev,spark]'
+	@command -v java >/dev/null || echo "spark-setup: no java on PATH; the Spark engine needs Java 17 (openjdk-17-jre-headless)"
+	@touch $@
 
 all: report ## set up if needed, then the whole pipeline, ending with the HTML reports
 

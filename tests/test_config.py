@@ -141,3 +141,23 @@ def test_a_synthetic_test_start_after_the_span_is_refused_before_generating(tmp_
     monkeypatch.setattr(synthetic, "generate", must_not_run)
     with pytest.raises(ProfileError, match=r"split\.test_start: 2030-01-01 is after the data ends on"):
         build_dataset(late, RunPaths.for_profile(late, tmp_path), progress=False)
+
+
+def test_engine_defaults_to_local_and_make_can_override_it(tmp_path):
+    profile = load_profile(PARAMS / "tiny.yaml")
+    assert profile.engine == "local" and profile.spark.master == "local[*]" and profile.spark.conf == {}
+    assert load_profile(PARAMS / "tiny.yaml", engine="spark").engine == "spark"
+    path = write(
+        tmp_path, "engine: spark\nspark: {master: 'spark://host:7077', conf: {spark.executor.memory: 8g}}\n"
+    )
+    profile = load_profile(path)
+    assert profile.engine == "spark" and profile.spark.master == "spark://host:7077"
+    assert profile.spark.conf == {"spark.executor.memory": "8g"}
+    assert load_profile(path, engine="local").engine == "local"
+
+
+def test_bad_engine_or_spark_key_names_the_key(tmp_path):
+    with pytest.raises(ProfileError, match="engine: Input should be 'local' or 'spark'"):
+        load_profile(PARAMS / "tiny.yaml", engine="dask")
+    with pytest.raises(ProfileError, match=r"spark.mastr: unknown key \(did you mean 'master'\?\)"):
+        load_profile(write(tmp_path, "spark: {mastr: 'local[2]'}\n"))

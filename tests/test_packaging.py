@@ -18,7 +18,8 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(_split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = project["optional-dependencies"]
+    wanted = dict(_split(r) for r in project["dependencies"] + extras["dev"] + extras["spark"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str) and d != "pip")
     conda.pop("python")

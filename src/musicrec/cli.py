@@ -147,16 +147,19 @@ def run_stage(
     root: str | Path = ".",
     progress: bool = False,
     overrides: dict[str, Any] | None = None,
+    engine: str | None = None,
 ) -> StageRun:
     """Execute one stage notebook on a profile; raise :class:`StageError` on failure.
 
     ``progress``: what the cells print (their progress lines) is copied to this process's stdout
     as it comes, each line behind the stage's name. ``overrides``: values for other names of the
-    notebook's ``parameters`` cell. The run holds the run folder's lock and is all or nothing
+    notebook's ``parameters`` cell. ``engine`` (make's ``ENGINE``): overrides the profile's ``engine``
+    for the checks made here (the notebooks read the profile's own ``engine`` so far). The run
+    holds the run folder's lock and is all or nothing
     (:func:`musicrec.stages.transaction`): after a failure the previous artefacts are back in place.
     """
     root = Path(root).resolve()
-    profile = load_profile(params, data_path=data_path)
+    profile = load_profile(params, data_path=data_path, engine=engine)
     paths = RunPaths.for_profile(profile, root)
     source = root / "notebooks" / f"{stage}.ipynb"
     if not source.is_file():
@@ -315,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--params", default="params/default.yaml", help="profile YAML")
     common.add_argument("--data-path", default="", help="raw data folder of a real source")
     common.add_argument("--root", default=".", help="project root (data/, outputs/, plots/)")
+    common.add_argument("--engine", default="", help="local or spark: overrides the profile's engine")
     stage = sub.add_parser("stage", parents=[common], help="run one stage notebook")
     stage.add_argument("name", choices=STAGES + ON_DEMAND)
     stage.add_argument(
@@ -383,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.root,
                 progress=True,
                 overrides=dict(args.overrides),
+                engine=args.engine or None,
             )
             print(
                 f"{args.name}: done in {run.seconds:.1f} s, peak memory "

@@ -442,6 +442,21 @@ class EvaluationConfig(_Strict):
     )
 
 
+class SparkConfig(_Strict):
+    """Where ``engine: spark`` runs (see ``musicrec.spark``): the master URL and extra Spark settings.
+
+    ``master`` is ``local[*]`` (every core of this machine), ``local[2]``, ``local-cluster[2,1,1024]``
+    (two executor processes, for tests) or a cluster URL such as ``spark://host:7077``. ``conf`` is
+    passed to the session as it is (``spark.driver.memory: 4g``, ``spark.executor.memory: 8g``, ...)
+    and wins over the local defaults of :func:`musicrec.spark.session.spark_session`.
+    """
+
+    master: str = Field("local[*]", min_length=1, description="the Spark master URL")
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Spark settings (key: value), over the local defaults"
+    )
+
+
 #: What ``make tune`` can tune (``tuning.models``): a generator, or the ranker.
 TUNABLE = ("personal_als", "item_knn", "i2i_history", "top_popular", "ranker")
 #: The profile section each tunable model's search-space keys are relative to.
@@ -589,6 +604,12 @@ class Profile(_Strict):
         description="mlflow: log each stage run to the local MLflow store mlruns/ (musicrec.tracking); "
         "null, false or off (the default): no tracking",
     )
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="local: polars, numpy and implicit on this machine; spark: the steps that grow with "
+        "the data on Apache Spark (musicrec.spark; the extra `spark`, Java 17). ENGINE= on make overrides it",
+    )
+    spark: SparkConfig = Field(default_factory=SparkConfig)
 
     @field_validator("tracking", mode="before")
     @classmethod
@@ -609,8 +630,9 @@ def _read_yaml(file: Path, where: str) -> Any:
         raise ProfileError(f"{where}: not valid YAML: {exc}") from None
 
 
-def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profile:
-    """Read and validate a profile; ``data_path`` (make's ``DATA_PATH``) overrides ``data.path``.
+def load_profile(path: str | Path, data_path: str | Path | None = None, engine: str | None = None) -> Profile:
+    """Read and validate a profile; ``data_path`` (make's ``DATA_PATH``) overrides ``data.path``,
+    ``engine`` (make's ``ENGINE``, ``local`` or ``spark``) overrides ``engine``.
 
     >>> load_profile("params/tiny.yaml").run
     'tiny'
@@ -634,6 +656,8 @@ def load_profile(path: str | Path, data_path: str | Path | None = None) -> Profi
                 f"{path}: DATA_PATH={data_path} is for a real source, and this profile's data.source is "
                 "synthetic (it generates its data): drop DATA_PATH, or set data.source"
             )
+    if engine:
+        raw["engine"] = engine
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as exc:
