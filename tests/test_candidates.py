@@ -11,7 +11,7 @@ import pytest
 from musicrec.candidates.als import AlsGenerator
 from musicrec.candidates.base import FitData, to_similar_frame, to_user_frame, top_n
 from musicrec.candidates.i2i import i2i_from_history, last_listens
-from musicrec.candidates.popular import top_popular
+from musicrec.candidates.popular import top_popular, top_popular_of_matrix
 from musicrec.candidates.random import RandomGenerator
 from musicrec.candidates.recall import candidate_recall
 from musicrec.config import AlsConfig
@@ -70,6 +70,63 @@ def test_top_popular_counts_distinct_listeners_over_the_last_days():
     assert top_popular(data, n=3)["score"].to_list() == [3.0, 2.0, 1.0]
     last_two = top_popular(data, n=3, days=2)  # days 8 and 9: track 7 (user 2), 8 (user 3), 9 (user 4)
     assert last_two["track_id"].to_list() == [7, 8, 9] and last_two["rank"].to_list() == [1, 2, 3]
+
+
+def test_top_popular_from_the_matrix_equals_the_query_over_listens():
+    rng = np.random.default_rng(3)
+    n = 5_000
+    listens = pl.DataFrame(
+        {
+            "user_id": rng.integers(0, 300, n).astype(np.int32),
+            "track_id": (rng.zipf(1.6, n) % 400).astype(np.int32),  # repeats and ties in counts
+            "weight": np.ones(n, dtype=np.float32),
+        }
+    )
+    data = FitData.build(listens, tracks(range(0, 500)))  # tracks 400-499 never heard
+    for n_top in (5, 50, 450):
+        expected = top_popular(listens, n=n_top)
+        assert top_popular_of_matrix(data.track_ids, data.listeners(), n_top).equals(expected)
+
+
+def test_fit_data_matrix_is_the_same_in_or_out_of_user_order():
+    rng = np.random.default_rng(4)
+    n = 20_000
+    listens = pl.DataFrame(
+        {
+            "user_id": np.sort(rng.integers(0, 2_000, n)).astype(np.int32) * 3,  # sparse user ids
+            "track_id": rng.integers(0, 700, n).astype(np.int32) * 2 + 11,
+            "weight": rng.random(n).astype(np.float32),
+        }
+    )
+    catalogue = tracks(range(11, 11 + 2 * 800, 2))
+    in_order = FitData.build(listens, catalogue).matrix
+    shuffled = FitData.build(listens.sample(fraction=1.0, shuffle=True, seed=1), catalogue).matrix
+    dense = np.zeros(in_order.shape)
+    user_ids = np.unique(listens["user_id"].to_numpy())
+    np.add.at(
+        dense,
+        (np.searchsorted(user_ids, listens["user_id"]), (listens["track_id"].to_numpy() - 11) // 2),
+        listens["weight"].to_numpy(),
+    )
+    for matrix in (in_order, shuffled):
+        assert matrix.has_canonical_format
+        np.testing.assert_allclose(matrix.toarray(), dense, rtol=1e-6)
+    with pytest.raises(ValueError, match="missing from the catalogue"):
+        FitData.build(listens, tracks(range(11, 101, 2)))
+
+
+def test_index_of_dense_table_equals_the_binary_search(monkeypatch):
+    import musicrec.candidates.base as base
+
+    rng = np.random.default_rng(5)
+    ids = np.unique(rng.integers(0, 3_000, 1_000)).astype(np.int32)
+    wanted = rng.integers(-5, 3_100, 10_000).astype(np.int32)  # absent, negative and beyond the ids
+    expected = base.index_of(ids, wanted)  # below DENSE_LOOKUP: the binary search
+    monkeypatch.setattr(base, "DENSE_LOOKUP", 1)
+    got = base.index_of(ids, wanted)
+    assert got.dtype == np.int64 and np.array_equal(got, expected)
+    assert np.array_equal(base.index_of(ids, wanted[wanted >= 0]), expected[wanted >= 0])
+    assert (expected >= 0).any() and (expected < 0).any()
 
 
 def test_top_n_excludes_and_pads():

@@ -80,7 +80,7 @@ class AlsGenerator:
         if mode == "users":
             self.items = previous.items  # the item factors, hence the similar lists, are the history's
         elif cfg.item_pool is not None and cfg.item_pool < len(data.track_ids):
-            listeners = np.diff(data.matrix.tocsc().indptr)
+            listeners = data.listeners()
             self.items = np.sort(np.argsort(-listeners, kind="stable")[: cfg.item_pool]).astype(np.int32)
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 
 from musicrec.candidates.base import GLOBAL_SCHEMA
@@ -36,6 +37,20 @@ def top_popular(
         .head(n)
         .with_columns(pl.int_range(1, pl.len() + 1).alias(C.rank))
         .collect()
+        .cast(GLOBAL_SCHEMA)
+    )
+
+
+def top_popular_of_matrix(track_ids: np.ndarray, listeners: np.ndarray, n: int = 100) -> pl.DataFrame:
+    """:func:`top_popular` over a whole window from its distinct listeners per track
+    (:meth:`musicrec.candidates.base.FitData.listeners`, tracks with none left out): the same
+    list without a group-by of the window's listens (some 20 s at full scale)."""
+    heard = listeners > 0
+    frame = pl.DataFrame({C.track_id: track_ids[heard], C.score: listeners[heard]})
+    return (
+        frame.sort([C.score, C.track_id], descending=[True, False])
+        .head(n)
+        .with_columns(pl.int_range(1, pl.len() + 1).alias(C.rank))
         .cast(GLOBAL_SCHEMA)
     )
 

@@ -30,7 +30,7 @@ from musicrec.candidates.base import (
 )
 from musicrec.candidates.i2i import i2i_from_history, last_listens
 from musicrec.candidates.itemknn import ItemKnnGenerator
-from musicrec.candidates.popular import top_popular
+from musicrec.candidates.popular import top_popular, top_popular_of_matrix
 from musicrec.candidates.random import RandomGenerator
 from musicrec.config import Profile
 from musicrec.io import ParquetStream, RunPaths, atomic_path, write_json, write_parquet
@@ -274,7 +274,11 @@ class CandidateStage:
             self.progress,
             run,
             "fit_seconds",
-            lambda: top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days),
+            lambda: (
+                top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days)
+                if cfg.top_popular.days is not None
+                else top_popular_of_matrix(data.track_ids, data.listeners(), cfg.top_popular.n)
+            ),
         )
         write_parquet(popular, out / "top_popular.parquet")
         run.rows, run.files = popular.height, ["top_popular.parquet"]
