@@ -53,7 +53,7 @@ all: report ## set up if needed, then the whole pipeline, ending with the HTML r
 # Which stages are stale, from musicrec.stages (`make plan` says why): the notebook, the code it
 # imports, the profile sections it reads, DATA_PATH and the upstream artefacts, by content, not by
 # file times. Without the environment yet (a fresh clone) every stage counts as stale.
-PLAN := $(shell test -x $(PY) && $(PY) -m musicrec plan --params $(PARAMS) --data-path "$(DATA_PATH)" 2>/dev/null || echo unknown)
+PLAN := $(shell test -x $(PY) && $(PY) -m musicrec plan --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(ENGINE),--engine $(ENGINE)) 2>/dev/null || echo unknown)
 stale = $(if $(filter $(1) unknown,$(PLAN)),always)
 REPORT = $(PY) -m musicrec report --params $(PARAMS) --data-path "$(DATA_PATH)"
 
@@ -105,7 +105,7 @@ tune:       $(STAMPS)/07_tuning ## search the generators' and the ranker's param
 report: outputs/$(RUN)/reports/index.html ## HTML reports without code (outputs/<run>/reports/)
 
 plan: | $(READY) ## the stale stages of the run and why (what `make all` would rerun)
-	@$(PY) -m musicrec plan --params $(PARAMS) --data-path "$(DATA_PATH)" --why
+	@$(PY) -m musicrec plan --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(ENGINE),--engine $(ENGINE)) --why
 
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
@@ -143,7 +143,7 @@ lint: $(READY) ## ruff format --check and ruff check over the package, tests and
 	$(VENV)/bin/ruff check .
 
 bench: $(READY) ## run the profile's stages afresh; time and peak memory per stage and step to outputs/<run>/bench.json
-	$(PY) -m musicrec bench --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(STAGES),--stages $(STAGES))
+	$(PY) -m musicrec bench --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(ENGINE),--engine $(ENGINE)) $(if $(STAGES),--stages $(STAGES))
 
 # the runs to compare, smallest first; a run without outputs/<run>/bench.json is left out with a note
 BENCH_RUNS ?= default scale10 full

@@ -403,7 +403,7 @@ def test_bench_command_records_every_stage_with_its_steps(tmp_path, monkeypatch,
     params = Path(__file__).resolve().parents[1] / "params" / "tiny.yaml"
     nb = executed_notebook(tmp_path / "nb.ipynb", NOTEBOOK)
 
-    def fake_stage(name, params, data_path, root, progress=False):
+    def fake_stage(name, params, data_path, root, progress=False, engine=None):
         return cli.StageRun(name, 17.0, 300.0, nb, notebook_steps(nb))
 
     monkeypatch.setattr(cli, "run_stage", fake_stage)
@@ -429,7 +429,7 @@ def test_stage_command_records_its_row_like_bench(tmp_path, monkeypatch):
     params = Path(__file__).resolve().parents[1] / "params" / "tiny.yaml"
     nb = executed_notebook(tmp_path / "nb.ipynb", NOTEBOOK)
 
-    def fake_stage(name, params, data_path, root, progress=False, overrides=None):
+    def fake_stage(name, params, data_path, root, progress=False, overrides=None, engine=None):
         return cli.StageRun(name, 17.0, 300.0, nb, notebook_steps(nb))
 
     monkeypatch.setattr(cli, "run_stage", fake_stage)

@@ -43,5 +43,5 @@ def test_notebook_parameters_are_checked_against_the_parameters_cell():
         r"experiment, k, max_users, seed\)",
     ):
         notebook_parameters(AB_NOTEBOOK, {"max_user": 3})
-    with pytest.raises(StageError, match="root: set these with --params, --data-path and --root"):
+    with pytest.raises(StageError, match="root: set these with --params, --data-path, --engine and --root"):
         notebook_parameters(AB_NOTEBOOK, {"root": "/elsewhere"})

@@ -109,7 +109,7 @@ def _stderr_to(log: Path):
 
 
 #: Set from the command line's own options; ``scratch=""``: make's run, not a scratch one (musicrec.lab)
-RESERVED = ("params_path", "data_path", "root", "scratch")
+RESERVED = ("params_path", "data_path", "root", "scratch", "engine")
 
 
 def notebook_parameters(notebook: Path, given: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +119,9 @@ def notebook_parameters(notebook: Path, given: dict[str, Any]) -> dict[str, Any]
     known = set(pm.inspect_notebook(str(notebook))) - set(RESERVED)
     reserved = sorted(set(given) & set(RESERVED))
     if reserved:
-        raise StageError(f"--param {', '.join(reserved)}: set these with --params, --data-path and --root")
+        raise StageError(
+            f"--param {', '.join(reserved)}: set these with --params, --data-path, --engine and --root"
+        )
     unknown = sorted(set(given) - known)
     if unknown:
         raise StageError(
@@ -153,8 +155,9 @@ def run_stage(
 
     ``progress``: what the cells print (their progress lines) is copied to this process's stdout
     as it comes, each line behind the stage's name. ``overrides``: values for other names of the
-    notebook's ``parameters`` cell. ``engine`` (make's ``ENGINE``): overrides the profile's ``engine``
-    for the checks made here (the notebooks read the profile's own ``engine`` so far). The run
+    notebook's ``parameters`` cell. ``engine`` (make's ``ENGINE``): overrides the profile's ``engine``,
+    here and in the notebook (its ``engine`` parameter, read by :func:`musicrec.lab.open_run`), and
+    is part of the stage's stamp (another engine reruns it). The run
     holds the run folder's lock and is all or nothing
     (:func:`musicrec.stages.transaction`): after a failure the previous artefacts are back in place.
     """
@@ -170,6 +173,7 @@ def run_stage(
         "data_path": data_path or "",
         "root": str(root),
         "scratch": "",
+        "engine": engine or "",
         **notebook_parameters(source, overrides or {}),
     }
     if profile.tracking:  # said before the stage runs, not after
@@ -195,7 +199,7 @@ def _record(run: StageRun, profile: Profile, params: str | Path, paths: RunPaths
     ``tracking: mlflow``, the run to the local MLflow store (``musicrec.tracking``)."""
     from musicrec.provenance import record_stage
 
-    entry = record_stage(paths, run.stage, params)
+    entry = record_stage(paths, run.stage, params, engine=profile.engine)
     if profile.tracking == "mlflow":
         from musicrec.tracking import log_stage
 
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run-name":
             print(load_profile(args.params).run)
         elif args.command == "plan":
-            profile = load_profile(args.params, args.data_path or None)
+            profile = load_profile(args.params, args.data_path or None, engine=args.engine or None)
             stale = plan(profile, RunPaths.for_profile(profile, args.root), args.data_path or None)
             if args.why:
                 for name, why in stale.items():
@@ -422,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for name in args.stages:
                 print(f"bench: running {name} ...", flush=True)
-                run = run_stage(name, args.params, args.data_path or None, args.root, progress=True)
+                run = run_stage(
+                    name,
+                    args.params,
+                    args.data_path or None,
+                    args.root,
+                    progress=True,
+                    engine=args.engine or None,
+                )
                 rows.append(bench_row(run))
                 # recorded after every stage: a long run that fails later keeps what it measured
                 bench = write_bench(paths, str(args.params), rows)

@@ -1,10 +1,11 @@
 """Running a stage notebook by hand (JupyterLab) as make runs it, without touching make's run.
 
 Every stage notebook starts with :func:`open_run`. Under make (``musicrec stage``), papermill
-passes the project root, the profile's absolute path and ``scratch=""``: the notebook reads and
-writes the profile's own run. Opened in JupyterLab, the kernel's working directory is
-``notebooks/`` and the parameters are the notebook's defaults: the project root is found
-from the working directory, ``params_path`` is read relative to it, and the notebook works on
+passes the project root, the profile's absolute path, ``DATA_PATH``, ``ENGINE`` (``engine``, empty
+for the profile's own) and ``scratch=""``: the notebook reads and writes the profile's own run.
+Opened in JupyterLab, the kernel's working directory is ``notebooks/`` and the parameters are
+the notebook's defaults: the project root is found from the working directory, ``params_path``
+is read relative to it, and the notebook works on
 a **scratch run** ``<run>-<scratch>`` (``default-lab``: ``data/default-lab/``,
 ``outputs/default-lab/``, ``plots/default-lab/``).
 
@@ -55,20 +56,23 @@ def open_run(
     data_path: str | None = None,
     root: str | Path | None = None,
     scratch: str = "",
+    engine: str | None = None,
 ) -> tuple[Profile, RunPaths]:
     """The profile and the run folders a notebook works on (see the module docstring); also
     starts :func:`musicrec.progress.watch`, a line after every 25 s without one.
 
     ``root``: the project root, found from the working directory when empty. ``params_path``:
     absolute, or relative to the working directory or else to the root. ``scratch``: empty for
-    make's run, else the suffix of the scratch run (``lab``: ``<run>-lab``).
+    make's run, else the suffix of the scratch run (``lab``: ``<run>-lab``). ``engine``: ``local``
+    or ``spark`` (make's ``ENGINE``, passed by ``musicrec stage``) over the profile's ``engine``;
+    empty: the profile's.
     """
     progress.watch()  # no long silence in the notebook, nor on make's console
     project = find_root(root or None)
     params = Path(params_path)
     if not params.is_absolute() and not params.is_file():
         params = project / params
-    profile = load_profile(params, data_path=data_path or None)
+    profile = load_profile(params, data_path=data_path or None, engine=engine or None)
     if not scratch:
         return profile, RunPaths.for_profile(profile, project)
     made = RunPaths.for_profile(profile, project)

@@ -22,6 +22,8 @@ Keys:
 ``memory_gb``        the machine's memory, GB (2**30 bytes), one decimal
 ``platform``         ``platform.platform()``, for example ``Linux-6.1.0-x86_64-with-glibc2.36``
 ``machine``          the processor architecture (``x86_64``, ``arm64``)
+``engine``           in ``provenance.json`` only (:func:`record_stage`): the engine the stage ran
+                     on, ``local`` or ``spark`` (the profile's, or make's ``ENGINE``)
 ==================== ==========================================================================
 
 >>> record = provenance(".")
@@ -108,10 +110,15 @@ def provenance(root: str | Path = ".", profile: str | Path | None = None) -> dic
     return record
 
 
-def record_stage(paths: RunPaths, stage: str, profile: str | Path | None = None) -> dict[str, Any]:
+def record_stage(
+    paths: RunPaths, stage: str, profile: str | Path | None = None, engine: str | None = None
+) -> dict[str, Any]:
     """Take :func:`provenance` now and store it as ``stage``'s entry of ``outputs/<run>/provenance.json``
-    (written atomically; the other stages' entries kept). Returns the entry."""
+    (written atomically; the other stages' entries kept), with ``engine`` (``local`` or ``spark``, the
+    one the stage ran on) when given. Returns the entry."""
     entry = provenance(paths.root, profile)
+    if engine is not None:
+        entry["engine"] = engine
     try:
         recorded = read_json(paths.provenance)
     except (OSError, ValueError):

@@ -9,8 +9,9 @@ A stage is **stale** (:func:`plan`) when it has no stamp, when a run of it was i
 when one of its artefacts is missing or was changed since it ran, or when its fingerprint
 changed: the notebook's bytes, the source of every ``musicrec`` module the notebook imports
 (transitively; presentation modules excepted, see :data:`PRESENTATION`), the values of the
-profile sections it reads, ``DATA_PATH`` (the data stage), and the artefacts of its upstream
-stages as they were when it ran. A stale stage makes every stage downstream of it stale.
+profile sections it reads, ``DATA_PATH`` (the data stage), the engine (``engine``, or make's
+``ENGINE``), and the artefacts of its upstream stages as they were when it ran. A stale stage
+makes every stage downstream of it stale.
 
 Runs are whole-stage atomic (:func:`transaction`): the stamp and the previous artefacts are
 moved aside when a stage starts and come back if it fails, or at the next start if it was
@@ -336,6 +337,7 @@ def fingerprint(s: Stage, profile: Profile, paths: RunPaths, data_path: str | No
         "code": {name: _sha(file) for name, file in code.items()},
         "sections": section_values(profile, s.sections),
         "data_path": (data_path or "") if s.reads_data_path else None,
+        "engine": profile.engine,
         "upstream": upstream,
     }
 
@@ -366,6 +368,9 @@ def _differences(old: dict, new: dict) -> list[str]:
         why.append("profile changed: " + ", ".join(keys))
     if old.get("data_path") != new["data_path"]:
         why.append(f"DATA_PATH changed ({old.get('data_path')!r} -> {new['data_path']!r})")
+    # stamps from before the engine switch have no engine: they ran on the local engine
+    if old.get("engine", "local") != new["engine"]:
+        why.append(f"ENGINE changed ({old.get('engine', 'local')!r} -> {new['engine']!r})")
     ups = sorted(n for n in new["upstream"] if old.get("upstream", {}).get(n) != new["upstream"][n])
     if ups:
         why.append("upstream artefacts changed: " + ", ".join(ups))

@@ -5,7 +5,9 @@ functions are the engine switch: with ``profile.engine == "local"`` they call th
 (polars) code as it is, with ``"spark"`` the Spark twin in :mod:`musicrec.spark.popular`,
 :mod:`~musicrec.spark.metrics`, :mod:`~musicrec.spark.recall` and :mod:`~musicrec.spark.split`,
 and return the same polars results. What runs on Spark so far: top-popular, the per-user ranking
-metrics and coverage, candidate recall, the time split. See the README, "Running on Apache Spark".
+metrics and coverage, candidate recall, the time split, and ALS user-to-item and item-to-item
+(:mod:`musicrec.spark.als`, not yet called by the candidates stage). See the README, "Running on
+Apache Spark".
 """
 
 from __future__ import annotations

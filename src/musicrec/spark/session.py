@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,7 +104,8 @@ def spark_session(profile: Profile) -> SparkSession:
     else a new one (a running session with another master is stopped first: one JVM per process).
 
     Settings that only apply when the JVM starts (``spark.driver.memory``) take effect for the
-    first session of a process.
+    first session of a process. With a ``local`` master the Python workers run this interpreter
+    (``PYSPARK_PYTHON``, unless set).
     """
     require_engine()
     from pyspark.sql import SparkSession
@@ -116,6 +118,10 @@ def spark_session(profile: Profile) -> SparkSession:
         if context.master == master and context.appName == name:
             return active
         active.stop()
+    if master.startswith("local"):
+        # Python workers (pandas UDFs: musicrec.spark.als) run this interpreter, which has musicrec;
+        # Spark's default is the first python3 on PATH. On a cluster, set PYSPARK_PYTHON yourself.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(master).appName(name)
     for key, value in session_conf(profile).items():
         builder = builder.config(key, value)
