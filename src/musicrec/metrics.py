@@ -62,8 +62,11 @@ POSITION = "position"
 HIT_INDEX = "hit_index"
 VALUE = "value"
 
-#: Largest support of the bootstrap: more distinct values are grouped into this many bins.
-BOOTSTRAP_MAX_SUPPORT = 4096
+#: Largest support of the bootstrap: more distinct values are grouped into this many bins. A draw
+#: costs n_boot x support binomials; on scale10's ALS lists, intervals of NDCG@100 and MAP@100 with
+#: 1,024 bins, 4,096 and none (2,716 distinct values) differed by less than between three seeds
+#: (1e-4), at a third of the time of 4,096.
+BOOTSTRAP_MAX_SUPPORT = 1024
 #: Users per chunk in the intra-list diversity computation (bounds its memory).
 DIVERSITY_CHUNK = 200_000
 
@@ -685,7 +688,7 @@ def _support(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their counts; beyond ``BOOTSTRAP_MAX_SUPPORT`` values, bins.
 
     Binned values are replaced by their bin's mean, so the sample mean is kept
-    exactly and only the spread within a bin (at most 1/4096 of the range) is lost.
+    exactly and only the spread within a bin (at most 1/1024 of the range) is lost.
     """
     distinct, counts = np.unique(values, return_counts=True)
     if len(distinct) <= BOOTSTRAP_MAX_SUPPORT:
