@@ -119,14 +119,19 @@ def test_index_of_dense_table_equals_the_binary_search(monkeypatch):
     import musicrec.candidates.base as base
 
     rng = np.random.default_rng(5)
-    ids = np.unique(rng.integers(0, 3_000, 1_000)).astype(np.int32)
-    wanted = rng.integers(-5, 3_100, 10_000).astype(np.int32)  # absent, negative and beyond the ids
-    expected = base.index_of(ids, wanted)  # below DENSE_LOOKUP: the binary search
-    monkeypatch.setattr(base, "DENSE_LOOKUP", 1)
-    got = base.index_of(ids, wanted)
-    assert got.dtype == np.int64 and np.array_equal(got, expected)
-    assert np.array_equal(base.index_of(ids, wanted[wanted >= 0]), expected[wanted >= 0])
-    assert (expected >= 0).any() and (expected < 0).any()
+    for first in (0, 1_000_000, -2_000):  # from zero, a batch of consecutive users, negative ids
+        ids = np.unique(rng.integers(first, first + 3_000, 1_000)).astype(np.int32)
+        # absent ids, ids below and beyond the span
+        wanted = rng.integers(first - 5, first + 3_100, 10_000).astype(np.int32)
+        monkeypatch.setattr(base, "DENSE_LOOKUP", 1_000_000)
+        expected = base.index_of(ids, wanted)  # below DENSE_LOOKUP: the binary search
+        assert base.IdPositions(ids).table is not None  # the dense path is the one compared
+        monkeypatch.setattr(base, "DENSE_LOOKUP", 1)
+        got = base.index_of(ids, wanted)
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+        inside = (wanted >= ids[0]) & (wanted <= ids[-1])
+        assert np.array_equal(base.index_of(ids, wanted[inside]), expected[inside])
+        assert (expected >= 0).any() and (expected < 0).any()
 
 
 def test_top_n_excludes_and_pads():

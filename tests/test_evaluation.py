@@ -470,8 +470,10 @@ def synthetic_run(tmp_path_factory) -> RunPaths:
 def test_oracle_exact_is_the_best_unheard_tracks(synthetic_run):
     paths = synthetic_run
     users = np.array([0, 5, 17, 60])
-    result = oracle_lists(paths, users, k_max=10, max_exact_pairs=10**9, batch_pairs=1000)
+    # blocks of 2 users: two blocks computed at once (musicrec.parallel), in user order
+    result = oracle_lists(paths, users, k_max=10, max_exact_pairs=10**9, batch_pairs=1000, block_users=2)
     assert result.get_column("rank").to_list() == list(range(1, 11)) * 4
+    assert result.get_column("user_id").to_list() == np.repeat(users, 10).tolist()
     inter = pl.read_parquet(paths.interactions).filter(pl.col("started_at") < TEST_START)
     catalogue = np.arange(400)
     for u in users:  # brute force: every track's preference, heard tracks removed, best ten

@@ -126,28 +126,31 @@ def index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 class IdPositions:
     """Positions of ids in a sorted array of distinct ids (-1 where absent), like ``index_of``.
 
-    When the ids are compact (non-negative, at most a few times as large as their count, as
-    catalogue ids usually are) the look-up is one gather from a dense table instead of a
-    binary search per id: the ranking stage looks up hundreds of millions of track ids.
+    When the ids are compact (their span, last minus first, at most a few times their count,
+    as catalogue ids and a batch of consecutive users usually are) the look-up is one gather
+    from a dense table over that span instead of a binary search per id: the ranking stage
+    looks up hundreds of millions of track ids.
     """
 
     def __init__(self, sorted_ids: np.ndarray):
         self.ids = np.asarray(sorted_ids)
         self.table: np.ndarray | None = None
-        if len(self.ids) and self.ids[0] >= 0 and self.ids[-1] < 4 * len(self.ids) + 1024:
+        self.first = int(self.ids[0]) if len(self.ids) else 0
+        if len(self.ids) and int(self.ids[-1]) - self.first < 4 * len(self.ids) + 1024:
             dtype = np.int32 if len(self.ids) < 2**31 else np.int64
-            self.table = np.full(int(self.ids[-1]) + 1, -1, dtype=dtype)
-            self.table[self.ids] = np.arange(len(self.ids))
+            self.table = np.full(int(self.ids[-1]) - self.first + 1, -1, dtype=dtype)
+            self.table[self.ids.astype(np.int64) - self.first] = np.arange(len(self.ids))
 
     def __call__(self, wanted: np.ndarray) -> np.ndarray:
         """Positions of ``wanted`` in the ids (int64; -1 where absent)."""
         wanted = np.asarray(wanted)
         if self.table is None:
             return index_of(self.ids, wanted)
-        if wanted.size and wanted.min() >= 0 and wanted.max() < len(self.table):
-            return self.table[wanted].astype(np.int64)  # fewer temporaries than the general case
-        inside = (wanted >= 0) & (wanted < len(self.table))
-        return np.where(inside, self.table[np.where(inside, wanted, 0)], -1).astype(np.int64)
+        offset = wanted.astype(np.int64) - self.first
+        if offset.size and offset.min() >= 0 and offset.max() < len(self.table):
+            return self.table[offset].astype(np.int64)  # fewer temporaries than the general case
+        inside = (offset >= 0) & (offset < len(self.table))
+        return np.where(inside, self.table[np.where(inside, offset, 0)], -1).astype(np.int64)
 
 
 class Generator(Protocol):

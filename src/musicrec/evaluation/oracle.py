@@ -16,6 +16,7 @@ from musicrec.metrics import (
     pair_key,
     pair_keys,
 )
+from musicrec.parallel import in_order
 from musicrec.schema import C
 
 
@@ -91,8 +92,8 @@ def oracle_lists(
             listeners = popularity(paths)
         dense = np.sort(listeners.head(n_popular).get_column(C.track_id).cast(pl.Int32).to_numpy())
     bound = _PreferenceBound(paths.oracle)
-    parts: list[pl.DataFrame] = []
-    for lo in range(0, len(user_ids), block_users):
+
+    def block_lists(lo: int) -> list[pl.DataFrame]:
         block = user_ids[lo : lo + block_users]
         block_df = pl.DataFrame({C.user_id: block})
         # the range lets parquet skip row groups of other users (files written in user order)
@@ -129,7 +130,10 @@ def oracle_lists(
             # the dense tracks are scored for every user anyway; heard tracks are never listed
             tracks = (pool - (1 << 31)) & 0xFFFFFFFF  # the low half of the key: track + 2^31
             extra = pool[(index_of(dense, tracks.astype(np.int32)) < 0) & (index_of(heard_keys, pool) < 0)]
-        parts += _oracle_block(bound, block, dense, extra, heard_keys, k_max, batch_pairs, true_preference)
+        return _oracle_block(bound, block, dense, extra, heard_keys, k_max, batch_pairs, true_preference)
+
+    # blocks two at a time (musicrec.parallel): the scans, sorts and gathers release the GIL
+    parts = [part for block in in_order(block_lists, range(0, len(user_ids), block_users)) for part in block]
     schema = {C.user_id: pl.Int32, C.track_id: pl.Int32, C.score: pl.Float64, C.rank: pl.Int32}
     return pl.concat(parts).cast(schema) if parts else pl.DataFrame(schema=schema)
 
