@@ -271,3 +271,30 @@ def test_values_sum_pairs_take_log1p_and_decay_like_the_local_engine(tiny):
     assert values() == {(1, 7): 3.0, (2, 8): 3.0}
     assert values(confidence="log") == pytest.approx({(1, 7): np.log1p(3.0), (2, 8): np.log1p(3.0)})
     assert values(half_life_days=5.0) == pytest.approx({(1, 7): 0.75, (2, 8): 3.0})  # 10 days: a quarter
+
+
+def test_the_candidates_stage_fits_als_on_spark(tiny, tmp_path):
+    """``engine: spark``: the stage's ALS lists come from Spark (the note says so), the files keep
+    the local schemas, and i2i from history reads Spark's similar lists."""
+    import shutil
+
+    from musicrec.candidates.base import SIMILAR_SCHEMA, USER_RECS_SCHEMA
+    from musicrec.candidates.stage import CandidateStage
+    from musicrec.io import RunPaths
+
+    profile = tiny["profile"]
+    paths = RunPaths.for_profile(profile, tmp_path)
+    shutil.copytree(tiny["paths"].data, paths.data)
+    stage = CandidateStage(profile, paths)
+    for window in ("history", "history+labels"):
+        runs = {r.generator: r for r in stage.fit(window)}
+        als = runs["personal_als"]
+        assert als.note.startswith("Spark ALS") and als.rows > 0
+        out = paths.candidate_dir(window)
+        assert dict(pl.read_parquet(out / "personal_als.parquet").schema) == USER_RECS_SCHEMA
+        assert dict(pl.read_parquet(out / "similar.parquet").schema) == SIMILAR_SCHEMA
+        assert runs["i2i_history"].rows > 0
+    # history + labels lists every user of that window
+    lists = pl.read_parquet(paths.candidate_dir("history+labels") / "personal_als.parquet")
+    window_users = tiny["train"].get_column(C.user_id).n_unique()
+    assert lists.get_column(C.user_id).n_unique() == window_users
