@@ -410,3 +410,26 @@ def test_compare_als_gives_each_variant_its_time_and_quality(tiny_run):
     assert parse_variant("warm:4") == ("warm", 4)
     with pytest.raises(ValueError, match="full|warm|users"):
         parse_variant("fast")
+
+
+def test_parquet_stream_keeps_every_row_and_dictionaries_only_text(tmp_path):
+    import pyarrow.parquet as pq
+
+    from musicrec.io import ParquetStream
+
+    schema = {"user_id": pl.Int32, "track_id": pl.Int32, "score": pl.Float32, "source": pl.Utf8}
+    parts = [
+        pl.DataFrame(
+            {"user_id": [u] * 3, "track_id": [1, 2, 3], "score": [0.5, 0.25, 0.125], "source": ["final"] * 3}
+        )
+        for u in range(4)
+    ]
+    with ParquetStream(tmp_path / "lists.parquet", schema) as out:
+        for part in parts:
+            out.write(part)
+    assert out.rows == 12
+    assert pl.read_parquet(tmp_path / "lists.parquet").equals(pl.concat(parts).cast(schema))
+    group = pq.ParquetFile(tmp_path / "lists.parquet").metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(4)}
+    assert "RLE_DICTIONARY" in encodings["source"]
+    assert not any("DICTIONARY" in e for name in ("user_id", "track_id", "score") for e in encodings[name])

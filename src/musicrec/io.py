@@ -251,7 +251,11 @@ class ParquetStream:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         arrow_schema = pl.DataFrame(schema=self.schema).to_arrow().schema
-        self._writer = pq.ParquetWriter(tmp, arrow_schema, compression="zstd")
+        # dictionaries for text columns only: on ids and scores (nearly all distinct per row group)
+        # dictionary encoding tripled the time to write a list of 2M rows and made the file larger
+        # (0.13-0.17 s against 0.054-0.059 s; 15 MB against 13.5 MB)
+        text = [name for name, dtype in self.schema.items() if dtype in (pl.Utf8, pl.Categorical)]
+        self._writer = pq.ParquetWriter(tmp, arrow_schema, compression="zstd", use_dictionary=text)
         self._arrow_schema = arrow_schema
         return self
 
