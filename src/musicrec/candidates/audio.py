@@ -212,6 +212,9 @@ class AudioGenerator:
         order = np.argsort(cell, kind="stable")
         self.cell_tracks = cols[order]
         self.cell_start = np.searchsorted(cell[order], np.arange(len(self.centroids) + 1))
+        # the embeddings in cell order: a probe's vectors are slices, not a gather of scattered rows
+        # (which took 39% of the similar lists' time at full scale)
+        self.cell_vectors = self.embeddings[self.cell_tracks]
 
     def _nearest_cell(self, vectors: np.ndarray) -> np.ndarray:
         if len(self.centroids) == 1:
@@ -259,10 +262,9 @@ class AudioGenerator:
         position = np.full(self.n_tracks, -1, dtype=np.int64)  # candidate column -> block column
         for group in np.split(np.arange(len(rows)), bounds):
             probes = self.probes[cell[group[0]]]
-            candidates = np.concatenate(
-                [self.cell_tracks[self.cell_start[c] : self.cell_start[c + 1]] for c in probes]
-            )
-            vectors = self.embeddings[candidates]
+            spans = [slice(self.cell_start[c], self.cell_start[c + 1]) for c in probes]
+            candidates = np.concatenate([self.cell_tracks[span] for span in spans])
+            vectors = np.concatenate([self.cell_vectors[span] for span in spans])
             position[candidates] = np.arange(len(candidates))
             step = max(1, DENSE_BLOCK // max(1, len(candidates)))
             for lo in range(0, len(group), step):
