@@ -182,6 +182,40 @@ def test_users_without_lists_count_as_zero():
     assert row(table, "only_one", "hitrate", 1, "heavy")["value"] == 0.0
 
 
+def test_a_relevance_segment_is_judged_on_its_own_listens():
+    # user 1 heard 10 (organic) and 11 (recommended) in the test window, user 2 only 12 (recommended)
+    test = pairs([(1, 10), (1, 11), (2, 12)])
+    organic = pairs([(1, 10)])
+    segments = pl.DataFrame({"user_id": [1, 2], "segment": ["light", "heavy"]})
+    table = evaluate_models(
+        {"m": lists_frame({1: [11, 10], 2: [12]})},
+        test,
+        segments,
+        ks=(1, 2),
+        relevance={"organic": organic},
+        n_boot=50,
+    )
+    # all warm users: both find every test listen in their top 2
+    assert row(table, "m", "recall", 2, "all")["value"] == pytest.approx(1.0)
+    assert row(table, "m", "precision", 1, "all")["value"] == pytest.approx(1.0)
+    # organic: user 1 only (user 2 has no organic listen), whose organic track is second
+    assert row(table, "m", "precision", 1, "organic")["value"] == 0.0
+    assert row(table, "m", "recall", 2, "organic")["value"] == pytest.approx(1.0)
+    assert row(table, "m", "ndcg", 2, "organic")["value"] == pytest.approx(1 / math.log2(3))
+    assert "organic" in table.get_column("segment").to_list()
+
+
+def test_organic_listens_from_the_sources_flags(tmp_path):
+    paths = RunPaths(tmp_path, "r")
+    paths.data.mkdir(parents=True)
+    test = pairs([(1, 10), (1, 11), (2, 12)])
+    assert ev.organic_listens(paths, test) is None  # a source without the flag
+    pl.DataFrame(
+        {"user_id": [1, 1, 2, 3], "track_id": [10, 11, 12, 13], "is_organic": [True, False, False, True]}
+    ).write_parquet(paths.data / "organic_pairs.parquet")
+    assert ev.organic_listens(paths, test).rows() == [(1, 10)]
+
+
 def test_novelty_and_diversity_when_inputs_given():
     # train: tracks 1 and 2 heard by 4 and 1 of 4 users; top 2 of user 1 is [1, 2]:
     # novelty (-log2(4/4) - log2(1/4)) / 2 = 1; genres {1} and {1, 2}: 1 - 1/2 = 0.5

@@ -632,6 +632,19 @@ def test_score_users_writes_ranked_lists_and_top_popular_for_cold_users(tmp_path
     assert (result["candidate_rows"], result["rows"]) == (6, 5)
 
 
+def test_score_users_leaves_out_tracks_disliked_before_the_test_window(tmp_path):
+    paths = scoring_run(tmp_path)
+    # user 1 disliked 23 before the test window, user 2 disliked 25 inside it (not known yet)
+    pl.DataFrame(
+        {"user_id": [1, 2], "track_id": [23, 25], "disliked_at": [at(5), at(14)]},
+        schema={"user_id": pl.Int32, "track_id": pl.Int32, "disliked_at": pl.Datetime("ns")},
+    ).write_parquet(paths.data / "disliked_pairs.parquet")
+    result = score_users(SCORING, paths, AlsScore())
+    recs = pl.read_parquet(paths.recommendations).filter(pl.col("source") == "final").sort("user_id", "rank")
+    assert recs.select("user_id", "track_id").rows() == [(1, 20), (1, 24), (2, 25), (2, 26)]
+    assert result["disliked_candidates_removed"] == 1 and result["candidate_rows"] == 5
+
+
 def test_score_users_recall_counts_distinct_pairs(tmp_path):
     result = score_users(SCORING, scoring_run(tmp_path), AlsScore())
     # distinct test pairs of warm users: (1,20), (1,21), (2,22). Candidates hold (1,20) and (2,22);

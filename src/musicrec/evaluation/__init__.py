@@ -73,6 +73,7 @@ from musicrec.evaluation.sampled import (  # noqa: F401
 )
 from musicrec.evaluation.segments import (  # noqa: F401
     history_terciles,
+    organic_listens,
     user_segments,
 )
 from musicrec.evaluation.table import (  # noqa: F401

@@ -67,3 +67,23 @@ def user_segments(paths: RunPaths, test: pl.DataFrame | None = None) -> pl.DataF
             ),
         ]
     ).sort(C.user_id)
+
+
+def organic_listens(paths: RunPaths, test: pl.DataFrame) -> pl.DataFrame | None:
+    """The ``test`` listens whose (user, track) interaction was organic (``is_organic``: not driven
+    by a recommendation), from ``organic_pairs.parquet`` of sources that flag it (Yambda); None
+    for the others. Evaluated as segment ``organic`` (:func:`evaluate_models`' ``relevance``)."""
+    flags = paths.data / "organic_pairs.parquet"
+    if not flags.is_file():
+        return None
+    organic = (
+        pl.scan_parquet(flags)
+        .filter(pl.col("is_organic"))
+        .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+    )
+    return (
+        test.lazy()
+        .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+        .join(organic, on=[C.user_id, C.track_id], how="semi")
+        .collect()
+    )

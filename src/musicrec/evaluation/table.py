@@ -131,6 +131,7 @@ def evaluate_models(
     beyond_metrics: Sequence[ListMetric] | None = None,
     cold: ListsLike | None = None,
     cold_models: Sequence[str] = ("top_popular", "final"),
+    relevance: Mapping[str, pl.DataFrame] | None = None,
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
@@ -167,6 +168,11 @@ def evaluate_models(
         The cold users' lists (top-popular: :func:`cold_lists`); they are evaluated on
         segment ``cold`` only, under each name of ``cold_models`` (the same list: the
         cold users' final list *is* the top-popular list, which the table makes plain).
+    relevance
+        Other relevant sets, ``{segment: user_id, track_id}`` (a subset of ``test``; for example
+        ``organic``: the test listens that no recommendation drove, :func:`organic_listens`):
+        each is a segment of the warm users with one of its listens, judged against those
+        listens only.
 
     Returns
     -------
@@ -202,6 +208,12 @@ def evaluate_models(
     for model, frame in lists.items():
         recos = _collect_lists(frame, warm_df, max_k)
         rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
+        for segment, relevant in (relevance or {}).items():
+            relevant = relevant.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+            users = relevant.join(warm_df, on=C.user_id, how="semi").get_column(C.user_id).unique().sort()
+            rows += _evaluate_groups(
+                model, recos, relevant, {segment: users}, ranking, beyond, beyond_k, n_boot, alpha, seed
+            )
     if cold is not None and cold_users.len():
         recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
         once = _evaluate_groups(

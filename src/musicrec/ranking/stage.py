@@ -78,6 +78,24 @@ def prefetched(
     return zip(chunks, in_order(build, chunks, workers=workers), strict=True)
 
 
+def disliked_before(paths: RunPaths, day) -> pl.DataFrame | None:
+    """``user_id, track_id`` pairs the user disliked before midnight of ``day`` (and had not
+    undisliked by the data's end), from ``disliked_pairs.parquet`` of sources with dislikes
+    (Yambda); None for the others. The final list never offers them."""
+    from musicrec.split import midnight
+
+    path = paths.data / "disliked_pairs.parquet"
+    if not path.is_file():
+        return None
+    return (
+        pl.scan_parquet(path)
+        .filter(pl.col("disliked_at") < pl.select(midnight(day)).item())
+        .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+        .sort(C.user_id)
+        .collect()
+    )
+
+
 def training_rows(
     profile: Profile, paths: RunPaths, progress: bool = False
 ) -> tuple[pl.DataFrame, SamplingReport, dict]:
@@ -128,11 +146,17 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     cold = np.setdiff1d(test_all.get_column(C.user_id).to_numpy(), users)
     counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
     candidate_rows = 0
+    disliked = disliked_before(paths, paths.windows().bounds("test")[0])
+    removed_disliked = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
         chunks = [users[part] for part in batches(len(users), cfg.batch_users)]
         for chunk, rows in bar(
             prefetched(builder.batch, chunks), total=len(chunks), desc="scoring", enabled=progress
         ):
+            if disliked is not None:
+                offered = rows.height
+                rows = rows.join(_of_range(disliked, chunk), on=list(KEYS), how="anti", maintain_order="left")
+                removed_disliked += offered - rows.height
             candidate_rows += rows.height
             top = top_n_by_score(rows, ranker.predict(rows), cfg.n)
             out.write(top)
@@ -155,6 +179,7 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
         "warm_users": int(len(users)),
         "cold_users": int(len(cold)),
         "candidate_rows": candidate_rows,
+        "disliked_candidates_removed": removed_disliked,
         "rows": out.rows,
         "test_listens_of_warm_users": warm_test.height,
         "recall": {k: v / warm_test.height if warm_test.height else float("nan") for k, v in counts.items()},

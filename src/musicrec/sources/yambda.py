@@ -43,14 +43,16 @@ Mapping to the canonical form (ids stay Yambda's: ``user_id`` = ``uid``, ``track
   is then neither liked nor disliked). A pair liked at the end with no Listen+ becomes an
   interaction of weight ``like_weight``, dated by that like. A pair disliked at the end
   leaves the positives (its Listen+ row is dropped and counted) and is kept in
-  ``extra["disliked_pairs"]`` (``user_id``, ``track_id``, ``disliked_at``) for recommenders
-  to filter. The state is the one at the end of the data, so a dislike in the test window
-  also removes that pair from the history.
+  ``extra["disliked_pairs"]`` (``user_id``, ``track_id``, ``disliked_at``): the final list
+  leaves out those disliked before the test window
+  (:func:`musicrec.ranking.stage.disliked_before`). The state is the one at the end of the
+  data, so a dislike in the test window also removes that pair from the history.
 - **Organic flag.** ``is_organic = 0`` marks recommendation-driven events.
   ``extra["organic_pairs"]`` has one row per interaction: ``user_id``, ``track_id``,
   ``is_organic`` (the event that dates the interaction was organic: its first Listen+, or
   the like of a liked-only pair; an organic event wins a tie), ``listens`` and
-  ``organic_listens`` (Listen+ events) and ``liked``; evaluation can keep the organic ones.
+  ``organic_listens`` (Listen+ events) and ``liked``; the evaluation's segment ``organic``
+  judges the models on those test listens (:func:`musicrec.evaluation.organic_listens`).
 - **Catalogue.** The tracks are the interactions' tracks; their ``artists`` and ``albums``
   lists come from the mappings; Yambda has no genres. ``embeddings`` become
   ``track_features`` (``data.yambda.embedding``, ``normalized_embed`` by default, one Float32
