@@ -79,6 +79,23 @@ def compute_split(
         .alias("labels"),
     ).collect(engine="streaming")
 
+    cold = {name: int(seen.item(0, name) or 0) for name in ("labels", "test")}
+    return split_summary(first_day, last_day, label_start, test_start, counts, cold, file)
+
+
+def split_summary(
+    first_day: dt.date,
+    last_day: dt.date,
+    label_start: dt.date,
+    test_start: dt.date,
+    counts: dict[str, dict],
+    cold: dict[str, int],
+    file: str,
+) -> dict:
+    """What ``split.json`` holds, from each window's ``{"rows", "users"}`` counts and the number of
+    users first seen in labels and in test (``cold``); an empty window is a
+    :class:`~musicrec.schema.DataContractError` naming its dates and the profile key to move.
+    Both engines' :func:`compute_split` end here."""
     ranges = {
         "history": (first_day, label_start - dt.timedelta(days=1)),
         "labels": (label_start, test_start - dt.timedelta(days=1)),
@@ -100,14 +117,14 @@ def compute_split(
                 f"the {name} window ({start} .. {end}) holds no interactions; "
                 f"move {keys[name]} in the profile",
             )
-        cold = int(seen.item(0, name)) if name in ("labels", "test") else 0
+        n_cold = cold.get(name, 0)
         windows[name] = {
             "start": start.isoformat(),
             "end": end.isoformat(),
             "rows": int(row["rows"]),
             "users": int(row["users"]),
-            "cold_users": cold,
-            "warm_users": int(row["users"]) - cold,
+            "cold_users": n_cold,
+            "warm_users": int(row["users"]) - n_cold,
         }
     return {
         "data_start": first_day.isoformat(),

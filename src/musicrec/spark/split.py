@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from musicrec.config import SplitConfig
 from musicrec.schema import C, DataContractError
 from musicrec.spark.frames import STARTED_NS, day_ns, ns_date, read_interactions
-from musicrec.split import WINDOWS
+from musicrec.split import split_summary
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -82,40 +82,5 @@ def compute_split(
         .first()
     )
 
-    ranges = {
-        "history": (first_day, label_start - dt.timedelta(days=1)),
-        "labels": (label_start, test_start - dt.timedelta(days=1)),
-        "test": (test_start, last_day),
-    }
-    keys = {
-        "history": "split.label_start",
-        "labels": "split.test_start / split.label_start",
-        "test": "split.test_start",
-    }
-    windows = {}
-    for name in WINDOWS:
-        start, end = ranges[name]
-        row = counts.get(name, {"rows": 0, "users": 0})
-        if row["rows"] == 0:
-            raise DataContractError(
-                file,
-                C.started_at,
-                f"the {name} window ({start} .. {end}) holds no interactions; "
-                f"move {keys[name]} in the profile",
-            )
-        cold = int(seen[name] or 0) if name in ("labels", "test") else 0
-        windows[name] = {
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "rows": int(row["rows"]),
-            "users": int(row["users"]),
-            "cold_users": cold,
-            "warm_users": int(row["users"]) - cold,
-        }
-    return {
-        "data_start": first_day.isoformat(),
-        "data_end": last_day.isoformat(),
-        "label_start": label_start.isoformat(),
-        "test_start": test_start.isoformat(),
-        "windows": windows,
-    }
+    cold = {name: int(seen[name] or 0) for name in ("labels", "test")}
+    return split_summary(first_day, last_day, label_start, test_start, counts, cold, file)
