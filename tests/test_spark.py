@@ -8,56 +8,35 @@ neither pyspark nor Java.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from spark_support import SMALL, tiny_spark_run
 
 from musicrec import metrics as local_metrics
 from musicrec.candidates.base import USER_RECS_SCHEMA
 from musicrec.candidates.popular import top_popular as local_top_popular
 from musicrec.candidates.recall import candidate_recall as local_candidate_recall
-from musicrec.config import Profile, SparkConfig, SplitConfig, load_profile
+from musicrec.config import Profile, SparkConfig, SplitConfig
 from musicrec.io import write_parquet
 from musicrec.schema import C
-from musicrec.spark.session import EngineUnavailable, java_executable, require_engine, spark_session
+from musicrec.spark.session import EngineUnavailable, require_engine, spark_session
 from musicrec.split import compute_split as local_compute_split
 from musicrec.split import window_expr
 
-ROOT = Path(__file__).resolve().parents[1]
 MASTER = "local[2]"
 CLUSTER_MASTER = "local-cluster[2,1,1024]"
-SMALL = {"spark.driver.memory": "1g", "spark.executor.memory": "1g"}
 KS = [1, 3, 10, 50]  # 50: longer than every list below
 TOL = 1e-9
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("MUSICREC_REQUIRE_SPARK") == "1":
-        pytest.fail(f"MUSICREC_REQUIRE_SPARK=1 and {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny profile's data (generated and split) in a scratch root, on ``local[2]``."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        _unavailable("pyspark is not installed (make spark-setup)")
-    if java_executable() is None:
-        _unavailable("no java on PATH or in JAVA_HOME (the Spark engine needs Java 17)")
-    from musicrec.data import build_dataset
-    from musicrec.io import RunPaths
-
-    root = tmp_path_factory.mktemp("spark-run")
-    profile = load_profile(ROOT / "params" / "tiny.yaml", engine="spark")
-    profile = profile.model_copy(update={"spark": SparkConfig(master=MASTER, conf=SMALL)})
-    paths = RunPaths.for_profile(profile, root)
-    build_dataset(profile, paths, progress=False)
+    profile, paths = tiny_spark_run(tmp_path_factory.mktemp("spark-run"), MASTER)
     yield profile, paths
     from pyspark.sql import SparkSession
 

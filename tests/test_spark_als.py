@@ -8,22 +8,18 @@ Skipped with a reason without pyspark or Java, unless MUSICREC_REQUIRE_SPARK=1 (
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from spark_support import tiny_spark_run
 
 from musicrec.candidates.als import AlsGenerator
 from musicrec.candidates.base import SIMILAR_SCHEMA, USER_RECS_SCHEMA, FitData, batches, to_user_frame
-from musicrec.config import SparkConfig, load_profile
 from musicrec.metrics import NDCG
 from musicrec.schema import C
-from musicrec.spark.session import java_executable, spark_session
+from musicrec.spark.session import spark_session
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"spark.driver.memory": "1g", "spark.executor.memory": "1g"}
 TEST_START = dt.date(2022, 12, 16)  # the tiny profile's split.test_start
 N = 10
 #: Spark ALS's NDCG@10 on the test window may be this much below implicit's, relative. Measured on
@@ -32,31 +28,13 @@ N = 10
 RELATIVE_TOLERANCE = 0.20
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("MUSICREC_REQUIRE_SPARK") == "1":
-        pytest.fail(f"MUSICREC_REQUIRE_SPARK=1 and {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny profile's data in a scratch root; the session on ``local[2]``; the train window
     (history + labels: before test_start) as polars and as Spark frames."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        _unavailable("pyspark is not installed (make spark-setup)")
-    if java_executable() is None:
-        _unavailable("no java on PATH or in JAVA_HOME (the Spark engine needs Java 17)")
-    from musicrec.data import build_dataset
-    from musicrec.io import RunPaths
     from musicrec.spark.als import window_listens
 
-    root = tmp_path_factory.mktemp("spark-als")
-    profile = load_profile(ROOT / "params" / "tiny.yaml", engine="spark")
-    profile = profile.model_copy(update={"spark": SparkConfig(master="local[2]", conf=SMALL)})
-    paths = RunPaths.for_profile(profile, root)
-    build_dataset(profile, paths, progress=False)
+    profile, paths = tiny_spark_run(tmp_path_factory.mktemp("spark-als"))
     spark = spark_session(profile)
     listens = pl.read_parquet(paths.interactions)
     cut = pl.lit(TEST_START).cast(pl.Datetime("ns"))
