@@ -19,17 +19,19 @@ def popularity_bias(
     """``model, listeners``: the popularity (listeners before the test window) of every recommended
     top-``k`` track, and under model ``"test listens"`` of what the users actually heard."""
     users_df = _users_frame(users)
+    # the model as an enum: at full scale some 80M rows, where a text column per row cost gigabytes
+    names = pl.Enum(["test listens", *lists])
     frames = [
         test.join(users_df, on=C.user_id, how="semi")
         .select(C.track_id)
-        .with_columns(pl.lit("test listens").alias("model"))
+        .with_columns(pl.lit("test listens", dtype=names).alias("model"))
     ]
     for name, recos in lists.items():
         frames.append(
             _collect_lists(recos, users_df, k)
             .filter(pl.col(C.rank) <= k)
             .select(C.track_id)
-            .with_columns(pl.lit(name).alias("model"))
+            .with_columns(pl.lit(name, dtype=names).alias("model"))
         )
     return (
         pl.concat(frames)
