@@ -99,7 +99,7 @@ def _adapt(profile: Profile, paths: RunPaths, dropped: DropReport, notes: list[s
     if data.track_features is not None:
         written.add(write_parquet(data.track_features, paths.track_features))
     for name, frame in data.extra.items():
-        written.add(write_parquet(frame, paths.data / f"{name}.parquet"))
+        written.add(write_parquet(frame, paths.extra(name)))
     return written
 
 

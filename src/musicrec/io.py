@@ -59,6 +59,20 @@ class RunPaths:
     def track_features(self) -> Path:
         return self.data / "track_features.parquet"
 
+    def extra(self, name: str) -> Path:
+        """A source's extra table (``SourceData.extra[name]``), beside the canonical files."""
+        return self.data / f"{name}.parquet"
+
+    @property
+    def organic_pairs(self) -> Path:
+        """Per (user, track) whether no recommendation drove it (sources that flag it: Yambda)."""
+        return self.extra("organic_pairs")
+
+    @property
+    def disliked_pairs(self) -> Path:
+        """The (user, track) pairs disliked, and when (sources with dislikes: Yambda)."""
+        return self.extra("disliked_pairs")
+
     @property
     def split(self) -> Path:
         return self.data / "split.json"

@@ -73,7 +73,7 @@ def organic_listens(paths: RunPaths, test: pl.DataFrame) -> pl.DataFrame | None:
     """The ``test`` listens whose (user, track) interaction was organic (``is_organic``: not driven
     by a recommendation), from ``organic_pairs.parquet`` of sources that flag it (Yambda); None
     for the others. Evaluated as segment ``organic`` (:func:`evaluate_models`' ``relevance``)."""
-    flags = paths.data / "organic_pairs.parquet"
+    flags = paths.organic_pairs
     if not flags.is_file():
         return None
     organic = (

@@ -205,12 +205,15 @@ def evaluate_models(
 
     rows: list[dict] = []
     warm_df = pl.DataFrame({C.user_id: groups[ALL]})
+    relevant_sets = {}  # segment: (its listens, its warm users), the same for every model
+    for segment, relevant in (relevance or {}).items():
+        relevant = relevant.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+        users = relevant.join(warm_df, on=C.user_id, how="semi").get_column(C.user_id).unique().sort()
+        relevant_sets[segment] = (relevant, users)
     for model, frame in lists.items():
         recos = _collect_lists(frame, warm_df, max_k)
         rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
-        for segment, relevant in (relevance or {}).items():
-            relevant = relevant.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
-            users = relevant.join(warm_df, on=C.user_id, how="semi").get_column(C.user_id).unique().sort()
+        for segment, (relevant, users) in relevant_sets.items():
             rows += _evaluate_groups(
                 model, recos, relevant, {segment: users}, ranking, beyond, beyond_k, n_boot, alpha, seed
             )

@@ -84,7 +84,7 @@ def disliked_before(paths: RunPaths, day) -> pl.DataFrame | None:
     (Yambda); None for the others. The final list never offers them."""
     from musicrec.split import midnight
 
-    path = paths.data / "disliked_pairs.parquet"
+    path = paths.disliked_pairs
     if not path.is_file():
         return None
     return (
