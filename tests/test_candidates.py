@@ -309,6 +309,24 @@ def test_als_refit_starts_from_the_history_model(refit):
         assert not set(cols[r]) & set(later.matrix[r].indices), "heard tracks are filtered"
 
 
+def test_als_users_refit_solves_close_to_the_exact_least_squares():
+    """The ``users`` refit's conjugate-gradient steps from the history factors land near the exact
+    (Cholesky) solve of every user, new users included, and recommend the same tracks."""
+    history = block_data()
+    later = grown(history)
+    cfg = AlsConfig(factors=4, iterations=3, refit="users")
+    old = AlsGenerator(cfg, seed=1).fit(history)
+    new = AlsGenerator(cfg, seed=1).fit(later, previous=old)
+    exact = new._exact_user_factors(new.confidence_matrix(later))
+    deviation = np.abs(new.model.user_factors - exact).mean() / np.abs(exact).mean()
+    assert deviation < 0.01
+    rows = np.arange(len(later.user_ids))
+    cg_lists, _ = new.recommend(rows, 3)
+    new.model.user_factors = exact
+    exact_lists, _ = new.recommend(rows, 3)
+    assert (cg_lists == exact_lists).mean() > 0.95
+
+
 def test_als_refit_refuses_another_catalogue():
     history = block_data()
     other = FitData.build(history.interactions, tracks(range(100, 150)))
@@ -328,6 +346,31 @@ def test_als_saved_model_loads_for_a_refit(tmp_path):
     from_disk = AlsGenerator(cfg, seed=2).fit(grown(data), previous=loaded)
     in_memory = AlsGenerator(cfg, seed=2).fit(grown(data), previous=als)
     assert np.array_equal(from_disk.model.user_factors, in_memory.model.user_factors)
+
+
+def test_als_recommend_pool_keeps_the_lists_its_head_already_held():
+    """Personal lists drawn from the most listened tracks: every list track is one of them;
+    where the whole catalogue's lists already kept to that head (here: 40 tail tracks of one
+    listener each are never recommended), the lists are the same; the similar lists still
+    range over every track."""
+    base = block_data(n_users=80, n_tracks=40)
+    pairs = base.interactions.select("user_id", "track_id").rows()
+    pairs += [(u, 140 + u % 40) for u in range(0, 80, 2)]  # tracks 140..179: one listener each
+    data = FitData.build(frame(pairs), tracks(range(100, 180)))
+    order = np.argsort(-data.listeners(), kind="stable")  # most listened first, ties to the lower column
+    rows = np.arange(len(data.user_ids))
+    wide = AlsGenerator(AlsConfig(factors=4, iterations=3), seed=3).fit(data)
+    cols, _ = wide.recommend(rows, 5)
+    head = int(np.max(np.flatnonzero(np.isin(order, cols[cols >= 0])))) + 1
+    assert head < len(order), "the tail tracks are never recommended"
+    same = AlsGenerator(AlsConfig(factors=4, iterations=3, recommend_pool=head), seed=3).fit(data)
+    assert np.array_equal(same.recommend_items, np.sort(order[:head]))
+    assert np.array_equal(same.recommend(rows, 5)[0], cols)
+    narrow = AlsGenerator(AlsConfig(factors=4, iterations=3, recommend_pool=10), seed=3).fit(data)
+    narrow_cols, _ = narrow.recommend(rows, 5)
+    assert set(narrow_cols[narrow_cols >= 0].ravel()) <= set(order[:10])
+    tail = np.arange(40, 50)
+    assert np.array_equal(narrow.similar(tail, 3)[0], wide.similar(tail, 3)[0])
 
 
 @pytest.fixture(scope="module")

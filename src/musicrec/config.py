@@ -288,6 +288,11 @@ class AlsConfig(_Strict):
     item_pool: PositiveInt | None = Field(
         None, description="only the most listened tracks can be recommended or similar; all when unset"
     )
+    recommend_pool: PositiveInt | None = Field(
+        None,
+        description="the most listened tracks of the item pool that personal lists are drawn from "
+        "(the similar lists still use the whole pool); the item pool when unset",
+    )
     batch_users: PositiveInt = 20_000
     batch_tracks: PositiveInt = 20_000
 

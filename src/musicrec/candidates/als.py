@@ -9,7 +9,11 @@ call, as implicit recommends (its own threads do the work).
 
 At the full scale, scoring every user against every track is 1.4e12 dot
 products; ``item_pool`` restricts the tracks that can be recommended (or be
-similar) to the most listened ones, which is where almost all listens fall.
+similar) to the most listened ones, which is where almost all listens fall, and
+``recommend_pool`` the personal lists further still: ALS's top lists keep to the
+head of the catalogue (at full, the top-100 lists of 1.37M users held 9,349
+distinct tracks, none beyond the 24,560th most listened), while the similar lists
+of cosines reach into the pool's tail.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from implicit.cpu import _als
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
@@ -28,6 +33,10 @@ from musicrec.io import atomic_path, write_parquet
 from musicrec.progress import iteration_lines
 from musicrec.schema import C
 
+#: Conjugate-gradient steps of the ``refit: users`` solve, from the history factors (see
+#: :meth:`AlsGenerator._solved_user_factors`; implicit's fit takes 3 a half-step).
+USER_CG_STEPS = 6
+
 
 class AlsGenerator:
     """``personal_als`` (user-to-item) and ``similar`` (item-to-item) from one ALS model."""
@@ -36,7 +45,8 @@ class AlsGenerator:
 
     def __init__(self, config: AlsConfig, seed: int = 0):
         self.config, self.seed = config, seed
-        self.items: np.ndarray | None = None
+        self.items: np.ndarray | None = None  # the item pool's columns (None: every track)
+        self.recommend_items: np.ndarray | None = None  # the columns personal lists are drawn from
 
     def confidence_matrix(self, data: FitData) -> sp.csr_matrix:
         """The users-by-tracks values ALS is fitted on (see the module docstring)."""
@@ -76,12 +86,17 @@ class AlsGenerator:
                     self.model.user_factors = self._carried_user_factors(previous)
                     self.model.fit(confidence, show_progress=False, callback=iterations)
                 else:
-                    self.model.user_factors = self._solved_user_factors(confidence)
+                    self.model.user_factors = self._solved_user_factors(confidence, previous)
+        listeners = data.listeners() if cfg.item_pool is not None or cfg.recommend_pool is not None else None
         if mode == "users":
             self.items = previous.items  # the item factors, hence the similar lists, are the history's
         elif cfg.item_pool is not None and cfg.item_pool < len(data.track_ids):
-            listeners = data.listeners()
-            self.items = np.sort(np.argsort(-listeners, kind="stable")[: cfg.item_pool]).astype(np.int32)
+            self.items = _most_listened(np.arange(len(data.track_ids)), listeners, cfg.item_pool)
+        self.recommend_items = self.items
+        if cfg.recommend_pool is not None:
+            pool = self.items if self.items is not None else np.arange(len(data.track_ids))
+            if cfg.recommend_pool < len(pool):
+                self.recommend_items = _most_listened(pool, listeners, cfg.recommend_pool)
         return self
 
     def _carried_user_factors(self, previous: AlsGenerator) -> np.ndarray:
@@ -92,12 +107,37 @@ class AlsGenerator:
         factors[rows >= 0] = previous.model.user_factors[rows[rows >= 0]]
         return factors
 
-    def _solved_user_factors(self, confidence: sp.csr_matrix, batch: int = 200_000) -> np.ndarray:
-        """Every user's least-squares factors against the fixed item factors, in batches of users."""
+    def _solved_user_factors(
+        self, confidence: sp.csr_matrix, previous: AlsGenerator, batch: int = 200_000
+    ) -> np.ndarray:
+        """Every user's least-squares factors against the fixed item factors, in batches of users:
+        :data:`USER_CG_STEPS` conjugate-gradient steps from the history factors (implicit's own
+        solver of a fit's half-step), or implicit's exact ``recalculate_user`` where it is missing.
+
+        At scale10 (2026-12-02) the steps land within 0.34% of the exact factors (mean absolute
+        difference over mean size) with the same NDCG@10 and recall@10 (0.0975, 0.0677), in 1.8 s
+        against 6.2 s.
+        """
+        solve = getattr(_als, "least_squares_cg", None)
+        if solve is None:
+            return self._exact_user_factors(confidence, batch)
+        factors = self._carried_user_factors(previous)
+        for rows in batches(confidence.shape[0], batch):
+            solve(
+                self.config.alpha * confidence[rows],  # implicit's confidence: 1 + alpha * value
+                factors[rows],  # a view: solved in place
+                self.model.item_factors,
+                self.config.regularization,
+                num_threads=0,
+                cg_steps=USER_CG_STEPS,
+            )
+        return factors
+
+    def _exact_user_factors(self, confidence: sp.csr_matrix, batch: int = 200_000) -> np.ndarray:
+        """Every user's exact least-squares factors (implicit's ``recalculate_user``, Cholesky)."""
         factors = np.empty((confidence.shape[0], self.config.factors), dtype=np.float32)
         for rows in batches(confidence.shape[0], batch):
-            index = np.arange(rows.start, rows.stop)
-            factors[rows] = self.model.recalculate_user(index, confidence[rows])
+            factors[rows] = self.model.recalculate_user(np.arange(rows.start, rows.stop), confidence[rows])
         return factors
 
     @classmethod
@@ -110,6 +150,7 @@ class AlsGenerator:
         gen.track_ids = tracks.get_column(C.track_id).to_numpy()
         in_pool = tracks.get_column("in_pool").to_numpy()
         gen.items = None if in_pool.all() else np.flatnonzero(in_pool).astype(np.int32)
+        gen.recommend_items = gen.items  # a refit from it draws its own (from its window's listeners)
         return gen
 
     def recommend(self, user_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +162,7 @@ class AlsGenerator:
                 self.data.matrix[user_rows],
                 N=n,
                 filter_already_liked_items=True,
-                items=self.items,
+                items=self.recommend_items,
             )
         return _pad(cols, scores, n)
 
@@ -157,6 +198,12 @@ class AlsGenerator:
             pl.DataFrame({C.track_id: self.track_ids, "in_pool": in_pool}), folder / "als_tracks.parquet"
         )
         return folder
+
+
+def _most_listened(columns: np.ndarray, listeners: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` of ``columns`` with the most listeners (ties: the lower column), sorted."""
+    order = np.argsort(-listeners[columns], kind="stable")[:n]
+    return np.sort(columns[order]).astype(np.int32)
 
 
 def _pad(cols: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
