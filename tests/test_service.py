@@ -291,6 +291,28 @@ def test_heard_all_removes_the_test_window_too(run_root, tmp_path):
         assert ids(c.get("/recommendations/3", params={"k": 3})) == [1, 2, 3]
 
 
+def test_disliked_tracks_are_never_offered(tmp_path):
+    """A source's disliked pairs (Yambda) leave the offline list, the online picks and the
+    top-popular fill; with ``heard: fit`` only the dislikes before the test window count."""
+    root = write_run(tmp_path / "project")
+    pl.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "track_id": [11, 21, 16],
+            "disliked_at": [dt.datetime(2022, 11, 5), dt.datetime(2022, 11, 6), dt.datetime(2022, 12, 20)],
+        },
+        schema={"user_id": pl.Int32, "track_id": pl.Int32, "disliked_at": pl.Datetime("ns")},
+    ).write_parquet(root / "data" / RUN / "disliked_pairs.parquet")
+    with TestClient(make_app(root, tmp_path / "e.sqlite")) as c:
+        assert ids(c.get("/recommendations/1", params={"k": 4})) == [10, 12, 13, 14]
+        post(c, 1, 20, utc(2022, 12, 20, 10))  # its similar tracks: 21 (disliked), 10, 22
+        assert 21 not in ids(c.get("/recommendations/1", params={"k": 10}))
+        # user 2's dislike of 16 falls in the test window: not known at the fit's end
+        assert ids(c.get("/recommendations/2", params={"k": 3})) == [10, 16, 17]
+    with TestClient(make_app(root, tmp_path / "f.sqlite", heard="all")) as c:
+        assert ids(c.get("/recommendations/2", params={"k": 3})) == [10, 17, 1]
+
+
 def test_online_blending_from_events(client):
     post(client, 1, 20, utc(2022, 12, 20, 10))
     post(client, 1, 25, utc(2022, 12, 20, 11))

@@ -107,7 +107,7 @@ class Artefacts:
     offline_labels: tuple[str, ...]  # source code -> label
     similar: Lists  # track -> similar tracks, best first
     popular: Ranked  # top-popular, best first
-    heard: Lists  # user -> sorted heard track ids
+    heard: Lists  # user -> sorted track ids never offered: heard, or disliked (sources with dislikes)
     catalog: np.ndarray  # sorted track ids of tracks.parquet
     track_names: pl.Series | None  # aligned with catalog
     artist_names: pl.Series | None
@@ -165,8 +165,16 @@ class Artefacts:
             windows = paths.windows()
             heard_until = windows.fit_end("history+labels")
             history = windows.fit_listens(history, "history+labels")
+        never = history.select(C.user_id, C.track_id)
+        if paths.disliked_pairs.is_file():  # sources with dislikes (Yambda): never offered either
+            disliked = pl.scan_parquet(paths.disliked_pairs)
+            if heard_until is not None:
+                from musicrec.split import midnight
+
+                disliked = disliked.filter(pl.col("disliked_at") < midnight(heard_until))
+            never = pl.concat([never, disliked.select(C.user_id, C.track_id).cast(never.collect_schema())])
         heard = Lists.build(
-            history.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id).collect(),
+            never.unique().sort(C.user_id, C.track_id).collect(),
             C.user_id,
             C.track_id,
         )
