@@ -162,6 +162,22 @@ def test_the_item_pool_limits_what_can_be_recommended(tiny, tmp_path):
     assert similar.get_column(C.track_id).n_unique() == tiny["train"].get_column(C.track_id).n_unique()
 
 
+def test_the_recommend_pool_limits_the_personal_lists_only(tiny, tmp_path):
+    from musicrec.spark.als import SparkAlsGenerator
+
+    update = {"item_pool": 300, "recommend_pool": 40, "iterations": 2}
+    cfg = tiny["profile"].candidates.als.model_copy(update=update)
+    gen = SparkAlsGenerator(cfg, seed=1).fit(tiny["spark_train"])
+    listeners = tiny["train"].group_by(C.track_id).agg(pl.col(C.user_id).n_unique().alias("n"))
+    ranked = listeners.sort(["n", C.track_id], descending=[True, False]).get_column(C.track_id)
+    assert gen.recommend_ids.tolist() == sorted(ranked.head(40).to_list())
+    recos = pl.read_parquet(gen.write_recommendations(tmp_path / "r.parquet", 20))
+    similar = pl.read_parquet(gen.write_similar(tmp_path / "s.parquet", 5))
+    assert set(recos.get_column(C.track_id).to_list()) <= set(gen.recommend_ids.tolist())
+    beyond = set(similar.get_column(C.similar_track_id).to_list()) - set(gen.recommend_ids.tolist())
+    assert beyond and beyond <= set(gen.pool_ids.tolist()), "similar lists still range over the pool"
+
+
 @pytest.fixture(scope="module")
 def reference(tiny) -> dict:
     """implicit's and random's NDCG@10 on the test window (users seen before it), implicit fitted

@@ -18,7 +18,7 @@ from musicrec.schema import (
     validate_interactions_lazy,
     validate_tracks,
 )
-from musicrec.split import compute_split
+from musicrec.spark import run_split
 
 
 def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> dict:
@@ -26,7 +26,8 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
 
     The summary (also written to ``data/<run>/summary.json``) holds the counts, the
     rows dropped on purpose by reason, and the adapter's notes; ``split.json`` is
-    written last, so its presence means the stage finished.
+    written last, so its presence means the stage finished. The split is computed on the
+    profile's engine (:func:`musicrec.spark.run_split`: on Spark with ``engine: spark``).
     """
     source = profile.data.source
     paths.data.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,8 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
         "notes": notes,
     }
     write_json(summary, paths.data_summary)
-    write_json(compute_split(paths.interactions, profile.split, file=str(paths.interactions)), paths.split)
+    # the time split on the profile's engine (engine: spark counts the windows on Spark)
+    write_json(run_split(profile, paths.interactions), paths.split)
     return summary
 
 

@@ -259,6 +259,11 @@ class CandidateStage:
             features = pl.read_parquet(paths.track_features) if paths.track_features.is_file() else None
         with step(f"candidates ({window}): the users-by-tracks matrix built", progress):
             data = FitData.build(interactions, tracks, features)
+        if profile.engine == "spark":  # started (or found) here, so no generator's time counts it
+            from musicrec.spark import spark_session
+
+            with step(f"candidates ({window}): the Spark session started", progress):
+                spark_session(profile)
         reuse = window == "history+labels" and bool(self._history)
         self.rows = np.arange(len(data.user_ids))
         if window == "history":
@@ -271,16 +276,11 @@ class CandidateStage:
         # top-popular: one global list
         run = GeneratorRun("top_popular", window)
         popular = _timed(
-            self.progress,
-            run,
-            "fit_seconds",
-            lambda: (
-                top_popular(interactions, cfg.top_popular.n, cfg.top_popular.days)
-                if cfg.top_popular.days is not None
-                else top_popular_of_matrix(data.track_ids, data.listeners(), cfg.top_popular.n)
-            ),
+            self.progress, run, "fit_seconds", lambda: self._top_popular(data, interactions, window)
         )
         write_parquet(popular, out / "top_popular.parquet")
+        if profile.engine == "spark":
+            run.note = "on Spark"
         run.rows, run.files = popular.height, ["top_popular.parquet"]
         runs.append(run)
 
@@ -317,6 +317,21 @@ class CandidateStage:
         for kept in self._history.values():
             kept.data = None  # what is kept never needs the history window's listens again (~7 GB at full)
         return runs
+
+    def _top_popular(self, data: FitData, interactions: pl.DataFrame, window: str) -> pl.DataFrame:
+        """The window's top-popular list: on Spark with ``engine: spark``
+        (:func:`musicrec.spark.popular.top_popular` of :func:`musicrec.spark.als.window_listens`),
+        else locally (from the matrix's listeners when the whole window counts); the same list."""
+        cfg = self.profile.candidates.top_popular
+        if self.profile.engine == "spark":
+            from musicrec.spark import popular, spark_session
+            from musicrec.spark.als import window_listens
+
+            listens = window_listens(spark_session(self.profile), self.paths, window)
+            return popular.top_popular(listens, cfg.n, cfg.days)
+        if cfg.days is not None:
+            return top_popular(interactions, cfg.n, cfg.days)
+        return top_popular_of_matrix(data.track_ids, data.listeners(), cfg.n)
 
     def _als(self, data: FitData, out: Path, window: str) -> GeneratorRun:
         """ALS user-to-item and item-to-item from one model (refitted from the history one)."""

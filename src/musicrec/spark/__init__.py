@@ -6,8 +6,15 @@ functions are the engine switch: with ``profile.engine == "local"`` they call th
 :mod:`~musicrec.spark.metrics`, :mod:`~musicrec.spark.recall` and :mod:`~musicrec.spark.split`,
 and return the same polars results. What runs on Spark so far: top-popular, the per-user ranking
 metrics and coverage, candidate recall, the time split, and ALS user-to-item and item-to-item
-(:mod:`musicrec.spark.als`, not yet called by the candidates stage). See the README, "Running on
-Apache Spark".
+(:mod:`musicrec.spark.als`).
+
+What the stages run on Spark with ``engine: spark``: the data stage's split (``split.json``,
+:func:`run_split` in :func:`musicrec.data.build_dataset`); in the candidates stage
+(:class:`musicrec.candidates.stage.CandidateStage`) each window's top-popular list (from
+:func:`musicrec.spark.als.window_listens`) and ALS; and the candidate recall of notebook 03
+(:func:`run_candidate_recall`, which takes the targets as a parquet path or a polars frame).
+:func:`run_metrics` and :func:`run_top_popular` are not called by a stage yet. See the README,
+"Running on Apache Spark".
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from musicrec.schema import C
 from musicrec.spark.session import EngineUnavailable, require_engine, spark_session
 
 if TYPE_CHECKING:
@@ -59,19 +67,29 @@ def run_top_popular(
 
 
 def run_candidate_recall(
-    profile: Profile, folder: str | Path, targets: str | Path, ns: list[int] | None = None
+    profile: Profile,
+    folder: str | Path,
+    targets: str | Path | pl.DataFrame,
+    ns: Sequence[int] | None = None,
 ) -> pl.DataFrame:
-    """Candidate recall of the lists in ``folder`` against a ``targets`` parquet (``user_id,
-    track_id``) on the profile's engine; ``ns`` defaults to ``candidates.recall_at``."""
+    """Candidate recall of the lists in ``folder`` against ``targets`` (``user_id, track_id``: a
+    parquet path, or a polars frame such as :func:`musicrec.candidates.stage.labels_targets`
+    gives) on the profile's engine; ``ns`` defaults to ``candidates.recall_at``."""
     ns = list(profile.candidates.recall_at if ns is None else ns)
     if profile.engine == "spark":
         from musicrec.spark import recall
 
         spark = spark_session(profile)
-        return recall.candidate_recall(spark, Path(folder), spark.read.parquet(str(targets)), ns)
+        if isinstance(targets, pl.DataFrame):  # typed, so that an empty frame works too
+            pairs = targets.select(pl.col(C.user_id, C.track_id).cast(pl.Int64)).to_pandas()
+            frame = spark.createDataFrame(pairs, schema=f"{C.user_id} long, {C.track_id} long")
+        else:
+            frame = spark.read.parquet(str(targets))
+        return recall.candidate_recall(spark, Path(folder), frame, ns)
     from musicrec.candidates.recall import candidate_recall
 
-    return candidate_recall(Path(folder), pl.read_parquet(targets), ns)
+    frame = targets if isinstance(targets, pl.DataFrame) else pl.read_parquet(targets)
+    return candidate_recall(Path(folder), frame, ns)
 
 
 def run_split(profile: Profile, interactions: str | Path) -> dict:

@@ -73,7 +73,8 @@ class SparkAlsGenerator:
     def __init__(self, config: AlsConfig, seed: int = 0):
         self.config, self.seed = config, seed
         self.model: ALSModel | None = None
-        self.pool_ids: np.ndarray | None = None  # sorted track ids that can be recommended
+        self.pool_ids: np.ndarray | None = None  # sorted track ids that can be recommended or similar
+        self.recommend_ids: np.ndarray | None = None  # those personal lists are drawn from
 
     def values(self, interactions: DataFrame) -> DataFrame:
         """``user_id, track_id, value``: what ALS is fitted on (see the module docstring)."""
@@ -123,8 +124,10 @@ class SparkAlsGenerator:
         ranked = listeners.orderBy(F.col("listeners").desc(), F.col(C.track_id).asc())
         if cfg.item_pool is not None:
             ranked = ranked.limit(cfg.item_pool)
-        pool = to_polars(ranked.select(C.track_id)).get_column(C.track_id).to_numpy()
-        self.pool_ids = np.sort(pool.astype(np.int32))
+        pool = to_polars(ranked.select(C.track_id)).get_column(C.track_id).to_numpy().astype(np.int32)
+        self.pool_ids = np.sort(pool)
+        # personal lists from the most listened of the pool (``recommend_pool``), as the local engine
+        self.recommend_ids = np.sort(pool[: cfg.recommend_pool]) if cfg.recommend_pool else self.pool_ids
         self.pairs = pairs  # cached: the heard lists are computed from it
         return self
 
@@ -149,56 +152,39 @@ class SparkAlsGenerator:
 
         assert self.model is not None, "fit first"
         ids, factors = self._pool_factors()
+        drawn = np.isin(ids, self.recommend_ids)
+        ids, factors = ids[drawn], factors[drawn]
         frame = self.model.userFactors.withColumnRenamed("id", C.user_id)
         if users is not None:
             spark = frame.sparkSession
             wanted = spark.createDataFrame(pd.DataFrame({C.user_id: np.asarray(list(users), dtype=np.int32)}))
             frame = frame.join(F.broadcast(wanted), C.user_id)
         frame = frame.join(self.heard, C.user_id, "left")
-        context = frame.sparkSession.sparkContext
-        shared = context.broadcast((ids, factors))
-        block = block_rows(self.config.batch_users, len(ids))
-
-        def score(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            pool_ids, pool = shared.value
-            for part in parts:
-                for lo in range(0, len(part), block):
-                    chunk = part.iloc[lo : lo + block]
-                    yield _top_block(
-                        chunk[C.user_id].to_numpy(np.int32),
-                        _stack(chunk["features"]) @ pool.T,
-                        pool_ids,
-                        n,
-                        exclude=list(chunk["heard"]),
-                        names=(C.user_id, C.track_id),
-                    )
-
-        return frame.mapInPandas(score, USER_RECS_DDL)
+        scorer = _block_scorer(
+            frame.sparkSession.sparkContext.broadcast((ids, factors)),
+            block_rows(self.config.batch_users, len(ids)),
+            n,
+            key=C.user_id,
+            names=(C.user_id, C.track_id),
+            exclude=lambda chunk: list(chunk["heard"]),
+        )
+        return frame.mapInPandas(scorer, USER_RECS_DDL)
 
     def similar(self, n: int) -> DataFrame:
         """``track_id, similar_track_id, score, rank``: for every track with factors, the ``n``
         other pool tracks of highest cosine of the item factors."""
         assert self.model is not None, "fit first"
         ids, factors = self._pool_factors()
-        shared = self.model.itemFactors.sparkSession.sparkContext.broadcast((ids, _unit(factors)))
-        block = block_rows(self.config.batch_tracks, len(ids))
-
-        def score(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-            pool_ids, pool = shared.value
-            for part in parts:
-                for lo in range(0, len(part), block):
-                    chunk = part.iloc[lo : lo + block]
-                    tracks = chunk["id"].to_numpy(np.int32)
-                    yield _top_block(
-                        tracks,
-                        _unit(_stack(chunk["features"])) @ pool.T,
-                        pool_ids,
-                        n,
-                        exclude=[[t] for t in tracks],  # never the track itself
-                        names=(C.track_id, C.similar_track_id),
-                    )
-
-        return self.model.itemFactors.mapInPandas(score, SIMILAR_DDL)
+        scorer = _block_scorer(
+            self.model.itemFactors.sparkSession.sparkContext.broadcast((ids, _unit(factors))),
+            block_rows(self.config.batch_tracks, len(ids)),
+            n,
+            key="id",
+            names=(C.track_id, C.similar_track_id),
+            exclude=lambda chunk: [[t] for t in chunk["id"]],  # never the track itself
+            unit=True,
+        )
+        return self.model.itemFactors.mapInPandas(scorer, SIMILAR_DDL)
 
     def write_recommendations(
         self, path: str | Path, n: int, users: Iterable[int] | None = None, single_file: bool = True
@@ -236,6 +222,30 @@ def block_rows(batch: int, pool: int) -> int:
     20000
     """
     return max(1, min(batch, BLOCK_SCORES // max(pool, 1)))
+
+
+def _block_scorer(shared, block: int, n: int, key: str, names: tuple[str, str], exclude, unit: bool = False):
+    """A ``mapInPandas`` function: each partition's rows (``key``, ``features``) scored in blocks of
+    ``block`` rows against the broadcast pool ``shared`` (ids, factors), each row's top ``n``
+    (:func:`_top_block`), without the ids that ``exclude(chunk)`` gives per row; the rows' factors
+    scaled to unit length first when ``unit`` (cosines)."""
+
+    def score(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        pool_ids, pool = shared.value
+        for part in parts:
+            for lo in range(0, len(part), block):
+                chunk = part.iloc[lo : lo + block]
+                rows = _stack(chunk["features"])
+                yield _top_block(
+                    chunk[key].to_numpy(np.int32),
+                    (_unit(rows) if unit else rows) @ pool.T,
+                    pool_ids,
+                    n,
+                    exclude=exclude(chunk),
+                    names=names,
+                )
+
+    return score
 
 
 def _stack(column: pd.Series) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""The stages' steps that ``engine: spark`` runs on Spark give the local engine's results, on the tiny
+profile: the data stage's split (``split.json``), the candidates stage's top-popular list
+(``top_popular.parquet``) and the candidates notebook's candidate recall
+(:func:`musicrec.spark.run_candidate_recall` with a polars frame of targets).
+
+Skipped with a reason without pyspark or Java, unless MUSICREC_REQUIRE_SPARK=1 (as tests/test_spark.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from spark_support import tiny_spark_run
+
+from musicrec.candidates.base import FitData
+from musicrec.candidates.recall import candidate_recall
+from musicrec.candidates.stage import (
+    CandidateStage,
+    GeneratorRun,
+    labels_targets,
+    list_users,
+    window_interactions,
+)
+from musicrec.io import RunPaths, write_json, write_parquet
+from musicrec.spark import run_candidate_recall, run_split
+from musicrec.split import compute_split
+
+WINDOWS = ("history", "history+labels")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile on ``engine: spark`` with its data built by the data stage (the split on
+    Spark), and the same profile on the local engine."""
+    spark_profile, paths = tiny_spark_run(tmp_path_factory.mktemp("spark-stages"))
+    local_profile = spark_profile.model_copy(update={"engine": "local"})
+    yield spark_profile, local_profile, paths
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+
+
+def _with_top_popular(profile, **update):
+    cfg = profile.candidates.top_popular.model_copy(update=update)
+    return profile.model_copy(
+        update={"candidates": profile.candidates.model_copy(update={"top_popular": cfg})}
+    )
+
+
+# --------------------------------------------------------------------------- data stage: the split
+
+
+def test_data_stage_writes_the_local_split_on_spark(tiny, tmp_path):
+    spark_profile, local_profile, paths = tiny
+    written = json.loads(paths.split.read_text())  # by build_dataset on engine: spark
+    local = run_split(local_profile, paths.interactions)
+    assert local == compute_split(paths.interactions, local_profile.split, file=str(paths.interactions))
+    assert run_split(spark_profile, paths.interactions) == local
+    write_json(local, tmp_path / "split.json")  # what the local data stage writes
+    assert written == json.loads((tmp_path / "split.json").read_text())
+
+
+# --------------------------------------------------------------------------- candidates: top-popular
+
+
+@pytest.mark.parametrize("days", [None, 7])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_candidates_top_popular_on_spark_equals_local(tiny, window, days):
+    """Both local ways (from the matrix for the whole window, a group-by for the last days) against
+    Spark's list of the window's listens."""
+    spark_profile, local_profile, paths = tiny
+    interactions = window_interactions(paths, window)
+    data = FitData.build(interactions, pl.read_parquet(paths.tracks))
+    lists = [
+        CandidateStage(_with_top_popular(profile, days=days), paths)._top_popular(data, interactions, window)
+        for profile in (local_profile, spark_profile)
+    ]
+    assert lists[0].height == local_profile.candidates.top_popular.n
+    assert_frame_equal(lists[1], lists[0])
+
+
+def _fit_top_popular_only(profile, source: RunPaths, root, monkeypatch) -> RunPaths:
+    """The candidates stage's fit of the history window with only top-popular and random (the
+    other generators stubbed out), on a copy of ``source``'s data under ``root``."""
+    for method in ("_als", "_i2i", "_item_knn", "_optional"):
+        monkeypatch.setattr(CandidateStage, method, lambda self, *args: GeneratorRun("stub", ""))
+    paths = RunPaths.for_profile(profile, root)
+    shutil.copytree(source.data, paths.data)
+    runs = {r.generator: r for r in CandidateStage(profile, paths).fit("history")}
+    assert runs["top_popular"].note == ("on Spark" if profile.engine == "spark" else "")
+    return paths
+
+
+def test_candidates_stage_writes_the_local_top_popular_file_on_spark(tiny, tmp_path, monkeypatch):
+    spark_profile, local_profile, paths = tiny
+    files = [
+        _fit_top_popular_only(profile, paths, tmp_path / profile.engine, monkeypatch).candidate_dir("history")
+        / "top_popular.parquet"
+        for profile in (local_profile, spark_profile)
+    ]
+    local, spark = (pl.read_parquet(f) for f in files)
+    assert local.height == local_profile.candidates.top_popular.n
+    assert spark.schema == local.schema
+    assert_frame_equal(spark, local)
+
+
+# --------------------------------------------------------------------------- notebook: candidate recall
+
+
+def test_candidate_recall_of_the_notebook_on_spark_equals_local(tiny, tmp_path, monkeypatch):
+    """``run_candidate_recall(profile, folder, targets)`` as notebook 03 calls it (a polars frame of
+    the labels-window targets of the training users), on a candidates folder of the stage."""
+    spark_profile, local_profile, paths = tiny
+    run = _fit_top_popular_only(local_profile, paths, tmp_path, monkeypatch)
+    folder = run.candidate_dir("history")
+    targets = labels_targets(run, list_users(local_profile, run))
+    assert targets.height > 0
+    expected = candidate_recall(folder, targets, list(local_profile.candidates.recall_at))
+    local = run_candidate_recall(local_profile, folder, targets)
+    spark = run_candidate_recall(spark_profile, folder, targets)
+    assert_frame_equal(local, expected)
+    assert_frame_equal(spark, expected)
+    assert set(expected.get_column("generator")) == {"top_popular", "random", "union"}
+    assert expected.get_column("found").sum() > 0
+    # a parquet of targets gives the same table; no targets at all gives the same (empty) counts
+    write_parquet(targets, tmp_path / "targets.parquet")
+    assert_frame_equal(run_candidate_recall(spark_profile, folder, tmp_path / "targets.parquet"), expected)
+    nobody = targets.clear()
+    assert_frame_equal(
+        run_candidate_recall(spark_profile, folder, nobody),
+        run_candidate_recall(local_profile, folder, nobody),
+    )
