@@ -34,7 +34,7 @@ from pydantic import (
 from musicrec.generators import NAMES as GENERATOR_NAMES
 from musicrec.service.settings import ServiceConfig
 
-SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm", "yambda")
+SOURCES = ("synthetic", "yandex", "ium", "movielens", "lastfm", "yambda", "lastfm1k")
 
 
 class ProfileError(ValueError):
@@ -167,8 +167,42 @@ class YambdaConfig(_Strict):
     )
 
 
+class LastfmOneKConfig(_Strict):
+    """Last.fm 1K (Celma): the listening log, one line per scrobble (``musicrec.sources.lastfm1k``).
+
+    A user's listens of one track are merged into one interaction dated by the first, with
+    weight ``log2(1 + plays)``. Lines that are not six tab-separated fields, or lack the user,
+    the time or the track name, are dropped and counted.
+    """
+
+    file: str = Field(
+        "userid-timestamp-artid-artname-traid-traname.tsv",
+        min_length=1,
+        description="the listening log in the raw folder (tab-separated, no header, six columns)",
+    )
+    first_year: PositiveInt = Field(
+        2002,
+        description="listens dated before this year (Last.fm's scrobbling began in 2002; earlier "
+        "dates are clock errors) are dropped and counted",
+    )
+    max_malformed_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="above this share of malformed lines (not six tab-separated fields) the file is "
+        "taken for another format and the load stops with the first such lines; below, they are "
+        "dropped and counted",
+    )
+    max_tracks_per_user: PositiveInt = Field(
+        32_767,
+        le=32_767,
+        description="a user's most recent this many tracks are kept (track_seq is int16); "
+        "earlier ones are dropped and counted",
+    )
+
+
 class DataConfig(_Strict):
-    source: Literal["synthetic", "yandex", "ium", "movielens", "lastfm", "yambda"] = "synthetic"
+    source: Literal["synthetic", "yandex", "ium", "movielens", "lastfm", "yambda", "lastfm1k"] = "synthetic"
     path: Path | None = Field(
         None, description="folder of the raw source files; data/raw/<source> when unset"
     )
@@ -178,6 +212,7 @@ class DataConfig(_Strict):
     movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
     lastfm: LastfmConfig = Field(default_factory=LastfmConfig)
     yambda: YambdaConfig = Field(default_factory=YambdaConfig)
+    lastfm1k: LastfmOneKConfig = Field(default_factory=LastfmOneKConfig)
 
 
 #: A share of the events, as ``"10%"``: the boundary falls where the last 10% of them begin.
