@@ -9,6 +9,11 @@ import polars as pl
 
 from musicrec.schema import C, DropReport
 
+#: The largest canonical id (ids are int32).
+INT32_MAX = 2**31 - 1
+#: An empty list of int32 ids, for tracks without albums, artists or genres.
+EMPTY_IDS = pl.lit([], dtype=pl.List(pl.Int32))
+
 
 @dataclass
 class SourceData:

@@ -49,7 +49,7 @@ import polars as pl
 
 from musicrec.config import LastfmOneKConfig
 from musicrec.schema import INTERACTIONS_SCHEMA, N_EXAMPLES, C, DataContractError, DropReport
-from musicrec.sources.base import SourceData, names_frame, require_files
+from musicrec.sources.base import EMPTY_IDS, INT32_MAX, SourceData, names_frame, require_files
 
 SOURCE = "lastfm1k"
 PROFILE_FILE = "userid-profile.tsv"
@@ -67,8 +67,6 @@ REASONS = {
 }
 #: Never in the text: each line is read as one field.
 _NO_SEPARATOR = "\x00"
-_INT32_MAX = 2**31 - 1
-_EMPTY = pl.lit([], dtype=pl.List(pl.Int32))
 
 
 def load(folder: Path, options: LastfmOneKConfig) -> SourceData:
@@ -191,7 +189,7 @@ def _lines(path: Path, options: LastfmOneKConfig) -> pl.LazyFrame:
         .then(pl.lit("malformed"))
         .when(pl.col("userid").is_null())
         .then(pl.lit("no_user"))
-        .when(number.is_null() | (number > _INT32_MAX))
+        .when(number.is_null() | (number > INT32_MAX))
         .then(pl.lit("bad_user"))
         .when(pl.col("timestamp").is_null())
         .then(pl.lit("no_time"))
@@ -213,7 +211,7 @@ def _lines(path: Path, options: LastfmOneKConfig) -> pl.LazyFrame:
             pl.col("timestamp").str.to_datetime(TIME_FORMAT, time_unit="ns", strict=False).alias("ts"),
         )
         .with_columns(
-            reason.alias("reason"), number.clip(upper_bound=_INT32_MAX).cast(pl.Int32).alias(C.user_id)
+            reason.alias("reason"), number.clip(upper_bound=INT32_MAX).cast(pl.Int32).alias(C.user_id)
         )
         .with_columns(
             pl.col("artid").str.to_lowercase(),
@@ -314,7 +312,7 @@ def _catalogue(
     track_artist = _most_frequent(fine.filter(pl.col("artist_key").is_not_null()), "track_key", "artist_key")
     track_name = _most_frequent(fine, "track_key", "traname")
     track_keys = fine.get_column("track_key").unique().sort()
-    if track_keys.len() > _INT32_MAX:
+    if track_keys.len() > INT32_MAX:
         raise DataContractError("lastfm1k", "track_id", f"{track_keys.len():,} tracks do not fit int32 ids")
     track_map = (
         pl.DataFrame({"track_key": track_keys})
@@ -340,12 +338,12 @@ def _catalogue(
     track_map = track_map.join(artist_map.select("artist_key", "artist_id"), on="artist_key", how="left")
     tracks = track_map.select(
         C.track_id,
-        _EMPTY.alias(C.albums),
+        EMPTY_IDS.alias(C.albums),
         pl.when(pl.col("artist_id").is_null())
-        .then(_EMPTY)
+        .then(EMPTY_IDS)
         .otherwise(pl.concat_list(pl.col("artist_id")))
         .alias(C.artists),
-        _EMPTY.alias(C.genres),
+        EMPTY_IDS.alias(C.genres),
     )
     names = pl.concat(
         [

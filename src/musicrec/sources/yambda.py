@@ -86,7 +86,7 @@ from musicrec.schema import (
     latest_plausible,
     reject_by_stats,
 )
-from musicrec.sources.base import SourceData, SourceError, require_files
+from musicrec.sources.base import EMPTY_IDS, INT32_MAX, SourceData, SourceError, require_files
 
 SOURCE = "yambda"
 MULTI_FILE = "multi_event.parquet"
@@ -119,9 +119,7 @@ _UID, _TS, _ITEM, _ORGANIC, _RATIO, _TYPE = (
     "event_type",
 )
 _FEEDBACK_COLUMNS = (_UID, _TS, _ITEM, _ORGANIC)
-_INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
-_EMPTY = pl.lit([], dtype=pl.List(pl.Int32))
 
 
 def load(folder: Path, options: YambdaConfig) -> SourceData:
@@ -356,7 +354,7 @@ def _check_stats(frame: pl.LazyFrame, stats: dict, file: str, limits: dict[str, 
     reject_by_stats(frame, stats, file, nulls=limits, limits=limits, shown=limits)
 
 
-_LIMITS = {_UID: (0, _INT32_MAX), _ITEM: (0, _INT32_MAX), _TS: (0, _UINT32_MAX)}
+_LIMITS = {_UID: (0, INT32_MAX), _ITEM: (0, INT32_MAX), _TS: (0, _UINT32_MAX)}
 
 
 def _stat_exprs(threshold: int | None) -> list[pl.Expr]:
@@ -670,7 +668,7 @@ def _mapping(path: Path | None, file: str, id_column: str, track_ids: pl.Series)
     if path is None:
         return pl.DataFrame(schema=schema)
     frame = _scan(path, file, (id_column, _ITEM))
-    limits = {id_column: (0, _INT32_MAX), _ITEM: (0, _INT32_MAX)}
+    limits = {id_column: (0, INT32_MAX), _ITEM: (0, INT32_MAX)}
     stats = (
         frame.select(
             *[pl.col(c).null_count().alias(f"{c}_nulls") for c in limits],
@@ -702,8 +700,8 @@ def _tracks(track_ids: pl.Series, shared: list[Path], label, notes: list[str]) -
             notes.append(f"no {name} in {', '.join(label(d) for d in shared)}: tracks have no {column}")
         lists = _mapping(path, label(path) if path else name, id_column, track_ids)
         tracks = tracks.join(lists.rename({"ids": column}), on=C.track_id, how="left")
-        tracks = tracks.with_columns(pl.col(column).fill_null(_EMPTY))
-    return tracks.select(C.track_id, C.albums, C.artists, _EMPTY.alias(C.genres)).sort(C.track_id)
+        tracks = tracks.with_columns(pl.col(column).fill_null(EMPTY_IDS))
+    return tracks.select(C.track_id, C.albums, C.artists, EMPTY_IDS.alias(C.genres)).sort(C.track_id)
 
 
 def _features(
@@ -729,7 +727,7 @@ def _features(
     catalogue = pl.LazyFrame({C.track_id: track_ids})
     embedded = (
         frame.select(pl.col(_ITEM).cast(pl.Int64).alias("item"), pl.col(column))
-        .filter(pl.col("item").is_between(0, _INT32_MAX))  # ids outside int32 cannot be in the catalogue
+        .filter(pl.col("item").is_between(0, INT32_MAX))  # ids outside int32 cannot be in the catalogue
         .with_columns(pl.col("item").cast(pl.Int32).alias(C.track_id))
         .drop("item")
         .join(catalogue, on=C.track_id, how="semi")
