@@ -8,9 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from musicrec.candidates import i2i
 from musicrec.candidates.als import AlsGenerator
 from musicrec.candidates.base import FitData, to_similar_frame, to_user_frame, top_n
-from musicrec.candidates.i2i import i2i_from_history, last_listens
+from musicrec.candidates.i2i import i2i_from_history, in_time_order, last_listens
 from musicrec.candidates.popular import top_popular, top_popular_of_matrix
 from musicrec.candidates.random import RandomGenerator
 from musicrec.candidates.recall import candidate_recall
@@ -191,6 +192,36 @@ def test_als_is_deterministic_for_a_seed():
     a = AlsGenerator(cfg, seed=5).fit(data).recommend(np.arange(10), 5)[0]
     b = AlsGenerator(cfg, seed=5).fit(data).recommend(np.arange(10), 5)[0]
     assert (a == b).all()
+
+
+def test_last_listens_of_a_frame_in_time_order_skip_the_sort(monkeypatch):
+    # the cut without a sort (rows by user, day, track_seq) lists what the sort lists; a frame out
+    # of order anywhere (here past the first block of the order check) takes the sort
+    monkeypatch.setattr(i2i, "ORDER_CHECK_ROWS", 7)
+    rng = np.random.default_rng(3)
+    users = np.sort(rng.integers(0, 40, 400))
+    days = rng.integers(0, 5, 400)
+    listens = frame(
+        [(int(u), int(t)) for u, t in zip(users, rng.integers(0, 99, 400), strict=True)], days=days.tolist()
+    )
+    in_order = listens.sort("user_id", "started_at", "track_seq")
+    assert in_time_order(in_order, ["started_at", "track_seq"])
+    shuffled = in_order.sample(fraction=1.0, shuffle=True, seed=1)
+    assert not in_time_order(shuffled, ["started_at", "track_seq"])
+    late_swap = pl.concat([in_order[:300], in_order[300:302].reverse(), in_order[302:]])
+    assert not in_time_order(late_swap, ["started_at", "track_seq"])
+    assert not in_time_order(
+        in_order.with_columns(pl.col("track_seq").reverse()), ["started_at", "track_seq"]
+    )
+    for k in (1, 3, 50):
+        by_sort = last_listens(in_order.lazy(), k).collect()  # lazy: always the sort
+        assert last_listens(in_order, k).collect().equals(by_sort)
+        assert (
+            last_listens(shuffled, k)
+            .collect()
+            .sort("user_id")
+            .equals(by_sort.sort("user_id", maintain_order=True))
+        )
 
 
 def test_i2i_from_history_sums_similarity_and_skips_heard():

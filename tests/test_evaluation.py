@@ -625,6 +625,37 @@ def test_evaluate_each_model_is_every_function_at_once():
     assert sorted(each.sampled["b"].rows()) == [(3, 30, 1), (3, 31, 3), (3, 33, 2)]
 
 
+def test_a_model_listing_some_users_is_judged_on_them_alone():
+    # model_users (the oracle on a sample): model a lists users 1 and 2 only; over those two its
+    # metrics, curves and kept lists are those of the same lists on segments without user 3,
+    # while user 3 still counts as zero for model b (judged on every warm user)
+    lists = {"a": MODEL_A, "b": MODEL_B}
+    each = ev.evaluate_each_model(
+        lists,
+        TEST,
+        SEGMENTS,
+        k_max=3,
+        keep_k=1,
+        model_users={"a": pl.Series([1, 2])},
+        curve_ks=(1, 3),
+        ks=(1, 3),
+        n_items=100,
+        n_boot=200,
+    )
+    alone = evaluate_models(
+        {"a": MODEL_A}, TEST, SEGMENTS.filter(pl.col("user_id") != 3), ks=(1, 3), n_items=100, n_boot=200
+    )
+    got = each.results.filter(pl.col("model") == "a")
+    assert got.equals(alone)
+    assert set(got.get_column("segment")) == {"all", "light", "medium"}  # no "heavy": user 3 is out
+    everyone = evaluate_models({"b": MODEL_B}, TEST, SEGMENTS, ks=(1, 3), n_items=100, n_boot=200)
+    assert each.results.filter(pl.col("model") == "b").equals(everyone)
+    recall_a = each.curves.filter(
+        (pl.col("model") == "a") & (pl.col("metric") == "recall") & (pl.col("k") == 3)
+    )
+    assert recall_a.get_column("value").item() == pytest.approx((2 / 2 + 1 / 1) / 2)  # users 1 and 2 only
+
+
 def test_novelty_from_popularity_counts_is_novelty_from_train():
     # train as in test_novelty_and_diversity_when_inputs_given; counts instead: the same table
     train = pairs([(1, 1), (2, 1), (3, 1), (4, 1), (1, 2)])

@@ -480,6 +480,11 @@ class EvaluationConfig(_Strict):
     oracle_max_exact_pairs: PositiveInt = Field(
         500_000_000, description="users x tracks up to which the oracle scores the whole catalogue"
     )
+    oracle_max_users: PositiveInt | None = Field(
+        None,
+        description="the oracle lists a seeded sample of at most this many warm users, and its "
+        "metrics are over them alone (its coverage is of fewer lists); every warm user when unset",
+    )
 
 
 class SparkConfig(_Strict):

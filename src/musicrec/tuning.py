@@ -41,7 +41,8 @@ from musicrec.candidates.i2i import i2i_from_history, last_listens
 from musicrec.candidates.itemknn import ItemKnnGenerator
 from musicrec.candidates.popular import top_popular
 from musicrec.candidates.stage import training_users, window_interactions, window_targets
-from musicrec.config import TUNED_SECTIONS, Dimension, Profile, deep_merge, share_of
+from musicrec.config import TUNED_SECTIONS, Dimension, Profile, deep_merge
+from musicrec.evaluation.lists import sample_of
 from musicrec.io import RunPaths, atomic_path, write_parquet
 from musicrec.metrics import MAP, NDCG, HitRate, Precision, RankingMetric, Recall
 from musicrec.parallel import WORKERS
@@ -123,19 +124,6 @@ def starting_point(profile: Profile, model: str, space: dict[str, Dimension]) ->
     """The profile's own values of the space's keys that lie inside it (the first trial)."""
     values = {key: profile_value(profile, model, key) for key in space}
     return {key: value for key, value in values.items() if _inside(value, space[key])}
-
-
-def sample_of(users: np.ndarray, spec: int | str | None, seed: int) -> np.ndarray:
-    """A seeded sample of ``users`` (sorted): a count, a share (``"20%"``) or all (None).
-
-    >>> sample_of(np.arange(10), "30%", 0).size, sample_of(np.arange(10), 50, 0).size
-    (3, 10)
-    """
-    users = np.unique(users)
-    n = len(users) if spec is None else round(len(users) * share_of(spec)) if isinstance(spec, str) else spec
-    if n >= len(users):
-        return users
-    return np.sort(np.random.default_rng(seed).choice(users, max(1, n), replace=False))
 
 
 # --------------------------------------------------------------------------- the data

@@ -59,6 +59,7 @@ from musicrec.evaluation.lists import (  # noqa: F401
     model_lists,
     popular_order,
     popularity,
+    sample_of,
     top_popular_lists,
     warm_test_users,
 )

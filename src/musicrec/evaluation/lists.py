@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from musicrec.candidates.stage import window_targets
+from musicrec.config import share_of
 from musicrec.evaluation.common import GENERATORS, ListsLike
 from musicrec.io import RunPaths
 from musicrec.schema import C
@@ -33,6 +34,19 @@ def _users_frame(users: pl.Series | Iterable[int] | np.ndarray) -> pl.DataFrame:
     if not isinstance(users, pl.Series):
         users = pl.Series(np.asarray(users if isinstance(users, np.ndarray) else list(users), dtype=np.int64))
     return pl.DataFrame({C.user_id: users.cast(pl.Int32, strict=True).unique().sort()})
+
+
+def sample_of(users: np.ndarray, spec: int | str | None, seed: int) -> np.ndarray:
+    """A seeded sample of ``users`` (sorted): a count, a share (``"20%"``) or all (None).
+
+    >>> sample_of(np.arange(10), "30%", 0).size, sample_of(np.arange(10), 50, 0).size
+    (3, 10)
+    """
+    users = np.unique(users)
+    n = len(users) if spec is None else round(len(users) * share_of(spec)) if isinstance(spec, str) else spec
+    if n >= len(users):
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, max(1, n), replace=False))
 
 
 def warm_test_users(paths: RunPaths) -> pl.Series:

@@ -324,6 +324,7 @@ def evaluate_each_model(
     keep_users: pl.Series | None = None,
     curve_ks: Sequence[int] = CURVE_KS,
     cold: ListsLike | None = None,
+    model_users: Mapping[str, pl.Series] | None = None,
     progress: bool = False,
     **evaluate: Any,
 ) -> ModelsPass:
@@ -334,8 +335,10 @@ def evaluate_each_model(
     are kept, so memory holds one model's whole lists, not every model's: at full scale
     each is some 85M rows. ``evaluate``: the other arguments of :func:`evaluate_models`
     (``ks``, ``beyond_k``, ``tracks``, ``listeners``, ...). The tables are those of the
-    functions called on every model at once. ``progress``: a line as each model's lists are
-    read, its metrics and its curves computed.
+    functions called on every model at once. ``model_users``: ``{model: users}`` for a model
+    that lists only some users (the oracle on a sample, ``evaluation.oracle_max_users``): its
+    metrics, curves and kept lists are over those warm users alone, not zeros for the rest.
+    ``progress``: a line as each model's lists are read, its metrics and its curves computed.
     """
     segs = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
     warm = segs.filter(pl.col("segment") != COLD).join(
@@ -353,13 +356,17 @@ def evaluate_each_model(
     tables, curves, rows, top, sampled = [], [], {}, {}, {}
     for i, (name, frame) in enumerate(lists.items(), 1):
         model = f"evaluation: {name} ({i} of {len(lists)})"
+        own_segs, own_users = segs, warm_df
+        if name in (model_users or {}):
+            own_users = warm_df.join(_users_frame(model_users[name]), on=C.user_id, how="semi")
+            own_segs = segs.join(own_users, on=C.user_id, how="semi")
         with step(f"{model}: lists read", progress):
-            collected = _collect_lists(frame, warm_df, k_max)
+            collected = _collect_lists(frame, own_users, k_max)
         rows[name] = collected.height
         with step(f"{model}: metrics", progress):
-            tables.append(evaluate_models({name: collected}, test, segs, **evaluate))
+            tables.append(evaluate_models({name: collected}, test, own_segs, **evaluate))
         with step(f"{model}: curves", progress):
-            users = warm_df.get_column(C.user_id)
+            users = own_users.get_column(C.user_id)
             curves.append(metric_curves({name: collected}, warm_test, users, ks=curve_ks))
         top[name] = collected.filter(pl.col(C.rank) <= keep_k)
         if keep_df is not None:
