@@ -269,6 +269,30 @@ def test_user_segments_on_a_run(tmp_path):
 # --------------------------------------------------------------------------- model lists
 
 
+def test_top_popular_lists_are_the_global_order_less_heard_tracks(tmp_path):
+    # brute force on random histories, with users who heard most of the top (so the expanded span
+    # reaches far down the order) and one who heard all but two tracks (a short list)
+    rng = np.random.default_rng(11)
+    n_tracks, k = 40, 5
+    history = {u: rng.choice(n_tracks, rng.integers(1, 12), replace=False) + 1 for u in range(1, 31)}
+    history |= {31: np.arange(1, 31), 32: np.arange(2, 38), 33: np.arange(1, n_tracks - 1)}
+    listens = [(u, int(t), BEFORE) for u, tracks in history.items() for t in tracks]
+    listens += [(u, 1, DURING) for u in history]
+    paths = make_run(tmp_path, listens, n_tracks=n_tracks)
+    paths.candidates.mkdir(parents=True)
+    pl.DataFrame({"track_id": [7, 3], "score": [1.0, 1.0], "rank": [1, 2]}).write_parquet(
+        paths.candidates / "top_popular.parquet"
+    )
+    order = ev.popular_order(paths).sort("position").get_column("track_id").to_list()
+    got = ev.top_popular_lists(paths, list(history), k).collect()
+    for user, tracks in history.items():
+        mine = got.filter(pl.col("user_id") == user).sort("rank")
+        expected = [t for t in order if t not in set(tracks.tolist())][:k]
+        assert mine.get_column("track_id").to_list() == expected, user
+        assert mine.get_column("rank").to_list() == list(range(1, len(expected) + 1))
+    assert got.filter(pl.col("user_id") == 33).height == 2
+
+
 def test_model_lists_top_popular_per_user(tmp_path):
     # history: user 1 heard 5, 1; user 2 heard 6, 7, 1, 2; user 3 heard 1. Listeners before the test
     # window: track 1 three, tracks 2, 5, 6, 7 one, tracks 3, 4, 8 none. The file's list [5, 6, 7]
