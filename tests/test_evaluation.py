@@ -649,6 +649,14 @@ def test_evaluate_each_model_is_every_function_at_once():
     assert sorted(each.sampled["b"].rows()) == [(3, 30, 1), (3, 31, 3), (3, 33, 2)]
 
 
+def test_oracle_users_are_every_warm_user_or_a_seeded_sample():
+    warm = pl.Series("user_id", [9, 3, 5, 1, 7], dtype=pl.Int32)
+    assert ev.oracle_users(warm, None, 0).to_list() == [1, 3, 5, 7, 9]
+    picked = ev.oracle_users(warm, 3, 4)
+    assert picked.len() == 3 and set(picked) <= set(warm) and picked.is_sorted()
+    assert picked.equals(ev.oracle_users(warm, 3, 4))  # the same seed, the same sample
+
+
 def test_a_model_listing_some_users_is_judged_on_them_alone():
     # model_users (the oracle on a sample): model a lists users 1 and 2 only; over those two its
     # metrics, curves and kept lists are those of the same lists on segments without user 3,

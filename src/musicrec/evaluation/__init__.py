@@ -66,6 +66,7 @@ from musicrec.evaluation.lists import (  # noqa: F401
 from musicrec.evaluation.oracle import (  # noqa: F401
     _PreferenceBound,
     oracle_lists,
+    oracle_users,
 )
 from musicrec.evaluation.sampled import (  # noqa: F401
     sample_negatives,

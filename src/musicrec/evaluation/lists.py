@@ -137,10 +137,10 @@ def top_popular_lists(
     the number of heard tracks among them (the heard tracks at positions ``h_1 < h_2 <
     ...`` with ``h_j - j < k_max``). Since ``h_j - j`` never decreases and ``j`` is at most
     the user's number of listens ``n``, only the heard tracks at positions below ``k_max + n``
-    can count: they are read in one pass (doubling a global bound instead took seven passes
-    over the history at full scale, the heaviest users having heard thousands of the top
-    tracks). The result is lazy: ``users × k_max`` rows when collected (streaming where
-    polars can).
+    can count: they are read in one query (two scans of the history: each user's listens, then
+    the positions), where doubling a global bound took seven queries at full scale, the heaviest
+    users having heard thousands of the top tracks. The result is lazy: ``users × k_max`` rows
+    when collected (streaming where polars can).
 
     Returns
     -------

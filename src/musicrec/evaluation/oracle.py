@@ -10,7 +10,7 @@ import polars as pl
 
 from musicrec.candidates.base import index_of
 from musicrec.evaluation.common import GENERATORS, ListsLike
-from musicrec.evaluation.lists import _users_frame, history_pairs, popularity
+from musicrec.evaluation.lists import _users_frame, history_pairs, popularity, sample_of
 from musicrec.io import RunPaths
 from musicrec.metrics import (
     pair_key,
@@ -30,6 +30,14 @@ def _candidate_pool_sources(paths: RunPaths) -> dict[str, pl.LazyFrame]:
     if paths.recommendations.is_file():
         sources["final"] = pl.scan_parquet(paths.recommendations).filter(pl.col("source") == "final")
     return sources
+
+
+def oracle_users(warm_users: pl.Series, max_users: int | None, seed: int) -> pl.Series:
+    """The users the oracle lists: every warm user, or a seeded sample of at most ``max_users``
+    (``evaluation.oracle_max_users``; pass them as ``model_users`` of :func:`evaluate_each_model`
+    so that its metrics are over them alone), sorted."""
+    picked = sample_of(warm_users.to_numpy(), max_users, seed)
+    return pl.Series(C.user_id, picked, dtype=pl.Int32)
 
 
 def oracle_lists(
