@@ -292,3 +292,32 @@ def test_the_candidates_stage_fits_als_on_spark(tiny, tmp_path):
     lists = pl.read_parquet(paths.candidate_dir("history+labels") / "personal_als.parquet")
     window_users = tiny["train"].get_column(C.user_id).n_unique()
     assert lists.get_column(C.user_id).n_unique() == window_users
+
+
+def test_window_listens_leave_out_pairs_disliked_before_the_window_end(tiny):
+    """With a source's disliked pairs, Spark's fitting window drops the same pairs as the local
+    :class:`musicrec.split.Windows`: those disliked before the window's end, and only those."""
+    from musicrec.spark.als import window_listens
+    from musicrec.spark.frames import to_polars
+
+    paths, train = tiny["paths"], tiny["train"]
+    picked = train.select(C.user_id, C.track_id).unique().sort(C.user_id, C.track_id).head(40)
+    end = dt.datetime.combine(TEST_START, dt.time())
+    # half disliked a day before the window's end (dropped), half a day after (kept)
+    at = [end + dt.timedelta(days=-1 if i % 2 == 0 else 1) for i in range(picked.height)]
+    picked.with_columns(pl.Series("disliked_at", at, dtype=pl.Datetime("ns"))).write_parquet(
+        paths.disliked_pairs
+    )
+    try:
+        local = paths.windows().fit_listens(pl.scan_parquet(paths.interactions), "history+labels").collect()
+        spark = to_polars(
+            window_listens(tiny["spark"], paths, "history+labels").select(C.user_id, C.track_id)
+        )
+    finally:
+        paths.disliked_pairs.unlink()
+    dropped = picked.filter(pl.int_range(pl.len()) % 2 == 0)
+    assert local.height == train.height - train.join(dropped, on=[C.user_id, C.track_id], how="semi").height
+    assert local.height < train.height
+    assert spark.sort(C.user_id, C.track_id).equals(
+        local.select(C.user_id, C.track_id).sort(C.user_id, C.track_id).cast(spark.schema)
+    )

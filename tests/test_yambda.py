@@ -30,20 +30,20 @@ EXPECTED = {
     (U1, T[10]): (900, 2, 2.0, False, 1, 0, True),  # the like at 1100 clears the dislike at 1000
     (U1, T[1]): (1000, 3, math.log2(5), False, 3, 2, False),  # 1.0 + 2.5 + 0.5 plays; 30% is no Listen+
     (U1, T[2]): (1600, 4, 1.0, True, 0, 0, True),  # liked only: its 49% listen is no Listen+
-    (U1, T[4]): (2000, 5, 1.0, False, 1, 0, False),  # disliked, then undisliked
-    (U1, T[5]): (3000, 6, 1.0, True, 1, 1, False),  # liked, then unliked
-    (U1, T[6]): (3500, 7, 1.0, False, 0, 0, True),  # like, unlike, like: the like in force dates it
+    (U1, T[3]): (2000, 5, 1.0, True, 1, 1, False),  # disliked at 2500: the row stays, windows cut it
+    (U1, T[4]): (2000, 6, 1.0, False, 1, 0, False),  # disliked, then undisliked
+    (U1, T[5]): (3000, 7, 1.0, True, 1, 1, False),  # liked, then unliked
+    (U1, T[6]): (3500, 8, 1.0, False, 0, 0, True),  # like, unlike, like: the like in force dates it
     (U2, T[1]): (500, 1, 1.0, True, 1, 1, False),
     (U2, T[2]): (600, 2, math.log2(2.8), True, 2, 1, False),  # 1.0 + 0.8 plays; the tie is organic
 }
 #: 13 listens + 7 likes + 5 dislikes + 2 unlikes + 1 undislike.
 KNOWN_EVENTS = 28
-#: By hand: 2 listens under 50%, 11 Listen+ in 8 pairs (3 merged), T3 removed by its dislike,
-#: likes 7 - 2 that became liked-only rows, every dislike, unlike and undislike folded.
+#: By hand: 2 listens under 50%, 11 Listen+ in 8 pairs (3 merged), likes 7 - 2 that became
+#: liked-only rows, every dislike, unlike and undislike folded.
 KNOWN_DROPPED = {
     "below 50": 2,
     "merged": 3,
-    "removed": 1,
     "like": 5,
     "dislike": 5,
     "unlike": 2,
@@ -59,8 +59,6 @@ def reasons(data) -> dict[str, int]:
             key = f"below {reason.split('below ')[1].split(' ')[0]}"
         elif "merged" in reason:
             key = "merged"
-        elif "disliked the track" in reason:
-            key = "removed"
         elif "folded" in reason:
             key = reason.split(": ")[1].split(" events")[0]
         else:
@@ -110,17 +108,18 @@ def test_likes_and_dislikes_in_time_order(tmp_path: Path) -> None:
     pairs = set(rows_by_pair(data))
     disliked = data.extra["disliked_pairs"]
     assert disliked.columns == [C.user_id, C.track_id, "disliked_at"]
-    # T3: listened, then disliked: out of the positives, kept for filtering; T8: a dislike alone
+    # T3: listened, then disliked: its row stays (the windows leave it out from the dislike on,
+    # test_windows_leave_out_pairs_disliked_before_their_end); T8: a dislike alone, no row
     assert disliked.rows() == [
         (U1, T[3], ORIGIN + dt.timedelta(seconds=2500)),
         (U1, T[8], ORIGIN + dt.timedelta(seconds=700)),
     ]
-    assert (U1, T[3]) not in pairs and (U1, T[8]) not in pairs
+    assert (U1, T[3]) in pairs and (U1, T[8]) not in pairs
     # T9: a like and a dislike in the same 5-second step cancel: neither positive nor disliked
     assert (U1, T[9]) not in pairs
     # T4 (undisliked) and T10 (the like clears the dislike) stay
     assert {(U1, T[4]), (U1, T[10])} <= pairs
-    assert any("1 listened pairs removed by a dislike" in n for n in data.notes)
+    assert any("2 disliked pairs in disliked_pairs.parquet, 1 of them listened" in n for n in data.notes)
 
 
 def test_listen_threshold_and_replays(tmp_path: Path) -> None:
@@ -163,11 +162,11 @@ def test_per_user_cap_keeps_the_most_recent(tmp_path: Path) -> None:
     data = load_known(tmp_path, max_tracks_per_user=3)
     inter = data.interactions.collect()
     u1 = inter.filter(pl.col(C.user_id) == U1).sort(C.track_seq)
-    assert u1[C.track_id].to_list() == [T[4], T[5], T[6]]  # the latest three of seven
+    assert u1[C.track_id].to_list() == [T[4], T[5], T[6]]  # the latest three of eight
     assert u1[C.track_seq].to_list() == [1, 2, 3]
     assert data.extra["organic_pairs"].height == inter.height == 3 + 2
     capped = [n for r, n in data.dropped.counts.items() if "max_tracks_per_user" in r]
-    assert capped == [4]
+    assert capped == [5]
     assert inter.height + sum(data.dropped.counts.values()) == KNOWN_EVENTS
 
 
@@ -189,6 +188,78 @@ def test_organic_flag_kept_beside_the_interactions(tmp_path: Path) -> None:
     assert inter.columns == [C.user_id, C.track_id, C.started_at, C.track_seq, C.weight]  # unchanged
     organic_pairs = set(organic.filter("is_organic").select(C.user_id, C.track_id).iter_rows())
     assert organic_pairs == {pair for pair, expected in EXPECTED.items() if expected[3]}
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def dated_run(root: Path, disliked: list[tuple[int, int, dt.date]] | None):
+    """A run folder: one user's listens around the windows (labels from Jan 10, test from Jan 20)
+    and, when given, their ``disliked_pairs.parquet``."""
+    from musicrec.io import RunPaths
+
+    paths = RunPaths(root, "toy")
+    paths.data.mkdir(parents=True)
+    day = lambda d: dt.datetime(2024, 1, d)  # noqa: E731
+    rows = [(1, 1, 2), (1, 2, 2), (1, 3, 3), (1, 4, 12), (1, 5, 12), (1, 6, 21), (1, 7, 21), (2, 1, 2)]
+    pl.DataFrame(
+        {
+            C.user_id: [u for u, _, _ in rows],
+            C.track_id: [t for _, t, _ in rows],
+            C.started_at: [day(d) for _, _, d in rows],
+            C.track_seq: list(range(1, 8)) + [1],
+            C.weight: [1.0] * len(rows),
+        },
+        schema={
+            C.user_id: pl.Int32,
+            C.track_id: pl.Int32,
+            C.started_at: pl.Datetime("ns"),
+            C.track_seq: pl.Int16,
+            C.weight: pl.Float32,
+        },
+    ).write_parquet(paths.interactions)
+    paths.split.write_text(json.dumps({"label_start": "2024-01-10", "test_start": "2024-01-20"}))
+    if disliked is not None:
+        pl.DataFrame(
+            {
+                C.user_id: [u for u, _, _ in disliked],
+                C.track_id: [t for _, t, _ in disliked],
+                "disliked_at": [day(d) for _, _, d in disliked],
+            },
+            schema={C.user_id: pl.UInt32, C.track_id: pl.UInt32, "disliked_at": pl.Datetime("ns")},
+        ).write_parquet(paths.disliked_pairs)
+    return paths
+
+
+#: (user, track, day of January) of user 1's dislikes in :func:`dated_run`: track 1 in history,
+#: 2 in the labels window, 3 in the test window (all three listened in history); 4 and 5 listened
+#: in the labels window, disliked in it and in the test window; 6 listened and disliked in the test.
+DISLIKES = [(1, 1, 5), (1, 2, 15), (1, 3, 25), (1, 4, 14), (1, 5, 22), (1, 6, 23)]
+
+
+def test_windows_leave_out_pairs_disliked_before_their_end(tmp_path: Path) -> None:
+    """A dislike removes a pair from the windows ending after it and only from those: a dislike
+    in the test window must not reach back into the history the models are fitted on."""
+    from musicrec.candidates.stage import window_interactions, window_targets
+
+    def pairs(frame: pl.DataFrame) -> set[tuple[int, int]]:
+        return set(frame.select(C.user_id, C.track_id).iter_rows())
+
+    paths = dated_run(tmp_path / "disliked", DISLIKES)
+    # by hand: history (before Jan 10) drops 1 (disliked Jan 5) and keeps 2 and 3, disliked later
+    assert pairs(window_interactions(paths, "history")) == {(1, 2), (1, 3), (2, 1)}
+    # history + labels (before Jan 20) drops 1, 2 and 4; keeps 3 and 5 (disliked on Jan 25 and 22)
+    assert pairs(window_interactions(paths, "history+labels")) == {(1, 3), (1, 5), (2, 1)}
+    # the labels window keeps 5 (its dislike came after the window); the test drops 6
+    assert pairs(window_targets(paths, "labels", warm=None)) == {(1, 5)}
+    assert pairs(window_targets(paths, "test", warm=None)) == {(1, 7)}
+    # the windows keep their order (the in-time-order fast paths rely on it)
+    history = window_interactions(paths, "history+labels")
+    assert history.equals(history.sort(C.user_id, C.started_at, C.track_seq))
+    # without dislikes every listen counts in its window
+    plain = dated_run(tmp_path / "plain", None)
+    assert pairs(window_interactions(plain, "history")) == {(1, 1), (1, 2), (1, 3), (2, 1)}
+    assert pairs(window_targets(plain, "test", warm=None)) == {(1, 6), (1, 7)}
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -214,7 +285,7 @@ def test_tracks_names_and_embeddings(tmp_path: Path) -> None:
     assert len(named) == len(by_id) + 4 + 3
 
     features = data.track_features
-    # only the embedded tracks (T3 has one but left the catalogue; others have none)
+    # only the embedded tracks (the others have none)
     assert features[C.track_id].to_list() == [T[1], T[2], T[4]]
     assert features.columns == [C.track_id, *[f"emb_{i:03d}" for i in range(128)]]
     assert all(t == pl.Float32 for c, t in features.schema.items() if c != C.track_id)
@@ -222,7 +293,7 @@ def test_tracks_names_and_embeddings(tmp_path: Path) -> None:
     assert features.row(0)[1:4] == pytest.approx((0.0005, 0.001, 0.0015))
     raw = yambda.load(tmp_path, YambdaConfig(embedding="embed")).track_features
     assert raw.row(0)[1:4] == pytest.approx((0.001, 0.002, 0.003))
-    assert any("3 of 7 tracks have an audio embedding" in n for n in data.notes)
+    assert any("3 of 8 tracks have an audio embedding" in n for n in data.notes)
 
 
 def test_random_files_account_for_every_event(tmp_path: Path) -> None:
@@ -319,8 +390,9 @@ def test_missing_optional_files_are_noted(tmp_path: Path) -> None:
     assert any("no embeddings.parquet" in n for n in data.notes)
     assert any("no album_item_mapping.parquet" in n for n in data.notes)
     rows = rows_by_pair(data)
-    # without the unlike, T5 stays liked; without the undislike, T4 is disliked
-    assert rows[(U1, T[5])]["liked"] and (U1, T[4]) not in rows
+    # without the unlike, T5 stays liked; without the undislike, T4 is disliked (its row stays)
+    assert rows[(U1, T[5])]["liked"] and (U1, T[4]) in rows
+    assert (U1, T[4]) in {(u, t) for u, t, _ in data.extra["disliked_pairs"].rows()}
     assert len(rows) + sum(data.dropped.counts.values()) == KNOWN_EVENTS - 3
 
 

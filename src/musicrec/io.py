@@ -128,10 +128,13 @@ class RunPaths:
         return self.outputs / ".previous"
 
     def windows(self):
-        """``split.json`` as :class:`musicrec.split.Windows` (boundaries and each window's listens)."""
+        """``split.json`` as :class:`musicrec.split.Windows` (boundaries and each window's listens),
+        with the source's disliked pairs where it has them (each window leaves out those disliked
+        before its end)."""
         from musicrec.split import Windows
 
-        return Windows.read(self.split)
+        disliked = pl.scan_parquet(self.disliked_pairs) if self.disliked_pairs.is_file() else None
+        return Windows.read(self.split, disliked)
 
     @property
     def lock(self) -> Path:

@@ -155,7 +155,10 @@ class Windows:
     """``split.json`` read once: the two boundaries and the listens of each window.
 
     The fitting windows are ``history`` (before ``label_start``) and ``history+labels``
-    (before ``test_start``); the target windows are ``labels`` and ``test``.
+    (before ``test_start``); the target windows are ``labels`` and ``test``. With
+    ``disliked`` (``user_id, track_id, disliked_at``: sources with dislikes, Yambda) each
+    window leaves out the pairs disliked before its end, and only those: what a user
+    disliked later was still a positive then, and a window must not know the future.
 
     >>> w = Windows(dt.date(2022, 12, 1), dt.date(2022, 12, 16))
     >>> w.fit_end("history"), w.bounds("test")
@@ -165,16 +168,20 @@ class Windows:
     label_start: dt.date
     test_start: dt.date
     record: dict = field(default_factory=dict, compare=False)  # the whole file, for tables
+    disliked: pl.LazyFrame | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def read(cls, path: str | Path) -> Windows:
+    def read(cls, path: str | Path, disliked: pl.LazyFrame | None = None) -> Windows:
         """The windows of a ``split.json``; a clear error when it is missing (the data stage writes it)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no split; run the data stage first (make data)")
         record = json.loads(path.read_text())
         return cls(
-            dt.date.fromisoformat(record["label_start"]), dt.date.fromisoformat(record["test_start"]), record
+            dt.date.fromisoformat(record["label_start"]),
+            dt.date.fromisoformat(record["test_start"]),
+            record,
+            disliked,
         )
 
     def fit_end(self, window: str) -> dt.date:
@@ -192,11 +199,24 @@ class Windows:
         return spans[window]
 
     def fit_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
-        """The listens a fitting window holds."""
-        return before(listens, self.fit_end(window))
+        """The listens a fitting window holds (in their order)."""
+        end = self.fit_end(window)
+        return self._without_disliked(before(listens, end), end)
 
     def target_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
-        """The listens inside a target window."""
+        """The listens inside a target window (in their order)."""
         start, end = self.bounds(window)
         inside = listens.filter(pl.col(C.started_at) >= midnight(start))
-        return inside if end is None else before(inside, end)
+        return self._without_disliked(inside if end is None else before(inside, end), end)
+
+    def _without_disliked(self, listens: pl.LazyFrame, end: dt.date | None) -> pl.LazyFrame:
+        """``listens`` less the pairs disliked before ``end`` (None: by the data's end)."""
+        if self.disliked is None:
+            return listens
+        disliked = (
+            self.disliked if end is None else self.disliked.filter(pl.col("disliked_at") < midnight(end))
+        )
+        schema = listens.collect_schema()
+        keys = [C.user_id, C.track_id]
+        disliked = disliked.select(pl.col(k).cast(schema[k]) for k in keys)
+        return listens.join(disliked, on=keys, how="anti", maintain_order="left")

@@ -40,7 +40,7 @@ from musicrec.config import Profile, RankingConfig
 from musicrec.generators import USER_LISTS
 from musicrec.metrics import pair_keys
 from musicrec.schema import C
-from musicrec.split import before, midnight
+from musicrec.split import midnight
 
 #: Generators whose lists are per user (top-popular is one global list).
 USER_GENERATORS = USER_LISTS  # musicrec.generators
@@ -409,8 +409,9 @@ class FeatureBuilder:
         from musicrec.candidates.stage import output_dir
         from musicrec.io import read_json
 
-        end = paths.windows().fit_end(window)
-        listens = before(pl.scan_parquet(paths.interactions), end)
+        windows = paths.windows()
+        end = windows.fit_end(window)
+        listens = windows.fit_listens(pl.scan_parquet(paths.interactions), window)
         tracks = pl.read_parquet(paths.tracks)
         folder = output_dir(paths, window)
         similar_path = folder / "similar.parquet"

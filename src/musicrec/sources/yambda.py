@@ -41,12 +41,14 @@ Mapping to the canonical form (ids stay Yambda's: ``user_id`` = ``uid``, ``track
   clears a dislike), dislike sets disliked (and clears a like), unlike clears liked,
   undislike clears disliked; events in the same 5-second step cancel each other (the pair
   is then neither liked nor disliked). A pair liked at the end with no Listen+ becomes an
-  interaction of weight ``like_weight``, dated by that like. A pair disliked at the end
-  leaves the positives (its Listen+ row is dropped and counted) and is kept in
-  ``extra["disliked_pairs"]`` (``user_id``, ``track_id``, ``disliked_at``): the final list
-  leaves out those disliked before the test window
-  (:func:`musicrec.ranking.stage.disliked_before`). The state is the one at the end of the
-  data, so a dislike in the test window also removes that pair from the history.
+  interaction of weight ``like_weight``, dated by that like. A pair disliked at the end is
+  kept in ``extra["disliked_pairs"]`` (``user_id``, ``track_id``, ``disliked_at``); its
+  Listen+ row stays in the interactions, and each window leaves it out only from the
+  dislike on: the fitting and target windows drop the pairs disliked before the window's
+  end (:class:`musicrec.split.Windows`), so a dislike in the test window never reaches back
+  into the history the models are fitted on; the final list leaves out those disliked
+  before the test window (:func:`musicrec.ranking.stage.disliked_before`). The state is the
+  one at the end of the data: a dislike later undisliked counts nowhere.
 - **Organic flag.** ``is_organic = 0`` marks recommendation-driven events.
   ``extra["organic_pairs"]`` has one row per interaction: ``user_id``, ``track_id``,
   ``is_organic`` (the event that dates the interaction was organic: its first Listen+, or
@@ -172,10 +174,6 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         dropped.add(
             f"{files.get(event_type)}: {event_type} events folded into their pair's like/dislike state", n
         )
-    dropped.add(
-        f"{listens_label}: Listen+ (user, track) pairs removed because the user disliked the track",
-        counts["removed_by_dislike"],
-    )
 
     interactions, n_capped = _numbered(interactions, options.max_tracks_per_user)
     dropped.add(
@@ -240,8 +238,8 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         "over the pair's Listen+ events; started_at = the first Listen+ (the like for a liked-only pair)",
         f"{canonical.height:,} interactions from {raw_rows:,} events: {n_pairs:,} listened pairs "
         f"({n_listen_plus:,} Listen+ events), {counts['like_only']:,} liked-only pairs added, "
-        f"{counts['removed_by_dislike']:,} listened pairs removed by a dislike; {disliked.height:,} "
-        "disliked pairs kept in disliked_pairs.parquet for filtering",
+        f"{disliked.height:,} disliked pairs in disliked_pairs.parquet, {counts['listened_disliked']:,} "
+        "of them listened: their rows stay, and each window leaves them out from the dislike on",
         f"{n_organic:,} interactions ({n_organic / canonical.height:.1%}) are organic (is_organic of the "
         "event that dates them); organic_pairs.parquet flags each one",
         "no genres in Yambda: content features are the artists, albums and audio embeddings",
@@ -572,7 +570,7 @@ def _feedback_state(feedback: pl.LazyFrame) -> pl.DataFrame:
 def _combine(
     pairs: pl.DataFrame, state: pl.DataFrame, options: YambdaConfig
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Listened pairs with the like/dislike state applied, plus liked-only pairs; disliked pairs.
+    """Listened pairs with the like state applied, plus liked-only pairs; disliked pairs.
 
     The listened pairs (the big frame) are only probed against the small frame of pairs with
     a like or dislike in force, in streaming passes, so no copy of them is held beside the result.
@@ -589,15 +587,14 @@ def _combine(
         C.user_id, C.track_id, "liked", "disliked", "like"
     )
     keys = [C.user_id, C.track_id]
-    # the decided pairs that were listened (small): which are removed, which liked-only pairs to add
+    # the decided pairs that were listened (small): which are disliked, which liked-only pairs to add
     matched = pairs.lazy().select(keys).join(decided.lazy(), on=keys, how="inner").collect(engine="streaming")
-    removed = int(matched.get_column("disliked").sum())
+    listened_disliked = int(matched.get_column("disliked").sum())
     plays = pl.col("ratio_sum").cast(pl.Float64) / 100
     weight = (1.0 + plays).log(2) + pl.col("liked").cast(pl.Float64) * options.like_weight
     listened = (
         pairs.lazy()
-        .join(decided.lazy().select(*keys, "liked", "disliked"), on=keys, how="left")
-        .filter(~pl.col("disliked").fill_null(False))
+        .join(decided.lazy().select(*keys, "liked"), on=keys, how="left")
         .select(
             *keys,
             (pl.col("first_key") // 2).alias("first_ts"),
@@ -633,7 +630,7 @@ def _combine(
     return (
         interactions,
         disliked,
-        {"folded": folded, "like_only": like_only.height, "removed_by_dislike": removed},
+        {"folded": folded, "like_only": like_only.height, "listened_disliked": listened_disliked},
     )
 
 

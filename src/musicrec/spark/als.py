@@ -333,13 +333,19 @@ def _write(frame: DataFrame, path: str | Path, schema: dict, single_file: bool) 
 def window_listens(spark: SparkSession, paths: RunPaths, window: str) -> DataFrame:
     """The listens a fitting window (``history`` or ``history+labels``) holds, as Spark reads the
     run's interactions (:func:`musicrec.spark.frames.read_interactions`), from ``split.json``'s
-    boundaries, as :func:`musicrec.candidates.stage.window_interactions`."""
+    boundaries, as :func:`musicrec.candidates.stage.window_interactions`: less the pairs disliked
+    before the window's end, where the source has dislikes (:class:`musicrec.split.Windows`)."""
     from pyspark.sql import functions as F
 
-    from musicrec.spark.frames import day_ns, read_interactions
+    from musicrec.spark.frames import day_ns, nanoseconds, read_interactions
 
-    end = paths.windows().fit_end(window)
-    return read_interactions(spark, paths.interactions).filter(F.col(STARTED_NS) < F.lit(day_ns(end)))
+    end = F.lit(day_ns(paths.windows().fit_end(window)))
+    listens = read_interactions(spark, paths.interactions).filter(F.col(STARTED_NS) < end)
+    if not paths.disliked_pairs.is_file():
+        return listens
+    disliked = spark.read.parquet(str(paths.disliked_pairs))
+    disliked = disliked.filter(nanoseconds(disliked, "disliked_at") < end).select(C.user_id, C.track_id)
+    return listens.join(disliked, on=[C.user_id, C.track_id], how="left_anti")
 
 
 def fit_and_write(

@@ -51,16 +51,19 @@ def read_interactions(spark: SparkSession, path: str | Path) -> DataFrame:
     A ``started_at`` Spark reads as a timestamp (a file written in micro- or milliseconds) is
     converted to nanoseconds as well.
     """
+    frame = spark.read.parquet(str(path))
+    return frame.withColumn(STARTED_NS, nanoseconds(frame, C.started_at)).drop(C.started_at)
+
+
+def nanoseconds(frame: DataFrame, column: str):
+    """``column`` of ``frame`` (a time Spark reads as long nanoseconds or as a timestamp) as long
+    nanoseconds from 1970-01-01, comparable with :func:`day_ns`."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import LongType
 
-    frame = spark.read.parquet(str(path))
-    dtype = frame.schema[C.started_at].dataType
-    if isinstance(dtype, LongType):
-        ns = F.col(C.started_at)
-    else:
-        ns = F.unix_micros(F.col(C.started_at).cast("timestamp")) * F.lit(1000)
-    return frame.withColumn(STARTED_NS, ns.cast("long")).drop(C.started_at)
+    if isinstance(frame.schema[column].dataType, LongType):
+        return F.col(column).cast("long")
+    return (F.unix_micros(F.col(column).cast("timestamp")) * F.lit(1000)).cast("long")
 
 
 def to_polars(frame: DataFrame) -> pl.DataFrame:
