@@ -17,7 +17,7 @@ from test_adapters import check_canonical
 from yambda_files import U1, U2, T, write_yambda
 
 from musicrec.config import ProfileError, YambdaConfig, load_profile
-from musicrec.schema import C, DataContractError, validate_catalog_names, validate_tracks
+from musicrec.schema import INTERACTIONS_SCHEMA, C, DataContractError, validate_catalog_names, validate_tracks
 from musicrec.sources import yambda
 from musicrec.sources.base import SourceError
 
@@ -210,13 +210,7 @@ def dated_run(root: Path, disliked: list[tuple[int, int, dt.date]] | None):
             C.track_seq: list(range(1, 8)) + [1],
             C.weight: [1.0] * len(rows),
         },
-        schema={
-            C.user_id: pl.Int32,
-            C.track_id: pl.Int32,
-            C.started_at: pl.Datetime("ns"),
-            C.track_seq: pl.Int16,
-            C.weight: pl.Float32,
-        },
+        schema=INTERACTIONS_SCHEMA,
     ).write_parquet(paths.interactions)
     paths.split.write_text(json.dumps({"label_start": "2024-01-10", "test_start": "2024-01-20"}))
     if disliked is not None:

@@ -209,13 +209,21 @@ class Windows:
         inside = listens.filter(pl.col(C.started_at) >= midnight(start))
         return self._without_disliked(inside if end is None else before(inside, end), end)
 
-    def _without_disliked(self, listens: pl.LazyFrame, end: dt.date | None) -> pl.LazyFrame:
-        """``listens`` less the pairs disliked before ``end`` (None: by the data's end)."""
+    def disliked_before(self, end: dt.date | None) -> pl.LazyFrame | None:
+        """``user_id, track_id`` of the pairs disliked before midnight of ``end`` (None: by the
+        data's end); None when the source has no dislikes."""
         if self.disliked is None:
-            return listens
+            return None
         disliked = (
             self.disliked if end is None else self.disliked.filter(pl.col("disliked_at") < midnight(end))
         )
+        return disliked.select(C.user_id, C.track_id)
+
+    def _without_disliked(self, listens: pl.LazyFrame, end: dt.date | None) -> pl.LazyFrame:
+        """``listens`` less the pairs disliked before ``end`` (None: by the data's end)."""
+        disliked = self.disliked_before(end)
+        if disliked is None:
+            return listens
         schema = listens.collect_schema()
         keys = [C.user_id, C.track_id]
         disliked = disliked.select(pl.col(k).cast(schema[k]) for k in keys)

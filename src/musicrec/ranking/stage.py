@@ -81,16 +81,13 @@ def prefetched(
 def disliked_before(paths: RunPaths, day) -> pl.DataFrame | None:
     """``user_id, track_id`` pairs the user disliked before midnight of ``day`` (and had not
     undisliked by the data's end), from ``disliked_pairs.parquet`` of sources with dislikes
-    (Yambda); None for the others. The final list never offers them."""
-    from musicrec.split import midnight
-
-    path = paths.disliked_pairs
-    if not path.is_file():
+    (Yambda); None for the others (:meth:`musicrec.split.Windows.disliked_before`). The final
+    list never offers them."""
+    pairs = paths.windows().disliked_before(day)
+    if pairs is None:
         return None
     return (
-        pl.scan_parquet(path)
-        .filter(pl.col("disliked_at") < pl.select(midnight(day)).item())
-        .select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
+        pairs.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
         .sort(C.user_id)
         .collect()
     )
