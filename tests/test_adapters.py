@@ -684,19 +684,23 @@ def test_a_data_path_that_is_a_file_says_so(tmp_path: Path) -> None:
 
 
 def test_the_movielens_profile_runs_on_the_100k_layout_unchanged(tmp_path: Path) -> None:
-    """ml-100k's ratings end in 1998: the profile's windows are shares of the ratings, so the
-    profile written for latest-small (which ends in 2018) fits it as it is."""
+    """ml-100k's ratings end in 1998: the profile's windows are shares of each user's ratings, so
+    the profile written for latest-small (which ends in 2018) fits it as it is."""
     from musicrec.config import load_profile
     from musicrec.data import build_dataset
     from musicrec.io import RunPaths, read_json
 
     folder = tmp_path / "ml-100k"
     write_100k(folder)
+    # ten movies, each user rating all ten (ml-100k's users rate at least 20)
+    flags = "|".join(["0"] * 18 + ["1"])
+    items = "".join(f"{m}|Movie {m} (1990)|01-Jan-1990|||{flags}\n" for m in range(1, 11))
+    (folder / "u.item").write_bytes(items.encode("latin-1"))
     start = 875_000_000  # 1997-09-23
     lines = [
-        f"{user}\t{(user * 7 + i) % 3 * 10 + 10}\t5\t{start + (user + i * 45) * 86_400}"
+        f"{user}\t{(user + i) % 10 + 1}\t5\t{start + (user + i * 45) * 86_400}"
         for user in range(1, 41)
-        for i in range(3)
+        for i in range(10)
     ]
     (folder / "u.data").write_text("\n".join(lines) + "\n")
     profile = load_profile(
@@ -705,5 +709,8 @@ def test_the_movielens_profile_runs_on_the_100k_layout_unchanged(tmp_path: Path)
     paths = RunPaths(tmp_path / "project", profile.run)
     build_dataset(profile, paths, progress=False)
     split = read_json(paths.split)
-    assert split["data_end"].startswith("1998") and split["test_start"] > split["label_start"]
-    assert all(split["windows"][w]["rows"] > 0 for w in ("history", "labels", "test"))
+    assert split["data_end"].startswith("1998") and split["protocol"] == "per_user"
+    windows = split["windows"]
+    # each user's last rating is their test, the one before it their labels, 8 their history
+    assert [windows[w]["rows"] for w in ("history", "labels", "test")] == [320, 40, 40]
+    assert windows["test"]["warm_users"] == 40

@@ -726,3 +726,19 @@ def test_oracle_pool_defaults_to_the_runs_candidate_files(synthetic_run, tmp_pat
         paths, users, k_max=4, candidate_pool={"personal_als": own}, n_popular=3, max_exact_pairs=0
     )
     assert by_default.sort("user_id", "rank").equals(given.sort("user_id", "rank"))
+
+
+def test_a_trailing_final_list_is_explained_by_what_the_ranker_learned_from():
+    from musicrec.evaluation import why_final_trails
+
+    def comparison(upper: float) -> pl.DataFrame:
+        return pl.DataFrame([{"metric": "ndcg", "k": 10, "model_b": "top_popular", "upper": upper}])
+
+    few = {"sampling": {"users": 50, "users_without_positive": 16, "sampled_positives": 300}}
+    many = {"sampling": {"users": 30_000, "users_without_positive": 1_000, "sampled_positives": 90_000}}
+    assert why_final_trails(comparison(0.01), few) is None, "not significantly worse: nothing to explain"
+    reason = why_final_trails(comparison(-0.01), few)
+    assert "34 users" in reason and "300 positive rows" in reason
+    assert "top_popular is the list to prefer" in reason
+    assert "too little" not in why_final_trails(comparison(-0.01), many)
+    assert "no ranking summary" in why_final_trails(comparison(-0.01), None)

@@ -235,10 +235,23 @@ class SplitConfig(_Strict):
 
     label_start: Boundary = dt.date(2022, 12, 1)
     test_start: Boundary = dt.date(2022, 12, 16)
+    protocol: Literal["global", "per_user"] = Field(
+        "global",
+        description="global: the boundaries are instants shared by every user (the honest protocol); "
+        "per_user: both boundaries are shares of each user's own listens (test_start: 10%: each "
+        "user's last 10% is their test, label_start: 20%: the 10% before it their labels), so that "
+        "every user with two listens is tested, at the price of mixing calendar time across users "
+        "(small real data sets; local engine only)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SplitConfig:
         a, b = self.label_start, self.test_start
+        if self.protocol == "per_user" and not (isinstance(a, str) and isinstance(b, str)):
+            raise ValueError(
+                "protocol per_user: label_start and test_start must be shares of each user's listens "
+                f"(such as 20% and 10%), got {a} and {b}"
+            )
         if isinstance(a, dt.date) and isinstance(b, dt.date) and not a < b:
             raise ValueError("test_start must come after label_start")
         if isinstance(a, int) and isinstance(b, int) and not a > b:
@@ -249,6 +262,11 @@ class SplitConfig(_Strict):
         if isinstance(a, str) and isinstance(b, str) and not share_of(a) > share_of(b):
             raise ValueError("label_start (a share of the last events) must be larger than test_start")
         return self
+
+    @property
+    def per_user(self) -> bool:
+        """Whether each user has their own boundaries (``protocol: per_user``)."""
+        return self.protocol == "per_user"
 
     @property
     def uses_shares(self) -> bool:
@@ -660,6 +678,15 @@ class Profile(_Strict):
     @classmethod
     def _tracking_off(cls, value: object) -> object:
         return None if value is False else value  # YAML reads `off` and `false` as False
+
+    @model_validator(mode="after")
+    def _per_user_local(self) -> Profile:
+        if self.split.per_user and self.engine == "spark":
+            raise ValueError(
+                "split.protocol per_user runs on the local engine only (its boundaries are per user, "
+                "for small real data sets): use engine local or the global protocol"
+            )
+        return self
 
     @property
     def run(self) -> str:

@@ -19,6 +19,7 @@ from musicrec.schema import (
     validate_tracks,
 )
 from musicrec.spark import run_split
+from musicrec.split import per_user_split, user_boundaries
 
 
 def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> dict:
@@ -71,8 +72,13 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
         "notes": notes,
     }
     write_json(summary, paths.data_summary)
-    # the time split on the profile's engine (engine: spark counts the windows on Spark)
-    write_json(run_split(profile, paths.interactions), paths.split)
+    if profile.split.per_user:  # each user's own boundaries (small real sets; the local engine)
+        boundaries = user_boundaries(lf, profile.split)
+        write_parquet(boundaries, paths.user_boundaries)
+        split = per_user_split(lf, boundaries, profile.split, str(paths.interactions))
+    else:  # the time split on the profile's engine (engine: spark counts the windows on Spark)
+        split = run_split(profile, paths.interactions)
+    write_json(split, paths.split)
     return summary
 
 

@@ -45,7 +45,7 @@ from musicrec.evaluation.segments import user_segments
 from musicrec.io import RunPaths
 from musicrec.names import with_names
 from musicrec.schema import C
-from musicrec.split import window_expr
+from musicrec.split import Windows
 
 FINAL = "final"
 #: The explorer's column order: the final list first, then the evaluation's generators.
@@ -175,6 +175,15 @@ def _one_user(path, user_id: int) -> pl.LazyFrame:
     return pl.scan_parquet(path).filter(pl.col(C.user_id) == user_id)
 
 
+def _test_start(windows: Windows, listens: pl.DataFrame) -> str:
+    """When the test window begins, as the page says it: the common date, or under the per-user
+    protocol this user's own first test listen."""
+    if windows.per_user is None:
+        return windows.test_start.isoformat()
+    test = listens.filter(pl.col("window") == "test").get_column(C.started_at)
+    return f"{test.min():%Y-%m-%d %H:%M}, this user's own boundary" if test.len() else "none for this user"
+
+
 @functools.lru_cache(maxsize=4)
 def _popularity(paths: RunPaths, stamp: float) -> pl.DataFrame:
     return popularity(paths)
@@ -266,9 +275,10 @@ def user_view(
     windows = paths.windows()
     wanted = available_models(paths) if models is None else list(models)
     listens = (
-        _one_user(paths.interactions, uid)
-        .select(C.track_id, C.started_at, C.track_seq)
-        .with_columns(window_expr(windows.label_start, windows.test_start))
+        windows.with_window(
+            _one_user(paths.interactions, uid).select(C.user_id, C.track_id, C.started_at, C.track_seq)
+        )
+        .drop(C.user_id)
         .collect()
     )
     recs = _one_user(paths.recommendations, uid).collect()
@@ -318,7 +328,7 @@ def user_view(
         test=_mark_found(names(test).select(C.started_at, C.track_id, "track", "artist"), lists),
         lists=lists,
         final_source=", ".join(sources) if sources else None,
-        test_start=windows.test_start.isoformat(),
+        test_start=_test_start(windows, listens),
     )
 
 

@@ -78,6 +78,13 @@ class RunPaths:
         return self.data / "split.json"
 
     @property
+    def user_boundaries(self) -> Path:
+        """Each user's window boundaries under ``split.protocol: per_user`` (``musicrec.split``)."""
+        from musicrec.split import BOUNDARIES_FILE
+
+        return self.data / BOUNDARIES_FILE
+
+    @property
     def data_summary(self) -> Path:
         return self.data / "summary.json"
 

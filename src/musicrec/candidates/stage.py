@@ -38,7 +38,6 @@ from musicrec.monitor import PeakMemory
 from musicrec.parallel import WORKERS, in_order
 from musicrec.progress import bar, step
 from musicrec.schema import C
-from musicrec.split import before
 
 WINDOWS = ("history", "history+labels")
 
@@ -124,7 +123,7 @@ def window_targets(
     """
     windows = paths.windows()
     lf = pl.scan_parquet(paths.interactions)
-    seen = before(lf, windows.bounds(window)[0]).select(C.user_id).unique()
+    seen = windows.users_before(lf, window)
     inside = windows.target_listens(lf, window).select(
         C.user_id, C.track_id, *([C.started_at] if timestamps else [])
     )

@@ -43,6 +43,7 @@ from musicrec.evaluation.comparison import (  # noqa: F401
     compare_final,
     paired_comparison,
     verdict,
+    why_final_trails,
     write_comparison,
 )
 from musicrec.evaluation.figures import (  # noqa: F401

@@ -137,6 +137,46 @@ def compare_final(
     return pl.DataFrame(rows)
 
 
+#: Below this many users with a positive, a ranker's shortfall is put down to too little to learn from.
+FEW_TRAINING_USERS = 1_000
+
+
+def why_final_trails(comparison: pl.DataFrame, ranking_summary: Mapping | None) -> str | None:
+    """Why the final list is significantly worse than the best generator on NDCG, from what the
+    ranker learned from (``outputs/<run>/ranking/summary.json``); None when it is not worse.
+
+    >>> row = {"metric": "ndcg", "k": 10, "model_b": "top_popular", "upper": -0.01}
+    >>> summary = {"sampling": {"users": 50, "users_without_positive": 16, "sampled_positives": 300},
+    ...            "training_recall": {"recall": 0.19}}
+    >>> print(why_final_trails(pl.DataFrame([row]), summary))  # doctest: +ELLIPSIS
+    Why: the ranker learned from 34 users with a labels listen among their candidates ...
+    """
+    worse = comparison.filter((pl.col("metric") == "ndcg") & (pl.col("upper") < 0))
+    if not worse.height:
+        return None
+    best = worse.get_column("model_b")[0]
+    if not ranking_summary or "sampling" not in ranking_summary:
+        return f"Why: no ranking summary to say; {best} is the list to prefer on this data."
+    sampling = ranking_summary["sampling"]
+    learned = sampling["users"] - sampling["users_without_positive"]
+    recall = ranking_summary.get("training_recall", {}).get("recall")
+    found = f" (the candidates held {recall:.0%} of the labels listens)" if recall is not None else ""
+    facts = (
+        f"Why: the ranker learned from {learned:,} users with a labels listen among their candidates "
+        f"and {sampling['sampled_positives']:,} positive rows{found}"
+    )
+    if learned < FEW_TRAINING_USERS:
+        return (
+            f"{facts}; that is too little to learn an order better than {best}'s own, so on this "
+            f"data {best} is the list to prefer (the ranker needs more users with labels: a larger "
+            "data set, or a wider labels window)."
+        )
+    return (
+        f"{facts}, enough to learn from: the ranking report's candidate recall and feature "
+        f"importance say where it loses to {best}."
+    )
+
+
 def write_comparison(comparison: pl.DataFrame, paths: RunPaths) -> Path:
     """Write ``outputs/<run>/evaluation.json``: :func:`compare_final`'s rows and their verdicts
     (the report's index page lists the verdicts)."""

@@ -143,7 +143,7 @@ def score_users(profile: Profile, paths: RunPaths, ranker: TrainedRanker, progre
     cold = np.setdiff1d(test_all.get_column(C.user_id).to_numpy(), users)
     counts = {"candidates": 0, "top_10": 0, f"top_{cfg.n}": 0}
     candidate_rows = 0
-    disliked = disliked_before(paths, paths.windows().bounds("test")[0])
+    disliked = disliked_before(paths, paths.windows().fit_end("history+labels"))
     removed_disliked = 0
     with ParquetStream(paths.recommendations, RECOMMENDATIONS_SCHEMA) as out:
         chunks = [users[part] for part in batches(len(users), cfg.batch_users)]

@@ -159,7 +159,7 @@ class Artefacts:
             POPULAR,
         )
 
-        history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at])
+        history = _read(paths.interactions, "data", [C.user_id, C.track_id, C.started_at, C.track_seq])
         heard_until = None
         if config.heard == "fit" and paths.split.is_file():
             windows = paths.windows()
