@@ -63,3 +63,15 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     (tmp_path / "other.md").write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- results:start -->"):
         update_readme(tmp_path / "other.md", "| new |")
+
+
+def test_a_per_user_run_is_labelled_in_its_columns(tmp_path):
+    write_metrics(tmp_path, "small", [("final", "ndcg", 10, "all", 0.5, 0.4, 0.6)])
+    write_metrics(tmp_path, "big", [("final", "ndcg", 10, "all", 0.25, 0.2, 0.3)])
+    for run, protocol in (("small", "per_user"), ("big", None)):
+        (tmp_path / "data" / run).mkdir(parents=True)
+        split = {"protocol": protocol} if protocol else {"label_start": "2022-12-01"}
+        (tmp_path / "data" / run / "split.json").write_text(json.dumps(split))
+    header = results_table(["small", "big"], tmp_path).splitlines()[0]
+    columns = "small (per-user) ndcg@10 | small (per-user) recall@10 | big ndcg@10 | big recall@10"
+    assert header == f"| model | {columns} |"

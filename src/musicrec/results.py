@@ -34,18 +34,27 @@ def run_metrics(root: Path, run: str) -> pl.DataFrame:
     return pl.DataFrame(read_json(path)).filter(pl.col("segment") == "all")
 
 
+def run_label(root: Path, run: str) -> str:
+    """The run's name in a column header, with ``(per-user)`` when its ``split.json`` used the
+    per-user protocol: its numbers are not comparable with a global split's."""
+    split = RunPaths(Path(root).resolve(), run).split
+    per_user = split.is_file() and read_json(split).get("protocol") == "per_user"
+    return f"{run} (per-user)" if per_user else run
+
+
 def results_table(runs: list[str], root: str | Path = ".") -> str:
     """A markdown table: one row per model, NDCG@10 and recall@10 [95% interval] per run."""
     cells: dict[str, dict[str, str]] = {}
+    labels = {run: run_label(Path(root), run) for run in runs}
     for run in runs:
         frame = run_metrics(Path(root), run)
         for metric, k in HEADLINE:
             part = frame.filter((pl.col("metric") == metric) & (pl.col("k") == k))
             for row in part.iter_rows(named=True):
-                cells.setdefault(row["model"], {})[f"{run} {metric}@{k}"] = interval_cell(
+                cells.setdefault(row["model"], {})[f"{labels[run]} {metric}@{k}"] = interval_cell(
                     row["value"], row["lower"], row["upper"]
                 )
-    columns = [f"{run} {metric}@{k}" for run in runs for metric, k in HEADLINE]
+    columns = [f"{labels[run]} {metric}@{k}" for run in runs for metric, k in HEADLINE]
     order = sorted(cells, key=lambda m: (m != "oracle", m != "final", m))
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for model in order:
