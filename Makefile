@@ -145,6 +145,17 @@ lint: $(READY) ## ruff format --check and ruff check over the package, tests and
 bench: $(READY) ## run the profile's stages afresh; time and peak memory per stage and step to outputs/<run>/bench.json
 	$(PY) -m musicrec bench --params $(PARAMS) --data-path "$(DATA_PATH)" $(if $(ENGINE),--engine $(ENGINE)) $(if $(STAGES),--stages $(STAGES))
 
+# Yambda's scale figures on random files of a published size in its layout (tests/yambda_files.py):
+# 50m benches the whole pipeline, 500m the data stage alone (the one that must stream)
+YAMBDA_SIZE  ?= 50m
+YAMBDA_FILES ?= data/raw/yambda-generated
+.PHONY: bench-yambda
+bench-yambda: $(READY) ## random Yambda-layout files of YAMBDA_SIZE (50m|500m) in YAMBDA_FILES, then make bench on them (500m: data stage)
+	test -d $(YAMBDA_FILES)/flat/$(YAMBDA_SIZE) || $(PY) tests/yambda_files.py $(YAMBDA_FILES) $(YAMBDA_SIZE)
+	sed 's/^\(    size:\)[^#]*/\1 $(YAMBDA_SIZE)            /' params/yambda.yaml > $(YAMBDA_FILES)/yambda-$(YAMBDA_SIZE).yaml
+	$(MAKE) bench PARAMS=$(YAMBDA_FILES)/yambda-$(YAMBDA_SIZE).yaml DATA_PATH=$(YAMBDA_FILES) \
+		$(if $(filter 500m,$(YAMBDA_SIZE)),STAGES=01_data)
+
 # the runs to compare, smallest first; a run without outputs/<run>/bench.json is left out with a note
 BENCH_RUNS ?= default scale10 full
 .PHONY: bench-readme

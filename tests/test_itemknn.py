@@ -237,3 +237,27 @@ def test_disabled_item_knn_removes_its_lists(tiny_stage):
     assert runs["item_knn"].note == "disabled in the profile" and runs["item_knn"].rows == 0
     assert not (paths.candidate_dir("history+labels") / "item_knn.parquet").exists()
     CandidateStage(profile, paths).fit("history+labels")  # the other tests' lists back
+
+
+def test_the_similarities_can_be_learnt_from_each_users_latest_tracks_only():
+    # user 1 heard 10 long ago, then 11 and 12; user 2 heard 10 and 20; user 3 heard 11 only
+    data = fit_data(
+        [
+            (1, 10, 1.0, 0),
+            (1, 11, 1.0, 5),
+            (1, 12, 1.0, 6),
+            (2, 10, 1.0, 0),
+            (2, 20, 1.0, 1),
+            (3, 11, 1.0, 0),
+        ],
+        [10, 11, 12, 20],
+    )
+    every = lists(ItemKnnGenerator(ItemKnnConfig(kind="cosine"), threads=1).fit(data), data, 5)
+    assert {t for t, _ in every[3]} == {10, 12} and {t for t, _ in every[2]} == {11, 12}
+    capped = ItemKnnGenerator(ItemKnnConfig(kind="cosine", max_user_tracks=2), threads=1).fit(data)
+    got = lists(capped, data, 5)
+    # user 1's old 10 no longer links 10 with 11 and 12: user 3 reaches 12 alone, user 2 nothing
+    assert {t for t, _ in got[3]} == {12} and got[2] == []
+    # the lists still start from everything a user heard: user 1's 10 is not offered back
+    assert all(t not in (10, 11, 12) for t, _ in got[1])
+    assert capped.values.nnz == data.matrix.nnz

@@ -416,6 +416,12 @@ class ItemKnnConfig(_Strict):
     half_life_days: float | None = Field(None, gt=0, description="decay of the values; none when unset")
     bm25_k1: float = Field(1.2, ge=0, description="BM25 term-frequency saturation (kind bm25)")
     bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation (kind bm25)")
+    max_user_tracks: PositiveInt | None = Field(
+        None,
+        description="the similarities are learnt from each user's latest this many tracks (the fit "
+        "costs the sum over users of their tracks squared); lists still use every track a user heard. "
+        "None: all",
+    )
     batch_users: PositiveInt = 5_000
 
 

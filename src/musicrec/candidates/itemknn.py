@@ -22,13 +22,16 @@ import queue
 import warnings
 
 import numpy as np
+import polars as pl
+import scipy.sparse as sp
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, TFIDFRecommender
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from musicrec.candidates.base import FitData, decayed_matrix
+from musicrec.candidates.base import FitData, decayed_matrix, index_of
 from musicrec.config import ItemKnnConfig
 from musicrec.parallel import WORKERS
+from musicrec.schema import C
 
 
 class ItemKnnGenerator:
@@ -57,6 +60,11 @@ class ItemKnnGenerator:
         cfg = self.config
         self.data = data
         self.values = decayed_matrix(data, cfg.half_life_days).astype(np.float32, copy=False)
+        learn_from = (
+            self.values
+            if cfg.max_user_tracks is None
+            else latest_tracks(data, self.values, cfg.max_user_tracks)
+        )
         if cfg.kind == "bm25":
             model = BM25Recommender(K=cfg.neighbours, K1=cfg.bm25_k1, B=cfg.bm25_b, num_threads=self.threads)
         elif cfg.kind == "tfidf":
@@ -66,7 +74,7 @@ class ItemKnnGenerator:
         with threadpool_limits(1, "blas"), warnings.catch_warnings():
             # implicit weights the matrix as COO and converts it back to CSR itself: nothing to act on
             warnings.simplefilter("ignore", ParameterWarning)
-            model.fit(self.values, show_progress=False)
+            model.fit(learn_from, show_progress=False)
         self.model = model
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # models no thread is scoring with
         self._idle.put(model)
@@ -93,3 +101,24 @@ class ItemKnnGenerator:
         order = np.argsort(-scores, axis=1, kind="stable")  # best first, whatever order implicit gave
         cols = np.take_along_axis(np.where(keep, cols, -1), order, axis=1)
         return cols, np.take_along_axis(scores, order, axis=1)
+
+
+def latest_tracks(data: FitData, values: sp.csr_matrix, per_user: int) -> sp.csr_matrix:
+    """``values`` with only each user's latest ``per_user`` tracks (by their interaction's
+    ``started_at``; ties by track id): what the similarities are learnt from when the fit's
+    cost, the sum over users of their tracks squared, must be bounded (Yambda's 10,000 users
+    average about 2,000 tracks each)."""
+    inter = data.interactions
+    if C.started_at not in inter.columns:
+        raise ValueError(
+            "item_knn.max_user_tracks keeps each user's latest tracks: the interactions need started_at"
+        )
+    if int(np.diff(values.indptr).max(initial=0)) <= per_user:
+        return values
+    latest = inter.filter(
+        pl.struct(C.started_at, C.track_id).rank("ordinal", descending=True).over(C.user_id) <= per_user
+    )
+    rows = index_of(data.user_ids, latest.get_column(C.user_id).to_numpy())
+    cols = index_of(data.track_ids, latest.get_column(C.track_id).to_numpy())
+    keep = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=values.shape)
+    return values.multiply(keep).tocsr().astype(np.float32)
