@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from musicrec import evaluation as ev
-from musicrec.config import SyntheticConfig
+from musicrec.config import EvaluationConfig, SyntheticConfig
 from musicrec.evaluation import (
     compare_final,
     evaluate_models,
@@ -172,6 +172,23 @@ def test_coverage_per_segment(table):
     # the user without a list adds nothing
     assert row(table, "a", "coverage", 2, "heavy")["value"] == 0.0
     assert row(table, "a", "coverage", 2, "all")["lower"] is None
+
+
+def test_coverage_at_further_list_lengths():
+    table = evaluate_models(
+        {"a": MODEL_A}, TEST, SEGMENTS, ks=(1, 3), beyond_k=1, coverage_at=[2, 3], n_items=100
+    )
+    # model a's lists: user 1 [10, 99, 11], user 2 [98, 20]: top 1 {10, 98}, top 2 adds 99 and 20,
+    # top 3 adds 11
+    got = {k: row(table, "a", "coverage", k, "all")["value"] for k in (1, 2, 3)}
+    assert got == pytest.approx({1: 0.02, 2: 0.04, 3: 0.05})
+    # novelty and diversity stay at beyond_k alone
+    assert set(table.filter(pl.col("metric") != "coverage").get_column("k")) == {1, 3}
+
+
+def test_coverage_beyond_the_evaluated_lists_is_refused():
+    with pytest.raises(ValueError, match="coverage_at .200. is beyond the longest list"):
+        EvaluationConfig(ks=[10, 100], coverage_at=[10, 200])
 
 
 def test_users_without_lists_count_as_zero():

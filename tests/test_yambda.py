@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from test_adapters import check_canonical
-from yambda_files import U1, U2, T, write_yambda
+from yambda_files import DAY, U1, U2, T, write_yambda
 
 from musicrec.config import ProfileError, YambdaConfig, load_profile
 from musicrec.schema import INTERACTIONS_SCHEMA, C, DataContractError, validate_catalog_names, validate_tracks
@@ -156,6 +156,15 @@ def test_origin_date_and_the_future(tmp_path: Path) -> None:
     future = dt.date.today() + dt.timedelta(days=30)
     with pytest.raises(ProfileError, match="data.yambda.origin"):
         yambda.load(tmp_path, YambdaConfig(origin=future))
+
+
+def test_align_end_puts_the_end_of_the_last_events_step_at_midnight(tmp_path: Path) -> None:
+    rows = rows_by_pair(load_known(tmp_path, align_end=True))
+    plain = rows_by_pair(load_known(tmp_path))
+    # the known block's last event is U1's listen of T[1] at 4000 s (a repeat: it dates no pair);
+    # its step ends at 4005 s, which must fall on midnight: every row moves by 86,400 - 4,005 s
+    shifts = {rows[pair][C.started_at] - plain[pair][C.started_at] for pair in rows}
+    assert shifts == {dt.timedelta(seconds=DAY - 4000 - yambda.TIMESTAMP_STEP)}
 
 
 def test_per_user_cap_keeps_the_most_recent(tmp_path: Path) -> None:
@@ -541,3 +550,47 @@ def test_aggregation_in_user_ranges_gives_the_same_pairs(tmp_path: Path, monkeyp
     assert chunked.interactions.collect().equals(whole.interactions.collect())
     assert chunked.extra["organic_pairs"].equals(whole.extra["organic_pairs"])
     assert chunked.dropped.counts == whole.dropped.counts
+
+
+def test_official_protocol_profile_tests_the_last_day_after_a_gap(tmp_path: Path) -> None:
+    from musicrec.data import build_dataset
+    from musicrec.io import RunPaths
+
+    raw = tmp_path / "yambda"
+    folder = write_yambda(raw, n_users=60, n_items=800, n_events=30_000, seed=5)
+    events = pl.read_parquet(folder / "multi_event.parquet")
+    # one full listen of a new track 10 minutes before the test day: in the gap
+    first = events.filter(pl.col("event_type") == "listen").head(1)
+    in_gap = first.with_columns(
+        pl.lit(events["timestamp"].max() + 5 - 86_400 - 600, dtype=events.schema["timestamp"]).alias(
+            "timestamp"
+        ),
+        pl.lit(events["item_id"].max() + 1, dtype=events.schema["item_id"]).alias("item_id"),
+        pl.lit(100, dtype=events.schema["played_ratio_pct"]).alias("played_ratio_pct"),
+    )
+    pl.concat([events, in_gap]).write_parquet(folder / "multi_event.parquet")
+    profile = load_profile("params/yambda-official.yaml", data_path=raw)
+    assert profile.evaluation.ks == [10, 50, 100] and profile.evaluation.coverage_at == [10, 50, 100]
+    paths = RunPaths.for_profile(profile, tmp_path / "project")
+    summary = build_dataset(profile, paths, progress=False)
+
+    split = json.loads(paths.split.read_text())
+    inter = pl.read_parquet(paths.interactions)
+    test_start = dt.datetime.fromisoformat(split["test_start"])
+    # the test is the last 86,400 s of Yambda's clock: the last event's step ends at test_start + 1 day
+    origin = test_start + dt.timedelta(days=1, seconds=-(events["timestamp"].max() + yambda.TIMESTAMP_STEP))
+    moved = inter.filter(pl.col(C.track_id) == in_gap["item_id"][0]).get_column(C.started_at)
+    assert moved.to_list() == [origin + dt.timedelta(seconds=int(in_gap["timestamp"][0]))]
+    gap = inter.filter(
+        pl.col(C.started_at).is_between(test_start - dt.timedelta(minutes=30), test_start, closed="left")
+    )
+    assert split["gap_minutes"] == 30 and gap.height > 0
+    windows = paths.windows()
+    lf = pl.scan_parquet(paths.interactions)
+    fitted = windows.fit_listens(lf, "history+labels").join(
+        gap.lazy(), on=[C.user_id, C.track_id], how="semi"
+    )
+    assert fitted.collect().height == 0  # what the last 30 minutes before the test hold is not fitted on
+    counted = sum(w["rows"] for w in split["windows"].values()) + split["gap_rows"]
+    assert counted == summary["rows"]
+    assert any("align_end" in n for n in summary["notes"])

@@ -150,6 +150,13 @@ class YambdaConfig(_Strict):
         description="calendar date given to timestamp 0 (Yambda publishes no dates); the windows "
         "are counted in days from it, so only the weekday pattern depends on this choice",
     )
+    align_end: bool = Field(
+        False,
+        description="timestamp 0 goes to a time of origin's day chosen so that the last "
+        "event's 5-second step ends at midnight: whole days before the end are then exact "
+        "86,400-second spans of Yambda's own clock (the official protocol's test day: split."
+        "test_start: 1); False: timestamp 0 is origin's midnight",
+    )
     listen_threshold: int = Field(
         50, ge=1, le=100, description="played_ratio_pct at or above which a listen counts (Listen+)"
     )
@@ -243,10 +250,19 @@ class SplitConfig(_Strict):
         "every user with two listens is tested, at the price of mixing calendar time across users "
         "(small real data sets; local engine only)",
     )
+    gap_minutes: NonNegativeInt = Field(
+        0,
+        description="the listens of the last this many minutes before a boundary are neither "
+        "fitted on for the window after it nor its targets, so that a session running across the "
+        "boundary does not leak into that window: Yambda's official protocol has 30 before its "
+        "test day (global protocol, local engine only)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SplitConfig:
         a, b = self.label_start, self.test_start
+        if self.protocol == "per_user" and self.gap_minutes:
+            raise ValueError("protocol per_user cuts each user at their own listens: gap_minutes must be 0")
         if self.protocol == "per_user" and not (isinstance(a, str) and isinstance(b, str)):
             raise ValueError(
                 "protocol per_user: label_start and test_start must be shares of each user's listens "
@@ -267,6 +283,11 @@ class SplitConfig(_Strict):
     def per_user(self) -> bool:
         """Whether each user has their own boundaries (``protocol: per_user``)."""
         return self.protocol == "per_user"
+
+    @property
+    def gap(self) -> dt.timedelta:
+        """The span before each boundary left out of the window after it (``gap_minutes``)."""
+        return dt.timedelta(minutes=self.gap_minutes)
 
     @property
     def uses_shares(self) -> bool:
@@ -493,6 +514,11 @@ class EvaluationConfig(_Strict):
 
     ks: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 100])
     beyond_k: PositiveInt = Field(10, description="list length for coverage, novelty, diversity")
+    coverage_at: list[PositiveInt] = Field(
+        default_factory=list,
+        description="further list lengths at which catalogue coverage is reported (Yambda's "
+        "official protocol: 10, 50, 100); each at most the largest of ks",
+    )
     n_boot: PositiveInt = Field(1000, description="bootstrap resamples of users")
     sampled_negatives: PositiveInt = Field(100, description="random unheard tracks per held-out listen")
     sampled_max_listens: PositiveInt = Field(200_000, description="test listens in the sampled protocol")
@@ -509,6 +535,16 @@ class EvaluationConfig(_Strict):
         description="the oracle lists a seeded sample of at most this many warm users, and its "
         "metrics are over them alone (its coverage is of fewer lists); every warm user when unset",
     )
+
+    @model_validator(mode="after")
+    def _coverage_within_lists(self) -> EvaluationConfig:
+        longer = [k for k in self.coverage_at if k > max(self.ks)]
+        if longer:
+            raise ValueError(
+                f"evaluation.coverage_at {longer} is beyond the longest list evaluated "
+                f"(max of evaluation.ks: {max(self.ks)}); add it to ks"
+            )
+        return self
 
 
 class SparkConfig(_Strict):
@@ -691,6 +727,11 @@ class Profile(_Strict):
             raise ValueError(
                 "split.protocol per_user runs on the local engine only (its boundaries are per user, "
                 "for small real data sets): use engine local or the global protocol"
+            )
+        if self.split.gap_minutes and self.engine == "spark":
+            raise ValueError(
+                f"split.gap_minutes ({self.split.gap_minutes}) runs on the local engine only: "
+                "use engine local or set it to 0"
             )
         return self
 

@@ -289,7 +289,7 @@ def user_view(
             f"{paths.recommendations}; try user {near or '(none listed)'}, or one of "
             "musicrec.explorer.sample_users(paths) (a light, a medium and a heavy listener)"
         )
-    before = listens.filter(pl.col("window") != "test")
+    before = listens.filter(pl.col("window").is_in(("history", "labels")))  # what the models saw
     history = before.sort([C.started_at, C.track_seq], descending=True).head(n_history)
     test = listens.filter(pl.col("window") == "test").sort([C.started_at, C.track_seq])
 

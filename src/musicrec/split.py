@@ -22,17 +22,22 @@ from musicrec.schema import C, DataContractError
 WINDOWS = ("history", "labels", "test")
 
 
-def window_expr(label_start: dt.date, test_start: dt.date) -> pl.Expr:
-    """``history``/``labels``/``test`` for each row, from its ``started_at``."""
+#: What :func:`window_expr` calls the listens just before a boundary, left out of the window after it
+#: (the gap before labels is still fitted on for test: it is in test's past).
+GAP = "gap"
+
+
+def window_expr(label_start: dt.date, test_start: dt.date, gap: dt.timedelta = dt.timedelta(0)) -> pl.Expr:
+    """``history``/``labels``/``test`` for each row, from its ``started_at``; with a ``gap``,
+    the rows within it before each boundary are ``gap`` (``split.gap_minutes``)."""
     ts = pl.col(C.started_at)
-    return (
-        pl.when(ts < pl.lit(label_start).cast(pl.Datetime("ns")))
-        .then(pl.lit("history"))
-        .when(ts < pl.lit(test_start).cast(pl.Datetime("ns")))
-        .then(pl.lit("labels"))
-        .otherwise(pl.lit("test"))
-        .alias("window")
-    )
+    expr = pl.when(ts < cut_before(label_start, gap)).then(pl.lit("history"))
+    if gap:
+        expr = expr.when(ts < midnight(label_start)).then(pl.lit(GAP))
+    expr = expr.when(ts < cut_before(test_start, gap)).then(pl.lit("labels"))
+    if gap:
+        expr = expr.when(ts < midnight(test_start)).then(pl.lit(GAP))
+    return expr.otherwise(pl.lit("test")).alias("window")
 
 
 def compute_split(
@@ -63,7 +68,8 @@ def compute_split(
 
     label_start, test_start = cfg.resolve(first_day, last_day, day_at_share)
 
-    windowed = lf.select(C.user_id, C.started_at).with_columns(window_expr(label_start, test_start))
+    gap = cfg.gap
+    windowed = lf.select(C.user_id, C.started_at).with_columns(window_expr(label_start, test_start, gap))
     per_window = (
         windowed.group_by("window")
         .agg(pl.len().alias("rows"), pl.col(C.user_id).n_unique().alias("users"))
@@ -71,18 +77,23 @@ def compute_split(
     )
     counts = {row["window"]: row for row in per_window.to_dicts()}
     first_seen = lf.group_by(C.user_id).agg(pl.col(C.started_at).min().alias("first_seen"))
+    # cold: no listen before the window's fitting data ends (with a gap, its start less the gap)
     seen = first_seen.select(
-        (pl.col("first_seen") >= pl.lit(test_start).cast(pl.Datetime("ns"))).sum().alias("test"),
+        (pl.col("first_seen") >= cut_before(test_start, gap)).sum().alias("test"),
         (
-            (pl.col("first_seen") >= pl.lit(label_start).cast(pl.Datetime("ns")))
-            & (pl.col("first_seen") < pl.lit(test_start).cast(pl.Datetime("ns")))
+            (pl.col("first_seen") >= cut_before(label_start, gap))
+            & (pl.col("first_seen") < cut_before(test_start, gap))
         )
         .sum()
         .alias("labels"),
     ).collect(engine="streaming")
 
     cold = {name: int(seen.item(0, name) or 0) for name in ("labels", "test")}
-    return split_summary(first_day, last_day, label_start, test_start, counts, cold, file)
+    summary = split_summary(first_day, last_day, label_start, test_start, counts, cold, file)
+    if gap:
+        summary["gap_minutes"] = cfg.gap_minutes
+        summary["gap_rows"] = int(counts.get(GAP, {}).get("rows", 0))
+    return summary
 
 
 #: Where each user's windows begin under ``split.protocol: per_user`` (see :func:`user_boundaries`).
@@ -267,10 +278,17 @@ def protocol_note(split: dict) -> str:
             "so these numbers are not comparable with a global split's, and top-popular and the "
             "time features see listens from after some users' test."
         )
-    return (
+    note = (
         f"**Global time split**: history before {split['label_start']}, labels from it, test from "
         f"{split['test_start']} for every user: no model sees a listen from its target's future."
     )
+    if split.get("gap_minutes"):
+        note += (
+            f" The {split['gap_minutes']} minutes before each boundary are left out of the window "
+            f"after it ({split.get('gap_rows', 0):,} interactions: neither fitted on for it nor its "
+            "targets), so that a session running across a boundary does not leak into it."
+        )
+    return note
 
 
 def split_table(split: dict) -> pl.DataFrame:
@@ -281,6 +299,15 @@ def split_table(split: dict) -> pl.DataFrame:
 def midnight(day: dt.date) -> pl.Expr:
     """Midnight of ``day`` as a literal comparable with ``started_at``."""
     return pl.lit(day).cast(pl.Datetime("ns"))
+
+
+def cut_before(day: dt.date, gap: dt.timedelta) -> pl.Expr:
+    """``gap`` before midnight of ``day``, as a literal comparable with ``started_at``."""
+    return (
+        midnight(day)
+        if not gap
+        else pl.lit(dt.datetime.combine(day, dt.time()) - gap).cast(pl.Datetime("ns"))
+    )
 
 
 def before(listens: pl.LazyFrame, day: dt.date) -> pl.LazyFrame:
@@ -313,6 +340,7 @@ class Windows:
     record: dict = field(default_factory=dict, compare=False)  # the whole file, for tables
     disliked: pl.LazyFrame | None = field(default=None, compare=False, repr=False)
     per_user: pl.LazyFrame | None = field(default=None, compare=False, repr=False)
+    gap: dt.timedelta = dt.timedelta(0)  # before each boundary, left out of the window after it
 
     @classmethod
     def read(cls, path: str | Path, disliked: pl.LazyFrame | None = None) -> Windows:
@@ -336,6 +364,7 @@ class Windows:
             dt.date.fromisoformat(record["test_start"]),
             record,
             disliked,
+            gap=dt.timedelta(minutes=record.get("gap_minutes", 0)),
         )
 
     @property
@@ -368,7 +397,7 @@ class Windows:
                 listens, ~_from("label_start" if window == "history" else "test_start")
             )
         else:
-            inside = before(listens, end)
+            inside = listens.filter(pl.col(C.started_at) < cut_before(end, self.gap))
         return self._without_disliked(inside, end)
 
     def target_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
@@ -383,7 +412,9 @@ class Windows:
             return self._without_disliked(inside, None if window == "test" else self.test_start)
         start, end = self.bounds(window)
         inside = listens.filter(pl.col(C.started_at) >= midnight(start))
-        return self._without_disliked(inside if end is None else before(inside, end), end)
+        if end is not None:
+            inside = inside.filter(pl.col(C.started_at) < cut_before(end, self.gap))
+        return self._without_disliked(inside, end)
 
     def users_before(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
         """``user_id`` (unique) of the users with a listen before the target ``window`` (its warm
@@ -395,13 +426,13 @@ class Windows:
                 listens, ~_from("label_start" if window == "labels" else "test_start")
             )
         else:
-            seen = before(listens, self.bounds(window)[0])
+            seen = listens.filter(pl.col(C.started_at) < cut_before(self.bounds(window)[0], self.gap))
         return seen.select(C.user_id).unique()
 
     def with_window(self, listens: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame | pl.DataFrame:
         """``listens`` with a ``window`` column: ``history``, ``labels`` or ``test``."""
         if self.per_user is None:
-            return listens.with_columns(window_expr(self.label_start, self.test_start))
+            return listens.with_columns(window_expr(self.label_start, self.test_start, self.gap))
         label = (
             pl.when(~_from("label_start"))
             .then(pl.lit("history"))
@@ -429,12 +460,14 @@ class Windows:
         return self._joined(listens).filter(keep).drop(_BOUNDARY_COLUMNS)
 
     def disliked_before(self, end: dt.date | None) -> pl.LazyFrame | None:
-        """``user_id, track_id`` of the pairs disliked before midnight of ``end`` (None: by the
-        data's end); None when the source has no dislikes."""
+        """``user_id, track_id`` of the pairs disliked before midnight of ``end`` (less the gap, if
+        any; None: by the data's end); None when the source has no dislikes."""
         if self.disliked is None:
             return None
         disliked = (
-            self.disliked if end is None else self.disliked.filter(pl.col("disliked_at") < midnight(end))
+            self.disliked
+            if end is None
+            else self.disliked.filter(pl.col("disliked_at") < cut_before(end, self.gap))
         )
         return disliked.select(C.user_id, C.track_id)
 

@@ -37,6 +37,7 @@ from musicrec.evaluation.common import (  # noqa: F401
     RANKING_METRICS,
     SEGMENT_ORDER,
     ListsLike,
+    ndcg_note,
 )
 from musicrec.evaluation.comparison import (  # noqa: F401
     best_generator,

@@ -44,3 +44,24 @@ CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
 
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
+
+
+def ndcg_note(source: str) -> str:
+    """The report's sentence on the NDCG used here, with what differs in a source's official
+    benchmark (Yambda's code divides by the DCG of the targets found, not the ideal DCG).
+
+    >>> ndcg_note("yambda").startswith("**NDCG**")
+    True
+    """
+    note = (
+        "**NDCG** here is the standard one (binary gain): DCG of the list over the ideal DCG, "
+        "that of min(targets, k) hits in the first places (`musicrec.metrics.NDCG`)."
+    )
+    if source == "yambda":
+        note += (
+            " Yambda's official benchmark code divides instead by the DCG of the targets the list "
+            "found (a known issue on the data set's page), which rates a list whose hits are all at "
+            "its top as perfect however many targets it missed: its published NDCG values are "
+            "higher than, and not comparable with, these."
+        )
+    return note

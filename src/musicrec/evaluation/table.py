@@ -59,7 +59,7 @@ def _evaluate_groups(
     seed: int,
 ) -> list[dict]:
     """Every metric of one model's lists, for each group of users, from one join of lists and test."""
-    max_k = max([m.k for m in ranking] + [beyond_k])
+    max_k = max([m.k for m in ranking] + [m.k for m in beyond] + [beyond_k])
     everyone = pl.concat(list(groups.values())).unique().sort()
     top = TopLists.from_recos(recos, max_k).for_users(everyone)
     per_user: list[tuple[Metric, pl.DataFrame]] = []
@@ -77,7 +77,7 @@ def _evaluate_groups(
             value = float(values.mean()) if values.size else math.nan
             rows.append(_row(model, m, segment, value, *bootstrap_ci(values, n_boot, alpha, seed)))
         for m in coverage:  # a count over every list: no interval
-            rows.append(_row(model, m, segment, float(m.from_lists(top_beyond.for_users(users)))))
+            rows.append(_row(model, m, segment, float(m.from_lists(top.cut(m.k).for_users(users)))))
     return rows
 
 
@@ -101,13 +101,15 @@ def _beyond_metrics(
     n_items: int | None,
     listeners: pl.DataFrame | None,
     n_train_users: int | None,
+    coverage_at: Sequence[int] = (),
 ) -> list[ListMetric]:
-    """Coverage, novelty and diversity at ``beyond_k``, each where its input is given."""
+    """Coverage, novelty and diversity at ``beyond_k``, each where its input is given, and
+    coverage at each of ``coverage_at`` too."""
     if n_items is None and tracks is not None:
         n_items = tracks.height
     beyond: list[ListMetric] = []
     if n_items:
-        beyond.append(Coverage(beyond_k, n_items=n_items))
+        beyond += [Coverage(k, n_items=n_items) for k in sorted({beyond_k, *coverage_at})]
     if train is not None:
         beyond.append(Novelty(beyond_k, train=train.select(C.user_id, C.track_id)))
     elif listeners is not None and n_train_users is not None:
@@ -123,6 +125,7 @@ def evaluate_models(
     segments: pl.DataFrame,
     ks: Sequence[int] = (5, 10, 100),
     beyond_k: int = 10,
+    coverage_at: Sequence[int] = (),
     train: pl.DataFrame | None = None,
     tracks: pl.DataFrame | None = None,
     n_items: int | None = None,
@@ -150,8 +153,8 @@ def evaluate_models(
         segment ``all`` is every warm user.
     ks
         Cut-offs of precision, recall, NDCG, MAP and hit rate.
-    beyond_k
-        Cut-off of coverage, novelty and diversity.
+    beyond_k, coverage_at
+        Cut-off of coverage, novelty and diversity; further cut-offs of coverage.
     train, tracks, n_items
         The interactions before the test window (novelty: share of their users who
         heard a track), the tracks with genres (intra-list diversity) and the catalogue
@@ -199,9 +202,9 @@ def evaluate_models(
     beyond = (
         list(beyond_metrics)
         if beyond_metrics is not None
-        else _beyond_metrics(beyond_k, train, tracks, n_items, listeners, n_train_users)
+        else _beyond_metrics(beyond_k, train, tracks, n_items, listeners, n_train_users, coverage_at)
     )
-    max_k = max([*ks, beyond_k])
+    max_k = max([*ks, beyond_k, *coverage_at])
 
     rows: list[dict] = []
     warm_df = pl.DataFrame({C.user_id: groups[ALL]})
@@ -352,7 +355,9 @@ def evaluate_each_model(
     inputs = {
         key: evaluate.pop(key, None) for key in ("train", "tracks", "n_items", "listeners", "n_train_users")
     }
-    evaluate["beyond_metrics"] = _beyond_metrics(int(evaluate.get("beyond_k", 10)), **inputs)  # built once
+    evaluate["beyond_metrics"] = _beyond_metrics(  # built once
+        int(evaluate.get("beyond_k", 10)), **inputs, coverage_at=evaluate.get("coverage_at", ())
+    )
     tables, curves, rows, top, sampled = [], [], {}, {}, {}
     for i, (name, frame) in enumerate(lists.items(), 1):
         model = f"evaluation: {name} ({i} of {len(lists)})"

@@ -104,6 +104,8 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 ARTISTS_FILE = "artist_item_mapping.parquet"
 ALBUMS_FILE = "album_item_mapping.parquet"
 SIZES = ("50m", "500m", "5b")
+#: Yambda's timestamps come in steps of this many seconds
+TIMESTAMP_STEP = 5
 #: The 5b size as published (arXiv 2505.22238): events, users, tracks.
 FIVE_B = (4_790_000_000, 1_000_000, 9_390_000)
 #: Bytes per event of the listens columns read (uid, timestamp, item_id: 4; is_organic 1,
@@ -155,7 +157,7 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         except ValueError:
             return str(path)
 
-    listens, listen_stats, feedback, raw_rows, files = _read_events(
+    listens, listen_stats, feedback, raw_rows, files, last_event_ts = _read_events(
         events_dir, label, options, dropped, notes
     )
     pairs = _listened_pairs(listens, listen_stats, options.listen_threshold)
@@ -188,6 +190,8 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
 
     first_ts, last_ts = interactions.get_column("first_ts").min(), interactions.get_column("first_ts").max()
     origin = dt.datetime.combine(options.origin, dt.time())
+    if options.align_end:  # the last event's 5-second step ends at midnight
+        origin += dt.timedelta(seconds=-(last_event_ts + TIMESTAMP_STEP) % 86_400)
     first, last = origin + dt.timedelta(seconds=first_ts), origin + dt.timedelta(seconds=last_ts)
     if last > latest_plausible():
         raise ProfileError(
@@ -228,10 +232,12 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
     names = _names(tracks)
 
     n_organic = int(organic.get_column("is_organic").sum())
+    aligned = ", align_end: the last event's 5-second step ends at midnight" if options.align_end else ""
     notes += [
         f"timestamps are seconds from Yambda's own origin (5-second steps, no calendar dates): "
-        f"timestamp 0 is mapped to {options.origin} 00:00 (data.yambda.origin), so the interactions "
-        f"run from {first:%Y-%m-%d} to {last:%Y-%m-%d} ({(last.date() - first.date()).days + 1} days)",
+        f"timestamp 0 is mapped to {origin:%Y-%m-%d %H:%M:%S} (data.yambda.origin{aligned}), "
+        f"so the interactions run from {first:%Y-%m-%d} to {last:%Y-%m-%d} "
+        f"({(last.date() - first.date()).days + 1} days)",
         f"a listen counts (Listen+) when played_ratio_pct >= {options.listen_threshold}; values above "
         "100 are replays (250 = two and a half plays)",
         f"weight = log2(1 + plays) + {options.like_weight:g} * liked, plays = sum(played_ratio_pct) / 100 "
@@ -445,7 +451,7 @@ def _read_events(
             + (f" ({', '.join(ignored)} beside it not read)" if ignored else "")
         )
         files["listen"] = file
-        return listens, listen_stats, feedback, int(total["rows"]), files
+        return listens, listen_stats, feedback, int(total["rows"]), files, int(total[f"{_TS}_max"] or 0)
 
     listens_path = events_dir / LISTENS_FILE
     file = label(listens_path)
@@ -455,6 +461,7 @@ def _read_events(
     _check_organic(frame, stats, file)
     _drop_short(dropped, file, stats, threshold)
     raw_rows = int(stats["rows"])
+    last_event_ts = int(stats[f"{_TS}_max"] or 0)
     files["listen"] = file
 
     parts, read, missing = [], [LISTENS_FILE], []
@@ -469,6 +476,7 @@ def _read_events(
         _check_stats(fb, fb_stats, fb_file, _LIMITS)
         _check_organic(fb, fb_stats, fb_file)
         raw_rows += int(fb_stats["rows"])
+        last_event_ts = max(last_event_ts, int(fb_stats[f"{_TS}_max"] or 0))
         files[event_type] = fb_file
         parts.append(_normalised(fb, with_ratio=False).with_columns(pl.lit(event_type).alias(_TYPE)))
         read.append(name)
@@ -488,7 +496,7 @@ def _read_events(
         f"Yambda {options.size}, flat layout: events from {', '.join(read)} in {label(events_dir)}"
         + (f"; no {', '.join(missing)}: no such events applied" if missing else "")
     )
-    return frame, stats, pl.concat(parts), raw_rows, files
+    return frame, stats, pl.concat(parts), raw_rows, files, last_event_ts
 
 
 def _drop_short(dropped: DropReport, file: str, stats: dict, threshold: int) -> None:
