@@ -7,8 +7,10 @@ Expected values of the hand-made block (:data:`yambda_files.KNOWN_LISTENS` and
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -545,11 +547,24 @@ def test_aggregation_in_user_ranges_gives_the_same_pairs(tmp_path: Path, monkeyp
     monkeypatch.setattr(yambda, "CHUNK_LISTENS", 500)  # about a dozen passes over ranges of users
     events = tmp_path / "flat" / "50m" / ("multi_event.parquet" if layout == "multi" else "listens.parquet")
     ranges = yambda._user_ranges(pl.scan_parquet(events), {"plus": 10_000}, 50)
-    assert len(ranges) > 5 and all(lo <= hi for lo, hi in ranges)
+    # contiguous and covering every uid: a user with feedback alone falls in one range too
+    assert len(ranges) > 5 and ranges[0][0] is None and ranges[-1][1] is None
+    assert all(lo == prev_hi + 1 for (_, prev_hi), (lo, _) in zip(ranges, ranges[1:], strict=False))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     chunked = yambda.load(tmp_path, YambdaConfig())
+    assert [p.name.startswith("musicrec-yambda-") for p in scratch.iterdir()] == [True]
+    # the chunked rows are parquet parts read lazily, the same rows in the same order
+    assert isinstance(chunked.extra["organic_pairs"], pl.LazyFrame)
     assert chunked.interactions.collect().equals(whole.interactions.collect())
-    assert chunked.extra["organic_pairs"].equals(whole.extra["organic_pairs"])
+    assert chunked.extra["organic_pairs"].collect().equals(whole.extra["organic_pairs"])
+    assert chunked.extra["disliked_pairs"].equals(whole.extra["disliked_pairs"])
     assert chunked.dropped.counts == whole.dropped.counts
+    assert chunked.notes == whole.notes
+    del chunked
+    gc.collect()
+    assert list(scratch.iterdir()) == []  # the parts go with the data
 
 
 def test_official_protocol_profile_tests_the_last_day_after_a_gap(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ class SourceData:
     catalog_names: pl.DataFrame
     track_features: pl.DataFrame | None = None
     dropped: DropReport = field(default_factory=DropReport)
-    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
+    extra: dict[str, pl.DataFrame | pl.LazyFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 

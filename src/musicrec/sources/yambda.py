@@ -73,6 +73,9 @@ the group-by's hash table only a range's pairs (the 500m size within 16 GB).
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 import polars as pl
@@ -143,7 +146,11 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
     SourceData
         Interactions as a lazy frame over the aggregated pairs (with ``track_seq``), tracks,
         names, the embeddings as ``track_features`` (when present), and ``extra``:
-        ``organic_pairs`` and ``disliked_pairs``.
+        ``organic_pairs`` and ``disliked_pairs``. Above :data:`CHUNK_LISTENS` Listen+ events the
+        pairs are made one range of users at a time (:func:`_user_ranges`), each range's rows
+        written to parquet parts in a scratch folder (removed with the returned data), and the
+        interactions and ``organic_pairs`` are lazy scans of the parts: memory holds one range's
+        pairs and the feedback state, never every pair.
     """
     refuse_size(options.size)
     folder = Path(folder)
@@ -160,78 +167,124 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
     listens, listen_stats, feedback, raw_rows, files, last_event_ts = _read_events(
         events_dir, label, options, dropped, notes
     )
-    pairs = _listened_pairs(listens, listen_stats, options.listen_threshold)
-    n_listen_plus = int(pairs.get_column("listens").sum())
     listens_label = files["listen"]
-    dropped.add(
-        f"{listens_label}: repeat Listen+ events of a (user, track) pair merged into its row",
-        n_listen_plus - pairs.height,
-    )
-
-    state = _feedback_state(feedback)
-    interactions, disliked, counts = _combine(pairs, state, options)
-    n_pairs = pairs.height
-    del pairs, state  # the pairs live on in ``interactions`` alone
-    for event_type, n in counts["folded"].items():
-        dropped.add(
-            f"{files.get(event_type)}: {event_type} events folded into their pair's like/dislike state", n
-        )
-
-    interactions, n_capped = _numbered(interactions, options.max_tracks_per_user)
-    dropped.add(
-        f"{listens_label}: a user's earliest pairs beyond data.yambda.max_tracks_per_user "
-        f"({options.max_tracks_per_user}; track_seq is int16)",
-        n_capped,
-    )
-    if interactions.height == 0:
-        raise DataContractError(
-            listens_label, _RATIO, f"no Listen+ (played_ratio_pct >= {options.listen_threshold}) and no likes"
-        )
-
-    first_ts, last_ts = interactions.get_column("first_ts").min(), interactions.get_column("first_ts").max()
     origin = dt.datetime.combine(options.origin, dt.time())
     if options.align_end:  # the last event's 5-second step ends at midnight
         origin += dt.timedelta(seconds=-(last_event_ts + TIMESTAMP_STEP) % 86_400)
-    first, last = origin + dt.timedelta(seconds=first_ts), origin + dt.timedelta(seconds=last_ts)
-    if last > latest_plausible():
-        raise ProfileError(
-            f"data.yambda.origin: {options.origin} puts the last interaction (timestamp {last_ts:,} s) "
-            f"on {last:%Y-%m-%d}, in the future; choose an origin at least {last_ts // 86_400 + 1} days ago"
+    state = _feedback_state(feedback)
+    ranges = _user_ranges(listens, listen_stats, options.listen_threshold)
+    # above one range, each range's finished rows go to parquet parts in a scratch folder and are
+    # read back lazily: memory holds one range's pairs, never all of them (the 500m size)
+    scratch = Path(tempfile.mkdtemp(prefix="musicrec-yambda-")) if len(ranges) > 1 else None
+    parts: dict[str, list] = {"interactions": [], "organic_pairs": [], "disliked": []}
+    totals = {"listen_plus": 0, "pairs": 0, "capped": 0, "rows": 0, "organic": 0, "like_only": 0}
+    totals["listened_disliked"] = 0
+    folded = dict.fromkeys(FEEDBACK_FILES, 0)
+    first_ts = last_ts = None
+    try:
+        for i, (lo, hi) in enumerate(ranges):
+            pairs = _listened_pairs(listens, options.listen_threshold, lo, hi)
+            totals["listen_plus"] += int(pairs.get_column("listens").sum())
+            totals["pairs"] += pairs.height
+            part_state = state.filter(_in_range(pl.col(C.user_id), lo, hi))
+            interactions, disliked, counts = _combine(pairs, part_state, options)
+            del pairs, part_state  # the pairs live on in ``interactions`` alone
+            interactions, n_capped = _numbered(interactions, options.max_tracks_per_user)
+            for event_type, n in counts["folded"].items():
+                folded[event_type] += n
+            totals["capped"] += n_capped
+            totals["like_only"] += counts["like_only"]
+            totals["listened_disliked"] += counts["listened_disliked"]
+            if interactions.height == 0:
+                continue
+            totals["rows"] += interactions.height
+            totals["organic"] += int(interactions.get_column("is_organic").sum())
+            ts = interactions.get_column("first_ts")
+            first_ts = ts.min() if first_ts is None else min(first_ts, ts.min())
+            last_ts = ts.max() if last_ts is None else max(last_ts, ts.max())
+            frames = {
+                "interactions": interactions.select(
+                    pl.col(C.user_id),
+                    pl.col(C.track_id),
+                    _at(origin, "first_ts").alias(C.started_at),
+                    pl.col(C.track_seq),
+                    pl.col(C.weight),
+                ),
+                "organic_pairs": interactions.select(
+                    C.user_id,
+                    C.track_id,
+                    "is_organic",
+                    pl.col("listens").cast(pl.Int32),
+                    pl.col("organic_listens").cast(pl.Int32),
+                    "liked",
+                ),
+            }
+            del interactions
+            for name, frame in frames.items():
+                if scratch is None:
+                    parts[name].append(frame)
+                else:
+                    frame.write_parquet(scratch / f"{name}-{i:04d}.parquet")
+                    parts[name].append(scratch / f"{name}-{i:04d}.parquet")
+            del frames
+            parts["disliked"].append(disliked)
+        if totals["rows"] == 0:
+            raise DataContractError(
+                listens_label,
+                _RATIO,
+                f"no Listen+ (played_ratio_pct >= {options.listen_threshold}) and no likes",
+            )
+        first, last = origin + dt.timedelta(seconds=first_ts), origin + dt.timedelta(seconds=last_ts)
+        if last > latest_plausible():
+            raise ProfileError(
+                f"data.yambda.origin: {options.origin} puts the last interaction (timestamp {last_ts:,} s) "
+                f"on {last:%Y-%m-%d}, in the future; choose an origin at least "
+                f"{last_ts // 86_400 + 1} days ago"
+            )
+    except BaseException:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    del state
+    dropped.add(
+        f"{listens_label}: repeat Listen+ events of a (user, track) pair merged into its row",
+        totals["listen_plus"] - totals["pairs"],
+    )
+    for event_type, n in folded.items():
+        dropped.add(
+            f"{files.get(event_type)}: {event_type} events folded into their pair's like/dislike state", n
         )
-    started = (pl.lit(origin).cast(pl.Datetime("ns")) + pl.duration(seconds=pl.col("first_ts"))).cast(
-        pl.Datetime("ns")
+    dropped.add(
+        f"{listens_label}: a user's earliest pairs beyond data.yambda.max_tracks_per_user "
+        f"({options.max_tracks_per_user}; track_seq is int16)",
+        totals["capped"],
     )
-    canonical = interactions.select(
-        pl.col(C.user_id),
-        pl.col(C.track_id),
-        started.alias(C.started_at),
-        pl.col(C.track_seq),
-        pl.col(C.weight),
+    if scratch is None:
+        canonical = pl.concat(parts["interactions"]).lazy()
+        organic = pl.concat(parts["organic_pairs"])
+    else:
+        canonical = pl.scan_parquet(parts["interactions"])
+        organic = pl.scan_parquet(parts["organic_pairs"])
+    disliked = (
+        pl.concat(parts["disliked"])
+        .select(C.user_id, C.track_id, _at(origin, "disliked_ts").alias("disliked_at"))
+        .sort(C.user_id, C.track_id)
     )
-    organic = interactions.select(
-        C.user_id,
-        C.track_id,
-        "is_organic",
-        pl.col("listens").cast(pl.Int32),
-        pl.col("organic_listens").cast(pl.Int32),
-        "liked",
-    )
-    disliked = disliked.select(
-        C.user_id,
-        C.track_id,
-        (pl.lit(origin).cast(pl.Datetime("ns")) + pl.duration(seconds=pl.col("disliked_ts")))
-        .cast(pl.Datetime("ns"))
-        .alias("disliked_at"),
-    ).sort(C.user_id, C.track_id)
+    n_rows, n_organic, n_pairs = totals["rows"], totals["organic"], totals["pairs"]
+    n_listen_plus = totals["listen_plus"]
+    counts = {"like_only": totals["like_only"], "listened_disliked": totals["listened_disliked"]}
 
-    track_ids = canonical.select(pl.col(C.track_id).unique().sort()).get_column(C.track_id)
+    track_ids = (
+        canonical.select(pl.col(C.track_id).unique().sort())
+        .collect(engine="streaming")
+        .get_column(C.track_id)
+    )
     shared = _shared_folders(events_dir, folder)
     catalogue_notes: list[str] = []
     tracks = _tracks(track_ids, shared, label, catalogue_notes)
     features = _features(track_ids, shared, label, options.embedding, catalogue_notes)
     names = _names(tracks)
 
-    n_organic = int(organic.get_column("is_organic").sum())
     aligned = ", align_end: the last event's 5-second step ends at midnight" if options.align_end else ""
     notes += [
         f"timestamps are seconds from Yambda's own origin (5-second steps, no calendar dates): "
@@ -242,17 +295,17 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         "100 are replays (250 = two and a half plays)",
         f"weight = log2(1 + plays) + {options.like_weight:g} * liked, plays = sum(played_ratio_pct) / 100 "
         "over the pair's Listen+ events; started_at = the first Listen+ (the like for a liked-only pair)",
-        f"{canonical.height:,} interactions from {raw_rows:,} events: {n_pairs:,} listened pairs "
+        f"{n_rows:,} interactions from {raw_rows:,} events: {n_pairs:,} listened pairs "
         f"({n_listen_plus:,} Listen+ events), {counts['like_only']:,} liked-only pairs added, "
         f"{disliked.height:,} disliked pairs in disliked_pairs.parquet, {counts['listened_disliked']:,} "
         "of them listened: their rows stay, and each window leaves them out from the dislike on",
-        f"{n_organic:,} interactions ({n_organic / canonical.height:.1%}) are organic (is_organic of the "
+        f"{n_organic:,} interactions ({n_organic / n_rows:.1%}) are organic (is_organic of the "
         "event that dates them); organic_pairs.parquet flags each one",
         "no genres in Yambda: content features are the artists, albums and audio embeddings",
         *catalogue_notes,
     ]
-    return SourceData(
-        interactions=canonical.lazy(),
+    data = SourceData(
+        interactions=canonical,
         tracks=tracks,
         catalog_names=names,
         track_features=features,
@@ -260,6 +313,26 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         extra={"organic_pairs": organic, "disliked_pairs": disliked},
         notes=notes,
     )
+    if scratch is not None:  # the parts go when the data does (the data stage has written it by then)
+        weakref.finalize(data, shutil.rmtree, scratch, True)
+    return data
+
+
+def _at(origin: dt.datetime, seconds: str) -> pl.Expr:
+    """``origin`` plus the column ``seconds``, as ``started_at``'s type."""
+    return (pl.lit(origin).cast(pl.Datetime("ns")) + pl.duration(seconds=pl.col(seconds))).cast(
+        pl.Datetime("ns")
+    )
+
+
+def _in_range(column: pl.Expr, lo: int | None, hi: int | None) -> pl.Expr:
+    """Whether ``column`` lies in the inclusive range ``lo .. hi`` (None: unbounded)."""
+    keep = pl.lit(True)
+    if lo is not None:
+        keep &= column >= lo
+    if hi is not None:
+        keep &= column <= hi
+    return keep
 
 
 # --------------------------------------------------------------------------- layout
@@ -510,37 +583,34 @@ def _drop_short(dropped: DropReport, file: str, stats: dict, threshold: int) -> 
 # --------------------------------------------------------------------------- aggregation
 
 
-def _listened_pairs(listens: pl.LazyFrame, stats: dict, threshold: int) -> pl.DataFrame:
-    """One row per (user, track) with Listen+: first time (and whether that event was organic),
-    summed played ratio, Listen+ and organic Listen+ counts.
-
-    Above :data:`CHUNK_LISTENS` Listen+ events, streaming passes over ranges of users, each
-    holding about that many, so the group-by's hash table never holds every pair at once (the
-    files are sorted by user, so a range reads only its row groups).
+def _listened_pairs(listens: pl.LazyFrame, threshold: int, lo: int | None, hi: int | None) -> pl.DataFrame:
+    """One row per (user, track) with Listen+ of the users ``lo .. hi`` (:func:`_user_ranges`):
+    first time (and whether that event was organic), summed played ratio, Listen+ and organic
+    Listen+ counts, in one streaming pass (the files are sorted by user, so a range reads only
+    its row groups).
     """
     # the earliest event wins, an organic one on a tie: min over (time, not organic)
     first_key = pl.col("ts") * 2 + (~pl.col("organic")).cast(pl.Int64)
-    parts = []
-    for lo, hi in _user_ranges(listens, stats, threshold):
-        chunk = listens if lo is None else listens.filter(pl.col(_UID).is_between(lo, hi))
-        parts.append(
-            _normalised(chunk, with_ratio=True)
-            .filter(pl.col("ratio") >= threshold)
-            .group_by(C.user_id, C.track_id)
-            .agg(
-                first_key.min().alias("first_key"),
-                pl.col("ratio").sum().cast(pl.UInt32).alias("ratio_sum"),
-                pl.len().cast(pl.UInt32).alias("listens"),
-                pl.col("organic").sum().cast(pl.UInt32).alias("organic_listens"),
-            )
-            .collect(engine="streaming")
+    chunk = listens if lo is None and hi is None else listens.filter(_in_range(pl.col(_UID), lo, hi))
+    return (
+        _normalised(chunk, with_ratio=True)
+        .filter(pl.col("ratio") >= threshold)
+        .group_by(C.user_id, C.track_id)
+        .agg(
+            first_key.min().alias("first_key"),
+            pl.col("ratio").sum().cast(pl.UInt32).alias("ratio_sum"),
+            pl.len().cast(pl.UInt32).alias("listens"),
+            pl.col("organic").sum().cast(pl.UInt32).alias("organic_listens"),
         )
-    return pl.concat(parts) if len(parts) > 1 else parts[0]
+        .collect(engine="streaming")
+    )
 
 
 def _user_ranges(listens: pl.LazyFrame, stats: dict, threshold: int) -> list[tuple[int | None, int | None]]:
     """Inclusive ``uid`` ranges holding about :data:`CHUNK_LISTENS` Listen+ events each, from
-    a streaming count per user; one open range when everything fits one pass."""
+    a streaming count per user, that together cover every uid (the first open below, the last
+    above: a user with feedback alone falls in one too); one open range when everything fits
+    one pass."""
     if stats["plus"] <= CHUNK_LISTENS:
         return [(None, None)]
     per_user = (
@@ -552,7 +622,11 @@ def _user_ranges(listens: pl.LazyFrame, stats: dict, threshold: int) -> list[tup
         .with_columns((pl.col("len").cum_sum() // CHUNK_LISTENS).alias("chunk"))
     )
     ranges = per_user.group_by("chunk").agg(pl.col(_UID).min().alias("lo"), pl.col(_UID).max().alias("hi"))
-    return [(int(lo), int(hi)) for lo, hi in ranges.sort("chunk").select("lo", "hi").iter_rows()]
+    highs = [int(hi) for hi in ranges.sort("chunk").get_column("hi")]
+    return [
+        (None if i == 0 else highs[i - 1] + 1, None if i == len(highs) - 1 else hi)
+        for i, hi in enumerate(highs)
+    ]
 
 
 def _feedback_state(feedback: pl.LazyFrame) -> pl.DataFrame:
