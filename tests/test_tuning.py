@@ -123,3 +123,23 @@ def test_the_test_window_is_never_read(tiny, searched, tmp_path):
     columns = ["model", "trial", "params", "value", "state"]
     assert again.trials.select(columns).equals(searched.trials.select(columns))
     assert again.best == searched.best
+
+
+def test_the_generators_trials_can_fit_on_a_sample_of_users(tiny):
+    from musicrec import tuning
+
+    profile, paths = tiny
+    every = tuning.TuningData.load(profile, paths)
+    sampled_profile = profile.model_copy(
+        update={"tuning": profile.tuning.model_copy(update={"fit_users": "25%"})}
+    )
+    sampled = tuning.TuningData.load(sampled_profile, paths)
+    heard = every.interactions.get_column("user_id").n_unique()
+    fitted = set(sampled.interactions.get_column("user_id").unique().to_list())
+    assert len(fitted) == round(heard * 0.25)
+    # each fitted user keeps all their history, and only fitted users are scored
+    mine = every.interactions.filter(pl.col("user_id").is_in(list(fitted)))
+    assert mine.height == sampled.interactions.height
+    assert set(sampled.users.tolist()) <= fitted and 0 < len(sampled.users) < len(every.users)
+    again = tuning.TuningData.load(sampled_profile, paths)  # seeded: the same sample
+    assert again.interactions.equals(sampled.interactions)

@@ -646,6 +646,12 @@ class TuningConfig(_Strict):
         description='labels-window users scored per trial: a count or a share ("20%"), drawn with the '
         "seed; all when unset",
     )
+    fit_users: PositiveInt | EventShare | None = Field(
+        None,
+        description="users whose history the generators' trials fit on: a count or a share "
+        '("10%"), drawn with the seed, the scored users among them (a big profile\'s cost control: '
+        "make all then fits the chosen parameters on everyone); all when unset",
+    )
     models: list[Literal[TUNABLE]] = Field(default_factory=lambda: list(TUNABLE))
     space: dict[Literal[TUNABLE], dict[str, Dimension]] = Field(
         default_factory=_default_space,

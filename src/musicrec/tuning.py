@@ -142,8 +142,13 @@ class TuningData:
 
     @classmethod
     def load(cls, profile: Profile, paths: RunPaths) -> TuningData:
-        """Read the history window and the labels window's warm users (nothing of the test window)."""
+        """Read the history window (of the ``tuning.fit_users`` sample, if set) and the labels
+        window's warm users among them (nothing of the test window)."""
         interactions = window_interactions(paths, "history")
+        if profile.tuning.fit_users is not None:
+            heard = interactions.get_column(C.user_id).unique().to_numpy()
+            fitted = sample_of(heard, profile.tuning.fit_users, profile.seed)
+            interactions = interactions.filter(pl.col(C.user_id).is_in(pl.Series(fitted).implode()))
         tracks = pl.read_parquet(paths.tracks)
         data = FitData.build(interactions, tracks)
         targets = window_targets(paths, "labels")
@@ -432,7 +437,9 @@ def write_overlay(
         f"# Tuned by `make tune` (musicrec.tuning) on run {paths.run}, "
         f"{dt.datetime.now().isoformat(timespec='seconds')}:",
         f"# {cfg.metric}@{cfg.k} on the labels window (users: {cfg.sample_users or 'all'}, seed "
-        f"{profile.seed}), fitted on history; TPE, per model:",
+        f"{profile.seed}), fitted on history"
+        + (f" of a sample of {cfg.fit_users} users" if cfg.fit_users is not None else "")
+        + "; TPE, per model:",
         *(
             f"#   {m}: {len(s.trials)} trials, best #{s.best_trial.number} = {s.best_value:.4f}"
             for m, s in studies.items()
