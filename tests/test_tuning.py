@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import yaml
 
-from musicrec.config import ProfileError, load_profile
+from musicrec.config import Dimension, ProfileError, load_profile
 from musicrec.io import RunPaths
 
 MODELS = ["top_popular", "item_knn"]
@@ -143,3 +143,35 @@ def test_the_generators_trials_can_fit_on_a_sample_of_users(tiny):
     assert set(sampled.users.tolist()) <= fitted and 0 < len(sampled.users) < len(every.users)
     again = tuning.TuningData.load(sampled_profile, paths)  # seeded: the same sample
     assert again.interactions.equals(sampled.interactions)
+
+
+def test_i2i_is_searched_over_the_similar_lists_of_the_best_als(tiny, monkeypatch):
+    from musicrec import tuning
+
+    profile, paths = tiny
+    seen = []
+    original = tuning.TuningData.similar
+
+    def spy(self):
+        seen.append(self.profile.candidates.als)
+        return original(self)
+
+    monkeypatch.setattr(tuning.TuningData, "similar", spy)
+    # ALS searched over factors the profile does not have (64), so its best differs from the profile
+    space = dict(profile.tuning.space) | {"personal_als": {"factors": Dimension(choices=[8, 12])}}
+    searched_profile = profile.model_copy(
+        update={"tuning": profile.tuning.model_copy(update={"space": space})}
+    )
+    result = tuning.search(
+        searched_profile,
+        paths,
+        models=["personal_als", "i2i_history"],
+        trials=3,
+        timeout_seconds=300,
+        progress=False,
+    )
+    best_als = result.best["personal_als"]
+    assert seen, "i2i's trials read no similar lists"
+    # every similar list i2i was scored with came from the best ALS found before it
+    assert best_als["factors"] in (8, 12) and profile.candidates.als.factors == 64
+    assert all(als.factors == best_als["factors"] for als in seen)

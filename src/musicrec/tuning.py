@@ -14,8 +14,11 @@ labels users outside the sample and rank the sample's candidates. The scored use
 :data:`STEPS` parts; the metric over the parts so far is a trial's intermediate value, so the
 pruner stops a trial whose first parts score below the median of the earlier trials.
 
-The first trial of each study is the profile as written (where its values lie in the space), so
-the best is never worse than the profile on the labels window. Every trial goes to
+The studies run in ``tuning.models`` order, each from the profile with the earlier studies' best
+values applied: i2i from history, which starts from ALS's similar lists, is searched over the
+lists of the best ALS, not of the profile's (searched over the latter, its best ``last_k`` no
+longer suited the tuned ALS). The first trial of each study is that profile (where its values
+lie in the space), so the best is never worse than it on the labels window. Every trial goes to
 ``outputs/<run>/tuning/trials.parquet`` and the best parameters to ``outputs/<run>/tuning/best.yaml``,
 a profile overlay (``tuned: outputs/<run>/tuning/best.yaml`` in a profile applies it).
 """
@@ -27,7 +30,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +377,7 @@ def search(
     td = TuningData.load(profile, paths)
     ranker = RankerUsers.draw(profile, paths) if "ranker" in models else None
     studies, rows = {}, []
+    base = profile  # the profile with the earlier studies' best values applied
     for model in models:
         study = optuna.create_study(
             direction="maximize",
@@ -381,7 +385,7 @@ def search(
             sampler=optuna.samplers.TPESampler(seed=profile.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         )
-        study.enqueue_trial(starting_point(profile, model, cfg.space[model]))
+        study.enqueue_trial(starting_point(base, model, cfg.space[model]))
         start = time.perf_counter()
 
         def said(study: optuna.Study, trial: optuna.trial.FrozenTrial, model: str = model) -> None:
@@ -390,7 +394,7 @@ def search(
                 say(f"tuning {model}: trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")
 
         study.optimize(
-            _objective(model, profile, td, ranker),
+            _objective(model, base, td, ranker),
             n_trials=trials,
             timeout=timeout_seconds,
             callbacks=[said],
@@ -399,6 +403,9 @@ def search(
         if progress:
             say(f"tuning {model}: {len(study.trials)} trials in {time.perf_counter() - start:.1f} s")
         studies[model] = study
+        if model != "ranker" and any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            base = apply_params(base, model, dict(study.best_trial.params))
+            td = replace(td, profile=base, _similar=None)  # i2i's similar lists: the best ALS's
         rows += [
             {
                 "model": model,
