@@ -184,6 +184,11 @@ def test_coverage_at_further_list_lengths():
     assert got == pytest.approx({1: 0.02, 2: 0.04, 3: 0.05})
     # novelty and diversity stay at beyond_k alone
     assert set(table.filter(pl.col("metric") != "coverage").get_column("k")) == {1, 3}
+    # the report's table: one column per list length of coverage
+    beyond = ev.beyond_table(table)
+    assert beyond.columns == ["model", "coverage@1", "coverage@2", "coverage@3"]
+    model, *values = beyond.row(0)
+    assert model == "a" and values == pytest.approx([0.02, 0.04, 0.05])
 
 
 def test_coverage_beyond_the_evaluated_lists_is_refused():

@@ -303,16 +303,12 @@ def midnight(day: dt.date) -> pl.Expr:
 
 def cut_before(day: dt.date, gap: dt.timedelta) -> pl.Expr:
     """``gap`` before midnight of ``day``, as a literal comparable with ``started_at``."""
-    return (
-        midnight(day)
-        if not gap
-        else pl.lit(dt.datetime.combine(day, dt.time()) - gap).cast(pl.Datetime("ns"))
-    )
+    return pl.lit(dt.datetime.combine(day, dt.time()) - gap).cast(pl.Datetime("ns"))
 
 
-def before(listens: pl.LazyFrame, day: dt.date) -> pl.LazyFrame:
-    """The listens strictly before midnight of ``day``."""
-    return listens.filter(pl.col(C.started_at) < midnight(day))
+def before(listens: pl.LazyFrame, day: dt.date, gap: dt.timedelta = dt.timedelta(0)) -> pl.LazyFrame:
+    """The listens strictly before midnight of ``day`` (less ``gap``)."""
+    return listens.filter(pl.col(C.started_at) < cut_before(day, gap))
 
 
 @dataclass(frozen=True)
@@ -397,7 +393,7 @@ class Windows:
                 listens, ~_from("label_start" if window == "history" else "test_start")
             )
         else:
-            inside = listens.filter(pl.col(C.started_at) < cut_before(end, self.gap))
+            inside = before(listens, end, self.gap)
         return self._without_disliked(inside, end)
 
     def target_listens(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
@@ -412,9 +408,7 @@ class Windows:
             return self._without_disliked(inside, None if window == "test" else self.test_start)
         start, end = self.bounds(window)
         inside = listens.filter(pl.col(C.started_at) >= midnight(start))
-        if end is not None:
-            inside = inside.filter(pl.col(C.started_at) < cut_before(end, self.gap))
-        return self._without_disliked(inside, end)
+        return self._without_disliked(inside if end is None else before(inside, end, self.gap), end)
 
     def users_before(self, listens: pl.LazyFrame, window: str) -> pl.LazyFrame:
         """``user_id`` (unique) of the users with a listen before the target ``window`` (its warm
@@ -426,7 +420,7 @@ class Windows:
                 listens, ~_from("label_start" if window == "labels" else "test_start")
             )
         else:
-            seen = listens.filter(pl.col(C.started_at) < cut_before(self.bounds(window)[0], self.gap))
+            seen = before(listens, self.bounds(window)[0], self.gap)
         return seen.select(C.user_id).unique()
 
     def with_window(self, listens: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame | pl.DataFrame:

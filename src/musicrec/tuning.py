@@ -405,7 +405,8 @@ def search(
         studies[model] = study
         if model != "ranker" and any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
             base = apply_params(base, model, dict(study.best_trial.params))
-            td = replace(td, profile=base, _similar=None)  # i2i's similar lists: the best ALS's
+            # i2i's similar lists come from the profile's ALS: made again only when ALS moved
+            td = replace(td, profile=base, _similar=None if model == "personal_als" else td._similar)
         rows += [
             {
                 "model": model,

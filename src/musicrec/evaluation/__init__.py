@@ -82,6 +82,7 @@ from musicrec.evaluation.segments import (  # noqa: F401
 )
 from musicrec.evaluation.table import (  # noqa: F401
     ModelsPass,
+    beyond_table,
     evaluate_each_model,
     evaluate_models,
     headline,

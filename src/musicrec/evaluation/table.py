@@ -230,6 +230,24 @@ def evaluate_models(
     return sort_metrics(out)
 
 
+def beyond_table(metrics: pl.DataFrame, segment: str = ALL) -> pl.DataFrame:
+    """Coverage, novelty and diversity of each model on ``segment``, one column per ``metric@k``
+    (coverage may be at several list lengths: ``evaluation.coverage_at``), models in order.
+
+    >>> rows = [("a", "coverage", 10, 0.5), ("a", "coverage", 50, 0.8), ("a", "novelty", 10, 3.0)]
+    >>> m = pl.DataFrame(rows, schema=["model", "metric", "k", "value"], orient="row")
+    >>> beyond_table(m.with_columns(segment=pl.lit("all"))).columns
+    ['model', 'coverage@10', 'coverage@50', 'novelty@10']
+    """
+    return (
+        metrics.filter(
+            (pl.col("segment") == segment) & pl.col("metric").is_in(["coverage", "novelty", "diversity"])
+        )
+        .with_columns(pl.format("{}@{}", "metric", "k").alias("metric"))
+        .pivot(on="metric", index="model", values="value", maintain_order=True)
+    )
+
+
 def sort_metrics(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows in reading order: models as given, then segment (all, light, medium, heavy, cold), metric, k."""
     metric_order = [

@@ -76,6 +76,7 @@ import datetime as dt
 import shutil
 import tempfile
 import weakref
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -177,49 +178,17 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
     # read back lazily: memory holds one range's pairs, never all of them (the 500m size)
     scratch = Path(tempfile.mkdtemp(prefix="musicrec-yambda-")) if len(ranges) > 1 else None
     parts: dict[str, list] = {"interactions": [], "organic_pairs": [], "disliked": []}
-    totals = {"listen_plus": 0, "pairs": 0, "capped": 0, "rows": 0, "organic": 0, "like_only": 0}
-    totals["listened_disliked"] = 0
-    folded = dict.fromkeys(FEEDBACK_FILES, 0)
+    totals: Counter[str] = Counter()  # summed over the ranges (folded:<type>: feedback events)
     first_ts = last_ts = None
     try:
         for i, (lo, hi) in enumerate(ranges):
-            pairs = _listened_pairs(listens, options.listen_threshold, lo, hi)
-            totals["listen_plus"] += int(pairs.get_column("listens").sum())
-            totals["pairs"] += pairs.height
-            part_state = state.filter(_in_range(pl.col(C.user_id), lo, hi))
-            interactions, disliked, counts = _combine(pairs, part_state, options)
-            del pairs, part_state  # the pairs live on in ``interactions`` alone
-            interactions, n_capped = _numbered(interactions, options.max_tracks_per_user)
-            for event_type, n in counts["folded"].items():
-                folded[event_type] += n
-            totals["capped"] += n_capped
-            totals["like_only"] += counts["like_only"]
-            totals["listened_disliked"] += counts["listened_disliked"]
-            if interactions.height == 0:
+            frames, disliked, counts, span = _range_rows(listens, state, options, origin, lo, hi)
+            totals.update(counts)
+            parts["disliked"].append(disliked)
+            if span is None:
                 continue
-            totals["rows"] += interactions.height
-            totals["organic"] += int(interactions.get_column("is_organic").sum())
-            ts = interactions.get_column("first_ts")
-            first_ts = ts.min() if first_ts is None else min(first_ts, ts.min())
-            last_ts = ts.max() if last_ts is None else max(last_ts, ts.max())
-            frames = {
-                "interactions": interactions.select(
-                    pl.col(C.user_id),
-                    pl.col(C.track_id),
-                    _at(origin, "first_ts").alias(C.started_at),
-                    pl.col(C.track_seq),
-                    pl.col(C.weight),
-                ),
-                "organic_pairs": interactions.select(
-                    C.user_id,
-                    C.track_id,
-                    "is_organic",
-                    pl.col("listens").cast(pl.Int32),
-                    pl.col("organic_listens").cast(pl.Int32),
-                    "liked",
-                ),
-            }
-            del interactions
+            first_ts = span[0] if first_ts is None else min(first_ts, span[0])
+            last_ts = span[1] if last_ts is None else max(last_ts, span[1])
             for name, frame in frames.items():
                 if scratch is None:
                     parts[name].append(frame)
@@ -227,7 +196,6 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
                     frame.write_parquet(scratch / f"{name}-{i:04d}.parquet")
                     parts[name].append(scratch / f"{name}-{i:04d}.parquet")
             del frames
-            parts["disliked"].append(disliked)
         if totals["rows"] == 0:
             raise DataContractError(
                 listens_label,
@@ -250,9 +218,10 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         f"{listens_label}: repeat Listen+ events of a (user, track) pair merged into its row",
         totals["listen_plus"] - totals["pairs"],
     )
-    for event_type, n in folded.items():
+    for event_type in FEEDBACK_FILES:
         dropped.add(
-            f"{files.get(event_type)}: {event_type} events folded into their pair's like/dislike state", n
+            f"{files.get(event_type)}: {event_type} events folded into their pair's like/dislike state",
+            totals[f"folded:{event_type}"],
         )
     dropped.add(
         f"{listens_label}: a user's earliest pairs beyond data.yambda.max_tracks_per_user "
@@ -270,9 +239,7 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         .select(C.user_id, C.track_id, _at(origin, "disliked_ts").alias("disliked_at"))
         .sort(C.user_id, C.track_id)
     )
-    n_rows, n_organic, n_pairs = totals["rows"], totals["organic"], totals["pairs"]
-    n_listen_plus = totals["listen_plus"]
-    counts = {"like_only": totals["like_only"], "listened_disliked": totals["listened_disliked"]}
+    n_rows, n_organic = totals["rows"], totals["organic"]
 
     track_ids = (
         canonical.select(pl.col(C.track_id).unique().sort())
@@ -295,9 +262,9 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
         "100 are replays (250 = two and a half plays)",
         f"weight = log2(1 + plays) + {options.like_weight:g} * liked, plays = sum(played_ratio_pct) / 100 "
         "over the pair's Listen+ events; started_at = the first Listen+ (the like for a liked-only pair)",
-        f"{n_rows:,} interactions from {raw_rows:,} events: {n_pairs:,} listened pairs "
-        f"({n_listen_plus:,} Listen+ events), {counts['like_only']:,} liked-only pairs added, "
-        f"{disliked.height:,} disliked pairs in disliked_pairs.parquet, {counts['listened_disliked']:,} "
+        f"{n_rows:,} interactions from {raw_rows:,} events: {totals['pairs']:,} listened pairs "
+        f"({totals['listen_plus']:,} Listen+ events), {totals['like_only']:,} liked-only pairs added, "
+        f"{disliked.height:,} disliked pairs in disliked_pairs.parquet, {totals['listened_disliked']:,} "
         "of them listened: their rows stay, and each window leaves them out from the dislike on",
         f"{n_organic:,} interactions ({n_organic / n_rows:.1%}) are organic (is_organic of the "
         "event that dates them); organic_pairs.parquet flags each one",
@@ -316,6 +283,51 @@ def load(folder: Path, options: YambdaConfig) -> SourceData:
     if scratch is not None:  # the parts go when the data does (the data stage has written it by then)
         weakref.finalize(data, shutil.rmtree, scratch, True)
     return data
+
+
+def _range_rows(
+    listens: pl.LazyFrame,
+    state: pl.DataFrame,
+    options: YambdaConfig,
+    origin: dt.datetime,
+    lo: int | None,
+    hi: int | None,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, Counter[str], tuple[int, int] | None]:
+    """The finished rows of the users ``lo .. hi`` (:func:`_user_ranges`): their Listen+ pairs
+    merged, combined with their feedback state and numbered, as the ``interactions`` and
+    ``organic_pairs`` frames; their disliked pairs; the counts the notes and the drop report
+    sum over the ranges; and the range's first and last ``first_ts`` (None: no rows)."""
+    pairs = _listened_pairs(listens, options.listen_threshold, lo, hi)
+    counts: Counter[str] = Counter(listen_plus=int(pairs.get_column("listens").sum()), pairs=pairs.height)
+    interactions, disliked, combined = _combine(
+        pairs, state.filter(_in_range(pl.col(C.user_id), lo, hi)), options
+    )
+    del pairs  # the pairs live on in ``interactions`` alone
+    interactions, counts["capped"] = _numbered(interactions, options.max_tracks_per_user)
+    counts.update({f"folded:{t}": n for t, n in combined["folded"].items()})
+    counts.update(like_only=combined["like_only"], listened_disliked=combined["listened_disliked"])
+    if interactions.height == 0:
+        return {}, disliked, counts, None
+    counts.update(rows=interactions.height, organic=int(interactions.get_column("is_organic").sum()))
+    ts = interactions.get_column("first_ts")
+    frames = {
+        "interactions": interactions.select(
+            pl.col(C.user_id),
+            pl.col(C.track_id),
+            _at(origin, "first_ts").alias(C.started_at),
+            pl.col(C.track_seq),
+            pl.col(C.weight),
+        ),
+        "organic_pairs": interactions.select(
+            C.user_id,
+            C.track_id,
+            "is_organic",
+            pl.col("listens").cast(pl.Int32),
+            pl.col("organic_listens").cast(pl.Int32),
+            "liked",
+        ),
+    }
+    return frames, disliked, counts, (int(ts.min()), int(ts.max()))
 
 
 def _at(origin: dt.datetime, seconds: str) -> pl.Expr:
