@@ -220,6 +220,45 @@ def _files(folder: Path) -> tuple[Path, Path]:
     return folder / "recos.parquet", folder / "relevant.parquet"
 
 
+def test_evaluation_table_on_spark_equals_local(tiny, spark):
+    """The evaluation stage's table and curves (every ranking metric, segment, relevance segment and
+    the cold users) with Spark's per-user values: the local values and bootstrap intervals."""
+    from musicrec import evaluation as ev
+    from musicrec.spark import ranking_values
+
+    profile, paths = tiny
+    test = ev.held_out_listens(paths)
+    segments = ev.user_segments(paths, test)
+    assert set(segments.get_column("segment")) >= {"cold", "light", "heavy"}
+    lists = {"a": _lists(paths, seed=21), "b": _lists(paths, seed=22, max_len=60)}
+    organic = test.filter(pl.col(C.track_id) % 2 == 0)  # a relevance segment: a subset of the test
+    kwargs = dict(
+        cold=_lists(paths, seed=23),
+        relevance={"organic": organic},
+        curve_ks=[1, 5, 10, 40],
+        ks=KS,
+        beyond_k=10,
+        n_items=3000,
+        n_boot=200,
+        seed=4,
+    )
+    local = ev.evaluate_each_model(lists, test, segments, 50, **kwargs)
+    engine = ranking_values(profile)
+    assert engine is not None and ranking_values(profile.model_copy(update={"engine": "local"})) is None
+    got = ev.evaluate_each_model(lists, test, segments, 50, ranking_values=engine, **kwargs)
+    keys = ["model", "k", "metric", "segment"]
+    assert got.results.select(keys).equals(local.results.select(keys))
+    assert set(local.results.get_column("segment")) >= {"all", "cold", "organic", "light"}
+    for column in ("value", "lower", "upper"):
+        diff = (got.results.get_column(column) - local.results.get_column(column)).abs().fill_nan(0.0)
+        assert diff.max() <= TOL, column
+    ranking_rows = local.results.filter(pl.col("metric") == "ndcg").get_column("value")
+    assert ranking_rows.max() > 0  # the lists find test listens: the comparison is not of zeros
+    joined = local.curves.join(got.curves, on=["model", "k", "metric"], suffix="_spark")
+    assert joined.height == local.curves.height == got.curves.height > 0
+    assert (joined.get_column("value") - joined.get_column("value_spark")).abs().max() <= TOL
+
+
 # --------------------------------------------------------------------------- candidate recall
 
 

@@ -434,6 +434,8 @@ class CandidateStage:
         """i2i from history: the similar lists of each user's last listens, users in batches."""
         cfg = self.profile.candidates
         run = GeneratorRun("i2i_history", window)
+        if self.profile.engine == "spark":
+            return self._spark_i2i(data, out, window, run)
         similar = pl.read_parquet(out / "similar.parquet", columns=[C.track_id, C.similar_track_id, C.score])
         # sorted by user: each batch is a slice, never a scan of the whole window
         recent = last_listens(interactions, cfg.i2i_history.last_k).collect()
@@ -463,6 +465,28 @@ class CandidateStage:
         run.rows = _timed(self.progress, run, "recommend_seconds", i2i_batches)
         run.files = ["i2i_history.parquet"]
         run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
+        return run
+
+    def _spark_i2i(self, data: FitData, out: Path, window: str, run: GeneratorRun) -> GeneratorRun:
+        """i2i from history on Spark (:mod:`musicrec.spark.i2i`, ``engine: spark``): the window's
+        listens read by Spark, the similar lists ALS just wrote, the same file as the local one."""
+        from musicrec.spark import spark_session
+        from musicrec.spark.als import window_listens
+        from musicrec.spark.i2i import write_i2i_from_history
+
+        cfg = self.profile.candidates.i2i_history
+        listens = window_listens(spark_session(self.profile), self.paths, window)
+        users = data.user_ids[self.rows] if len(self.rows) < len(data.user_ids) else None
+
+        def write() -> int:
+            path = write_i2i_from_history(
+                listens, out / "similar.parquet", out / "i2i_history.parquet", cfg.last_k, cfg.n, users
+            )
+            return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+        run.rows = _timed(self.progress, run, "recommend_seconds", write)
+        run.files = ["i2i_history.parquet"]
+        run.note = f"on Spark, from the ALS similar lists of each user's last {cfg.last_k} listens"
         return run
 
     def _item_knn(self, data: FitData, out: Path, window: str) -> GeneratorRun:
