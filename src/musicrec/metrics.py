@@ -689,7 +689,7 @@ def _mean_pair_distance(slots: np.ndarray, words: np.ndarray, sizes: np.ndarray,
 def _support(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their counts; beyond ``BOOTSTRAP_MAX_SUPPORT`` values, bins.
 
-    Values equal to :data:`SUPPORT_DECIMALS` decimals are one value (their mean): the same
+    Values equal to :data:`SUPPORT_DECIMALS` decimals are one value (the smallest): the same
     users' values summed in another order (another engine: Spark's, say) differ in the last
     bits, and without this would split a distinct value in two and change the draws. Binned
     values are replaced by their bin's mean, so the sample mean is kept exactly and only the
@@ -699,16 +699,17 @@ def _support(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> counts.tolist()
     [2, 1]
     """
-    keys = np.round(values, SUPPORT_DECIMALS)
-    distinct, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    if len(distinct) <= BOOTSTRAP_MAX_SUPPORT:
-        return np.bincount(inverse, weights=values) / counts, counts
+    ordered = np.sort(values)
+    keys = np.round(ordered, SUPPORT_DECIMALS)  # rounding keeps the order
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    if len(starts) <= BOOTSTRAP_MAX_SUPPORT:  # each value is its group's smallest
+        return ordered[starts], np.diff(np.r_[starts, len(ordered)])
     low, high = float(keys.min()), float(keys.max())
     bins = np.minimum(
         ((keys - low) / (high - low) * BOOTSTRAP_MAX_SUPPORT).astype(np.int64), BOOTSTRAP_MAX_SUPPORT - 1
     )
     counts = np.bincount(bins, minlength=BOOTSTRAP_MAX_SUPPORT)
-    sums = np.bincount(bins, weights=values, minlength=BOOTSTRAP_MAX_SUPPORT)
+    sums = np.bincount(bins, weights=ordered, minlength=BOOTSTRAP_MAX_SUPPORT)
     used = counts > 0
     return sums[used] / counts[used], counts[used]
 
