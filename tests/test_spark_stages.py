@@ -112,6 +112,94 @@ def test_candidates_stage_writes_the_local_top_popular_file_on_spark(tiny, tmp_p
     assert_frame_equal(spark, local)
 
 
+# --------------------------------------------------------------------------- data stage: the Yandex adapter
+
+
+def _yandex_folder(paths: RunPaths, folder, interactions: pl.DataFrame | None = None):
+    """The tiny run's data as the Yandex Music files (the canonical format), ``interactions``
+    replacing its listens when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listens = pl.read_parquet(paths.interactions).drop(C.weight) if interactions is None else interactions
+    listens.write_parquet(folder / "interactions.parquet")
+    shutil.copy(paths.tracks, folder / "tracks.parquet")
+    shutil.copy(paths.catalog_names, folder / "catalog_names.parquet")
+    return folder
+
+
+def _yandex_profile(profile, folder, **options):
+    data = profile.data.model_copy(
+        update={"source": "yandex", "path": folder, "yandex": profile.data.yandex.model_copy(update=options)}
+    )
+    return profile.model_copy(update={"data": data, "run_name": f"yandex-{profile.engine}"})
+
+
+def _build(profile, root):
+    from musicrec.data import build_dataset
+
+    run = RunPaths.for_profile(profile, root)
+    return run, build_dataset(profile, run, progress=False)
+
+
+def test_data_stage_adapts_yandex_files_on_spark_like_local(tiny, tmp_path):
+    spark_profile, local_profile, paths = tiny
+    folder = _yandex_folder(paths, tmp_path / "raw")
+    (local, local_summary), (spark, spark_summary) = (
+        _build(_yandex_profile(profile, folder), tmp_path / profile.engine)
+        for profile in (local_profile, spark_profile)
+    )
+    order = [C.user_id, C.started_at, C.track_id]
+    expected = pl.read_parquet(local.interactions).sort(order)
+    assert expected.height == pl.read_parquet(paths.interactions).height > 10_000
+    assert_frame_equal(pl.read_parquet(spark.interactions).sort(order), expected)
+    for name in ("tracks", "catalog_names"):
+        assert_frame_equal(pl.read_parquet(getattr(spark, name)), pl.read_parquet(getattr(local, name)))
+    assert "written on Spark" in " ".join(spark_summary["notes"])
+    assert {k: v for k, v in spark_summary.items() if k not in ("notes", "raw_path")} == {
+        k: v for k, v in local_summary.items() if k not in ("notes", "raw_path")
+    }
+    assert json.loads(spark.split.read_text()) == json.loads(local.split.read_text())
+
+
+def _broken(listens: pl.DataFrame, case: str) -> pl.DataFrame:
+    """The tiny run's listens broken one way."""
+    every_500th = pl.int_range(pl.len()) % 500 == 7
+    if case == "repeated pair":  # a copy of the first listen
+        return pl.concat([listens, listens.head(1)])
+    if case == "unknown track":
+        return listens.with_columns(pl.when(every_500th).then(10**7).otherwise(C.track_id).alias(C.track_id))
+    if case == "misspelled column":
+        return listens.rename({C.user_id: "userid"})
+    if case == "text ids":
+        return listens.with_columns(pl.col(C.track_id).cast(pl.Utf8))
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["repeated pair", "unknown track", "misspelled column", "text ids"])
+def test_data_stage_on_spark_stops_yandex_files_with_the_local_error(tiny, tmp_path, case):
+    from musicrec.schema import DataContractError
+
+    spark_profile, local_profile, paths = tiny
+    listens = pl.read_parquet(paths.interactions).drop(C.weight)
+    folder = _yandex_folder(paths, tmp_path / "raw", _broken(listens, case))
+    errors = []
+    for profile in (local_profile, spark_profile):
+        with pytest.raises(DataContractError) as info:
+            _build(_yandex_profile(profile, folder), tmp_path / profile.engine)
+        errors.append(info.value)
+    local, spark = errors
+    assert (spark.file, spark.column, spark.problem) == (local.file, local.column, local.problem)
+
+
+def test_yandex_files_without_track_seq_fall_back_to_the_local_adapter(tiny, tmp_path):
+    spark_profile, local_profile, paths = tiny
+    listens = pl.read_parquet(paths.interactions).drop(C.weight, C.track_seq)
+    folder = _yandex_folder(paths, tmp_path / "raw", listens)
+    spark, summary = _build(_yandex_profile(spark_profile, folder), tmp_path / "spark")
+    assert any("ran on the local engine" in note and "track_seq" in note for note in summary["notes"])
+    local, _ = _build(_yandex_profile(local_profile, folder), tmp_path / "local")
+    assert_frame_equal(pl.read_parquet(spark.interactions), pl.read_parquet(local.interactions))
+
+
 # --------------------------------------------------------------------------- candidates stage: i2i
 
 

@@ -33,8 +33,6 @@ streamed into one file by polars, atomically) or, with ``single_file=False``, a 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,9 +43,8 @@ import polars as pl
 
 from musicrec.candidates.base import SIMILAR_SCHEMA, USER_RECS_SCHEMA
 from musicrec.config import AlsConfig
-from musicrec.io import atomic_path
 from musicrec.schema import C
-from musicrec.spark.frames import STARTED_NS, to_polars
+from musicrec.spark.frames import STARTED_NS, to_polars, write_frame
 
 if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
@@ -190,11 +187,11 @@ class SparkAlsGenerator:
         self, path: str | Path, n: int, users: Iterable[int] | None = None, single_file: bool = True
     ) -> Path:
         """:meth:`recommend` to ``path`` (``personal_als.parquet``): one file, or a folder of parts."""
-        return _write(self.recommend(n, users), path, USER_RECS_SCHEMA, single_file)
+        return write_frame(self.recommend(n, users), path, USER_RECS_SCHEMA, single_file)
 
     def write_similar(self, path: str | Path, n: int, single_file: bool = True) -> Path:
         """:meth:`similar` to ``path`` (``similar.parquet``): one file, or a folder of parts."""
-        return _write(self.similar(n), path, SIMILAR_SCHEMA, single_file)
+        return write_frame(self.similar(n), path, SIMILAR_SCHEMA, single_file)
 
     def save(self, folder: str | Path) -> Path:
         """The fitted model in Spark's own format (``folder/als_spark/``, ``ALSModel.load`` reads
@@ -307,27 +304,6 @@ def _frame(
             C.rank: ranks.astype(np.int16),
         }
     )
-
-
-def _write(frame: DataFrame, path: str | Path, schema: dict, single_file: bool) -> Path:
-    """Write a Spark frame of one of the candidate schemas: a single parquet file (Spark's parts
-    streamed into one by polars) or, with ``single_file=False``, a folder of parts; atomically."""
-    from musicrec.spark.frames import write_large
-
-    path = Path(path)
-    if not single_file:
-        return write_large(frame, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".parts", dir=path.parent))
-    try:
-        frame.write.mode("overwrite").parquet(str(parts))
-        files = sorted(parts.glob("*.parquet"))
-        lazy = pl.scan_parquet(files) if files else pl.LazyFrame(schema=schema)
-        with atomic_path(path) as tmp:
-            lazy.cast(schema).sink_parquet(tmp, compression="zstd", statistics=True)
-    finally:
-        shutil.rmtree(parts, ignore_errors=True)
-    return path
 
 
 def window_listens(spark: SparkSession, paths: RunPaths, window: str) -> DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from musicrec.candidates.base import USER_RECS_SCHEMA
 from musicrec.schema import C
-from musicrec.spark.frames import STARTED_NS
+from musicrec.spark.frames import STARTED_NS, write_frame
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -90,12 +90,10 @@ def write_i2i_from_history(
     """:func:`i2i_from_history` of the window's listens and the similar lists at
     ``similar_path``, written to ``out`` (``i2i_history.parquet``: one file, atomically), for
     ``users`` only when given (the users the candidates stage lists)."""
-    from musicrec.spark.als import _write
-
     spark = listens.sparkSession
     chosen = None
     if users is not None:
         ids = pd.DataFrame({C.user_id: np.asarray(users, dtype=np.int32)})
         chosen = spark.createDataFrame(ids, f"{C.user_id} int")  # through Arrow
     similar = spark.read.parquet(str(similar_path))
-    return _write(i2i_from_history(listens, similar, last_k, n, chosen), out, USER_RECS_SCHEMA, True)
+    return write_frame(i2i_from_history(listens, similar, last_k, n, chosen), out, USER_RECS_SCHEMA, True)
