@@ -399,8 +399,10 @@ class CandidateStage:
         return run
 
     def _spark_als(self, data: FitData, out: Path, window: str) -> GeneratorRun:
-        """ALS on Spark (:mod:`musicrec.spark.als`, ``engine: spark``): fitted afresh on each window
-        (Spark's ALS has no refit from the history factors), the same two files as the local one."""
+        """ALS on Spark (:mod:`musicrec.spark.als`, ``engine: spark``), the same two files as the
+        local one: fitted on the history; on history + labels fitted afresh, or with ``refit: users``
+        the history item factors kept and each user's factors solved (the similar lists copied from
+        the history fit). ``refit: warm`` is a full fit here (Spark's ALS takes no initial factors)."""
         from musicrec.spark import spark_session
         from musicrec.spark.als import fit_and_write, window_listens
 
@@ -408,6 +410,13 @@ class CandidateStage:
         run = GeneratorRun("personal_als", window)
         spark = spark_session(self.profile)
         users = data.user_ids[self.rows] if len(self.rows) < len(data.user_ids) else None
+        history = paths.model_dir("history")
+        refit = (
+            window == "history+labels"
+            and cfg.refit == "users"
+            and (history / "als_spark").is_dir()
+            and (out / "history" / "similar.parquet").is_file()
+        )
         started = time.perf_counter()
 
         def fitted(_gen) -> None:
@@ -422,12 +431,18 @@ class CandidateStage:
                 users=users,
                 on_fit=fitted,
                 models=paths.model_dir(window),
+                history=history if refit else None,
             )
         run.recommend_seconds = time.perf_counter() - started - run.fit_seconds
         run.peak_rss_gb = round(memory.peak_gb, 2)  # the driver's; the executors' are Spark's own
+        run.note = (
+            f"Spark ALS (refit: {'users' if refit else 'full'}); item pool: {len(gen.pool_ids):,} tracks"
+        )
+        if refit:
+            _timed(self.progress, run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
+            run.note += "; similar lists: the history fit's (item factors kept)"
         run.rows = pl.scan_parquet(out / "personal_als.parquet").select(pl.len()).collect().item()
         run.files = ["personal_als.parquet", "similar.parquet"]
-        run.note = f"Spark ALS (refit: full); item pool: {len(gen.pool_ids):,} tracks"
         return run
 
     def _i2i(self, data: FitData, interactions: pl.DataFrame, out: Path, window: str) -> GeneratorRun:
