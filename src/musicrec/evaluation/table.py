@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -222,40 +223,25 @@ def evaluate_models(
         relevant = relevant.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
         users = relevant.join(warm_df, on=C.user_id, how="semi").get_column(C.user_id).unique().sort()
         relevant_sets[segment] = (relevant, users)
+    # every metric of one model's lists for some groups of users, against some relevant listens
+    metrics_of = partial(
+        _evaluate_groups,
+        ranking=ranking,
+        beyond=beyond,
+        beyond_k=beyond_k,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        ranking_values=ranking_values,
+    )
     for model, frame in lists.items():
         recos = _collect_lists(frame, warm_df, max_k)
-        rows += _evaluate_groups(
-            model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed, ranking_values
-        )
+        rows += metrics_of(model, recos, test, groups)
         for segment, (relevant, users) in relevant_sets.items():
-            rows += _evaluate_groups(
-                model,
-                recos,
-                relevant,
-                {segment: users},
-                ranking,
-                beyond,
-                beyond_k,
-                n_boot,
-                alpha,
-                seed,
-                ranking_values,
-            )
+            rows += metrics_of(model, recos, relevant, {segment: users})
     if cold is not None and cold_users.len():
         recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
-        once = _evaluate_groups(
-            COLD,
-            recos,
-            test,
-            {COLD: cold_users},
-            ranking,
-            beyond,
-            beyond_k,
-            n_boot,
-            alpha,
-            seed,
-            ranking_values,
-        )  # one list under every name: computed once
+        once = metrics_of(COLD, recos, test, {COLD: cold_users})  # one list under every name: computed once
         rows += [r | {"model": model} for model in cold_models for r in once]
     out = pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
     return sort_metrics(out)
