@@ -171,9 +171,8 @@ class SparkAlsGenerator:
 
         assert self.item_factors is not None and self.pool_ids is not None, "fit first"
         factors = self.item_factors
-        if (
-            self.config.item_pool is not None or self.model is None
-        ):  # else the pool is every track with factors
+        # every track with factors is in the pool only after a full fit without an item_pool
+        if self.config.item_pool is not None or self.model is None:
             pool = factors.sparkSession.createDataFrame(pd.DataFrame({"id": self.pool_ids}))
             factors = factors.join(F.broadcast(pool), "id")
         rows = to_polars(factors).sort("id")
