@@ -24,15 +24,20 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def tiny_spark_run(root: Path, master: str = "local[2]") -> tuple[Profile, RunPaths]:
-    """The tiny profile on ``engine: spark`` (``master``, small memory) and its data built under
-    ``root``; skips (see :func:`unavailable`) without pyspark or Java."""
+def require_spark() -> None:
+    """Skip (see :func:`unavailable`) without pyspark or Java."""
     try:
         import pyspark  # noqa: F401
     except ImportError:
         unavailable("pyspark is not installed (make spark-setup)")
     if java_executable() is None:
         unavailable("no java on PATH or in JAVA_HOME (the Spark engine needs Java 17)")
+
+
+def tiny_spark_run(root: Path, master: str = "local[2]") -> tuple[Profile, RunPaths]:
+    """The tiny profile on ``engine: spark`` (``master``, small memory) and its data built under
+    ``root``; skips (see :func:`unavailable`) without pyspark or Java."""
+    require_spark()
     from musicrec.data import build_dataset
 
     profile = load_profile(ROOT / "params" / "tiny.yaml", engine="spark")

@@ -362,6 +362,20 @@ def test_bootstrap_of_a_constant_collapses():
     assert bootstrap_ci(np.full(500, 0.37)) == (0.37, 0.37)
 
 
+def test_bootstrap_ignores_the_last_bits_and_the_order_of_the_values():
+    """Another engine sums the same users' values in another order: the last bits differ, and the
+    interval must not (without the rounding, a value split in two changes every draw)."""
+    rng = np.random.default_rng(3)
+    values_ = rng.integers(0, 7, size=400) / 7  # few distinct values, as NDCG of short lists
+    nudged = np.nextafter(values_, np.where(rng.random(400) < 0.5, -1.0, 2.0))  # one ulp away
+    assert (nudged != values_).all()
+    expected = bootstrap_ci(values_, n_boot=300, seed=5)
+    assert bootstrap_ci(nudged, n_boot=300, seed=5) == pytest.approx(expected, abs=1e-12)
+    assert bootstrap_ci(rng.permutation(nudged), n_boot=300, seed=5) == pytest.approx(expected, abs=1e-12)
+    distinct = np.arange(400) / 400  # truly different values stay different: a wider spread
+    assert bootstrap_ci(distinct, n_boot=300, seed=5) != pytest.approx(expected, abs=1e-3)
+
+
 def test_bootstrap_of_a_proportion_matches_the_normal_interval():
     # p = 0.5, n = 10000: 0.5 ± 1.96 * sqrt(0.25 / 10000) = 0.5 ± 0.0098
     values_ = np.r_[np.zeros(5000), np.ones(5000)]

@@ -8,12 +8,14 @@ neither pyspark nor Java.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from spark_support import SMALL, tiny_spark_run
 
 from musicrec import metrics as local_metrics
@@ -22,7 +24,8 @@ from musicrec.candidates.popular import top_popular as local_top_popular
 from musicrec.candidates.recall import candidate_recall as local_candidate_recall
 from musicrec.config import Profile, SparkConfig, SplitConfig
 from musicrec.io import write_parquet
-from musicrec.schema import C
+from musicrec.schema import INTERACTIONS_SCHEMA, C
+from musicrec.spark.frames import to_polars
 from musicrec.spark.session import EngineUnavailable, require_engine, spark_session
 from musicrec.split import compute_split as local_compute_split
 from musicrec.split import window_expr
@@ -220,6 +223,45 @@ def _files(folder: Path) -> tuple[Path, Path]:
     return folder / "recos.parquet", folder / "relevant.parquet"
 
 
+def test_evaluation_table_on_spark_equals_local(tiny, spark):
+    """The evaluation stage's table and curves (every ranking metric, segment, relevance segment and
+    the cold users) with Spark's per-user values: the local values and bootstrap intervals."""
+    from musicrec import evaluation as ev
+    from musicrec.spark import ranking_values
+
+    profile, paths = tiny
+    test = ev.held_out_listens(paths)
+    segments = ev.user_segments(paths, test)
+    assert set(segments.get_column("segment")) >= {"cold", "light", "heavy"}
+    lists = {"a": _lists(paths, seed=21), "b": _lists(paths, seed=22, max_len=60)}
+    organic = test.filter(pl.col(C.track_id) % 2 == 0)  # a relevance segment: a subset of the test
+    kwargs = dict(
+        cold=_lists(paths, seed=23),
+        relevance={"organic": organic},
+        curve_ks=[1, 5, 10, 40],
+        ks=KS,
+        beyond_k=10,
+        n_items=3000,
+        n_boot=200,
+        seed=4,
+    )
+    local = ev.evaluate_each_model(lists, test, segments, 50, **kwargs)
+    engine = ranking_values(profile)
+    assert engine is not None and ranking_values(profile.model_copy(update={"engine": "local"})) is None
+    got = ev.evaluate_each_model(lists, test, segments, 50, ranking_values=engine, **kwargs)
+    keys = ["model", "k", "metric", "segment"]
+    assert got.results.select(keys).equals(local.results.select(keys))
+    assert set(local.results.get_column("segment")) >= {"all", "cold", "organic", "light"}
+    for column in ("value", "lower", "upper"):
+        diff = (got.results.get_column(column) - local.results.get_column(column)).abs().fill_nan(0.0)
+        assert diff.max() <= TOL, column
+    ranking_rows = local.results.filter(pl.col("metric") == "ndcg").get_column("value")
+    assert ranking_rows.max() > 0  # the lists find test listens: the comparison is not of zeros
+    joined = local.curves.join(got.curves, on=["model", "k", "metric"], suffix="_spark")
+    assert joined.height == local.curves.height == got.curves.height > 0
+    assert (joined.get_column("value") - joined.get_column("value_spark")).abs().max() <= TOL
+
+
 # --------------------------------------------------------------------------- candidate recall
 
 
@@ -285,6 +327,75 @@ def test_window_labels_equal_local(tiny, spark):
     got = to_polars(with_windows(read_interactions(spark, paths.interactions), label_start, test_start))
     assert got.select(cols).sort(cols).equals(expected)
     assert set(expected.get_column("window")) == {"history", "labels", "test"}
+
+
+# --------------------------------------------------------------------------- the data contract
+
+#: Interactions files each breaking the contract one way (over test_schema's valid five rows):
+#: ``(name, changes)``, and the valid file itself.
+CONTRACT_CASES = [
+    ("valid", {}),
+    ("repeated pair", {"track_id": [10, 11, 10, 10, 11]}),
+    ("repeated pairs, weight given", {"track_id": [10, 10, 10, 11, 11], "weight": [1.0] * 5}),
+    ("unknown track", {"track_id": [10, 11, 10, 99, 11]}),
+    ("null user", {"user_id": [1, None, 2, 2, 3]}),
+    ("null date", {"started_at": [None, *[dt.datetime(2022, 1, 2)] * 4]}),
+    ("user beyond int32", {"user_id": [1, 1, 2, 2, 2**40]}),
+    ("track_seq beyond int16", {"track_seq": [1, 2, 1, 40_000, 1]}),
+    ("text user", {"user_id": ["a", "a", "b", "b", "c"]}),
+    ("text date", {"started_at": ["2022-01-01"] * 5}),
+    ("a date in the future", {"started_at": [dt.datetime(2022, 1, 1)] * 4 + [dt.datetime(2999, 1, 1)]}),
+    ("no track_seq", {"track_seq": None}),
+    ("misspelled track_id", {"track_id": None, "trackid": [10, 11, 10, 12, 11]}),
+]
+
+
+def _contract_file(folder: Path, changes: dict) -> Path:
+    from test_schema import interactions
+
+    frame = interactions().with_columns(pl.Series("track_seq", [1, 2, 1, 2, 1], dtype=pl.Int16))
+    for name, values in changes.items():
+        frame = (
+            frame.drop(name, strict=False) if values is None else frame.with_columns(pl.Series(name, values))
+        )
+    path = folder / "events.parquet"
+    write_parquet(frame, path)
+    return path
+
+
+@pytest.mark.parametrize("case", [name for name, _ in CONTRACT_CASES])
+def test_contract_errors_on_spark_equal_local(tiny, spark, tmp_path, case):
+    """Each broken file: the same error (file, column, problem) on both engines, and examples that
+    are offending rows; the valid file: the same rows in the canonical columns."""
+    from test_schema import FILE, TRACK_IDS
+
+    from musicrec.schema import DataContractError, validate_interactions_lazy
+    from musicrec.spark.contract import validate_interactions
+
+    path = _contract_file(tmp_path, dict(CONTRACT_CASES)[case])
+    errors, results = [], []
+    for check in (
+        lambda: validate_interactions_lazy(pl.scan_parquet(path), TRACK_IDS, FILE).collect(),
+        lambda: to_polars(validate_interactions(spark, path, TRACK_IDS, FILE)),
+    ):
+        try:
+            results.append(check())
+        except DataContractError as error:
+            errors.append(error)
+    if case == "valid":
+        assert not errors and len(results) == 2
+        local, on_spark = results
+        assert on_spark.columns == local.columns == list(INTERACTIONS_SCHEMA)
+        assert_frame_equal(on_spark.drop(C.started_at), local.drop(C.started_at))
+        return
+    assert len(errors) == 2, f"{case}: raised by {len(errors)} of the 2 engines"
+    local, on_spark = errors
+    assert (on_spark.file, on_spark.column, on_spark.problem) == (local.file, local.column, local.problem)
+    assert str(on_spark).startswith(f"{FILE}, column '{local.column}': {local.problem}.")
+    shown = str(local).split(" Examples: ")[1:]  # the local examples' rows, without row numbers
+    if shown and on_spark.column != "started_at":
+        for key in on_spark.column.split(", "):
+            assert f"{key}=" in str(on_spark), str(on_spark)
 
 
 # --------------------------------------------------------------------------- two executors

@@ -267,7 +267,7 @@ def test_values_sum_pairs_take_log1p_and_decay_like_the_local_engine(tiny):
     assert values(half_life_days=5.0) == pytest.approx({(1, 7): 0.75, (2, 8): 3.0})  # 10 days: a quarter
 
 
-def test_the_candidates_stage_fits_als_on_spark(tiny, tmp_path):
+def test_the_candidates_stage_fits_als_on_spark(tiny, tmp_path, reference):
     """``engine: spark``: the stage's ALS lists come from Spark (the note says so), the files keep
     the local schemas, and i2i from history reads Spark's similar lists."""
     import shutil
@@ -292,6 +292,40 @@ def test_the_candidates_stage_fits_als_on_spark(tiny, tmp_path):
     lists = pl.read_parquet(paths.candidate_dir("history+labels") / "personal_als.parquet")
     window_users = tiny["train"].get_column(C.user_id).n_unique()
     assert lists.get_column(C.user_id).n_unique() == window_users
+    # the tiny profile's refit: users keeps the history item factors, hence its similar lists
+    assert profile.candidates.als.refit == "users" and "refit: users" in als.note, als.note
+    similar = [
+        pl.read_parquet(paths.candidate_dir(w) / "similar.parquet") for w in ("history", "history+labels")
+    ]
+    assert similar[0].height > 0 and similar[1].equals(similar[0])
+    # and its lists are about as good as a full fit's on the window (the refit is one solve, not a fit)
+    ndcg = NDCG(N).calc(lists, reference["relevant"], reference["users"])
+    message = f"NDCG@{N}: spark refit users {ndcg:.4f}, implicit full fit {reference['implicit']:.4f}"
+    print(message)
+    assert ndcg >= (1 - RELATIVE_TOLERANCE) * reference["implicit"], message
+
+
+def test_users_solve_on_the_fit_window_gives_the_models_user_factors_back(tiny, fitted):
+    """Spark's implicit ALS ends each iteration with the users' half-step: the solve against the
+    fitted item factors, on the same values, is that half-step, so it must return the model's own
+    user factors (to float32 rounding). A wrong confidence, regularisation or Gram matrix would not."""
+    from musicrec.spark.als import solve_user_factors
+    from musicrec.spark.frames import to_polars
+
+    gen, _ = fitted
+    cfg = tiny["profile"].candidates.als
+    solved, expected = (
+        to_polars(frame).sort("id")
+        for frame in (solve_user_factors(gen.pairs, gen.item_factors, cfg), gen.user_factors)
+    )
+    assert solved.get_column("id").to_list() == expected.get_column("id").to_list()
+    a, b = (np.asarray(f.get_column("features").to_list(), dtype=np.float64) for f in (solved, expected))
+    assert a.shape == (expected.height, cfg.factors)
+    scale = np.abs(b).max()
+    assert np.abs(a - b).max() <= 1e-3 * scale, np.abs(a - b).max() / scale
+    wrong = solve_user_factors(gen.pairs, gen.item_factors, cfg.model_copy(update={"regularization": 0.0}))
+    c = np.asarray(to_polars(wrong).sort("id").get_column("features").to_list(), dtype=np.float64)
+    assert np.abs(c - b).max() > 1e-2 * scale  # the check can fail
 
 
 def test_window_listens_leave_out_pairs_disliked_before_the_window_end(tiny):

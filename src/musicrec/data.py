@@ -19,6 +19,7 @@ from musicrec.schema import (
     validate_tracks,
 )
 from musicrec.spark import run_split
+from musicrec.spark.adapters import SOURCES as SPARK_SOURCES
 from musicrec.split import per_user_split, user_boundaries
 
 
@@ -84,10 +85,14 @@ def build_dataset(profile: Profile, paths: RunPaths, progress: bool = True) -> d
 
 def _adapt(profile: Profile, paths: RunPaths, dropped: DropReport, notes: list[str]) -> set[Path]:
     source = profile.data.source
-    module = importlib.import_module(f"musicrec.sources.{source}")
     raw = paths.raw_source(profile)
-    data = module.load(raw, getattr(profile.data, source))
     label = f"{source} data in {raw}"
+    if profile.engine == "spark" and source in SPARK_SOURCES:
+        written = _adapt_on_spark(profile, paths, raw, label, notes)
+        if written is not None:
+            return written
+    module = importlib.import_module(f"musicrec.sources.{source}")
+    data = module.load(raw, getattr(profile.data, source))
     tracks = validate_tracks(data.tracks, file=f"{label} (tracks)")
     names = validate_catalog_names(data.catalog_names, file=f"{label} (catalog names)")
     checks = (
@@ -108,6 +113,25 @@ def _adapt(profile: Profile, paths: RunPaths, dropped: DropReport, notes: list[s
         written.add(write_parquet(data.track_features, paths.track_features))
     for name, frame in data.extra.items():
         written.add(write_parquet(frame, paths.extra(name)))
+    return written
+
+
+def _adapt_on_spark(
+    profile: Profile, paths: RunPaths, raw: Path, label: str, notes: list[str]
+) -> set[Path] | None:
+    """The adapter on Spark (:mod:`musicrec.spark.adapters`), or ``None`` where this input needs
+    the local one (the reason goes into the notes)."""
+    from musicrec.spark import adapters, spark_session
+
+    adapters.require(raw)
+    spark = spark_session(profile)
+    reason = adapters.local_reason(raw, profile.data.yandex, spark)
+    if reason is not None:
+        notes.append(f"the adapter ran on the local engine: {reason}")
+        return None
+    out = {"interactions": paths.interactions, "tracks": paths.tracks, "catalog_names": paths.catalog_names}
+    written = adapters.adapt_yandex(spark, raw, label, out)
+    notes.append("the interactions were checked against the data contract and written on Spark")
     return written
 
 

@@ -67,6 +67,8 @@ VALUE = "value"
 #: 1,024 bins, 4,096 and none (2,716 distinct values) differed by less than between three seeds
 #: (1e-4), at a third of the time of 4,096.
 BOOTSTRAP_MAX_SUPPORT = 1024
+#: Decimals to which per-user values are compared when the bootstrap counts distinct values.
+SUPPORT_DECIMALS = 12
 #: Users per chunk in the intra-list diversity computation (bounds its memory).
 DIVERSITY_CHUNK = 200_000
 
@@ -687,18 +689,27 @@ def _mean_pair_distance(slots: np.ndarray, words: np.ndarray, sizes: np.ndarray,
 def _support(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and their counts; beyond ``BOOTSTRAP_MAX_SUPPORT`` values, bins.
 
-    Binned values are replaced by their bin's mean, so the sample mean is kept
-    exactly and only the spread within a bin (at most 1/1024 of the range) is lost.
+    Values equal to :data:`SUPPORT_DECIMALS` decimals are one value (the smallest): the same
+    users' values summed in another order (another engine: Spark's, say) differ in the last
+    bits, and without this would split a distinct value in two and change the draws. Binned
+    values are replaced by their bin's mean, so the sample mean is kept exactly and only the
+    spread within a bin (at most 1/1024 of the range) is lost.
+
+    >>> support, counts = _support(np.array([0.1 + 0.2, 0.3, 0.5]))
+    >>> counts.tolist()
+    [2, 1]
     """
-    distinct, counts = np.unique(values, return_counts=True)
-    if len(distinct) <= BOOTSTRAP_MAX_SUPPORT:
-        return distinct, counts
-    low, high = float(values.min()), float(values.max())
+    ordered = np.sort(values)
+    keys = np.round(ordered, SUPPORT_DECIMALS)  # rounding keeps the order
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    if len(starts) <= BOOTSTRAP_MAX_SUPPORT:  # each value is its group's smallest
+        return ordered[starts], np.diff(np.r_[starts, len(ordered)])
+    low, high = float(keys.min()), float(keys.max())
     bins = np.minimum(
-        ((values - low) / (high - low) * BOOTSTRAP_MAX_SUPPORT).astype(np.int64), BOOTSTRAP_MAX_SUPPORT - 1
+        ((keys - low) / (high - low) * BOOTSTRAP_MAX_SUPPORT).astype(np.int64), BOOTSTRAP_MAX_SUPPORT - 1
     )
     counts = np.bincount(bins, minlength=BOOTSTRAP_MAX_SUPPORT)
-    sums = np.bincount(bins, weights=values, minlength=BOOTSTRAP_MAX_SUPPORT)
+    sums = np.bincount(bins, weights=ordered, minlength=BOOTSTRAP_MAX_SUPPORT)
     used = counts > 0
     return sums[used] / counts[used], counts[used]
 
@@ -770,6 +781,22 @@ def bootstrap_diff_ci(
 
 
 # --------------------------------------------------------------------------- evaluate
+
+
+def ranking_values(
+    lists: pl.DataFrame | TopLists,
+    relevant: pl.DataFrame,
+    metrics: Sequence[RankingMetric],
+    users: pl.Series | Iterable[int] | None = None,
+) -> list[pl.DataFrame]:
+    """Each ranking metric's per-user frame (``user_id, value``), in order, from one join of
+    the lists and ``relevant``: the local engine's :data:`musicrec.evaluation.RankingValues`
+    (:class:`musicrec.spark.metrics.RankingValues` is Spark's)."""
+    metrics = list(metrics)
+    if not metrics:
+        return []
+    hits = Hits.compute(lists, relevant, max(m.k for m in metrics), users)
+    return [m.from_hits(hits) for m in metrics]
 
 
 def evaluate_per_user(

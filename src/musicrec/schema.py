@@ -62,13 +62,19 @@ CATALOG_TYPES = ("track", "album", "artist", "genre")
 MAX_TRACK_SEQ = 32767
 
 N_EXAMPLES = 5
+#: The ranges the interactions' integer columns must fall in (their contract types' ranges).
+INTERACTION_LIMITS = {
+    C.user_id: (-(2**31), 2**31 - 1),
+    C.track_id: (-(2**31), 2**31 - 1),
+    C.track_seq: (1, MAX_TRACK_SEQ),
+}
 
 
 class DataContractError(ValueError):
     """Input that breaks the data contract; the message names file, column and rows."""
 
     def __init__(self, file: str, column: str | None, problem: str, examples: pl.DataFrame | None = None):
-        self.file, self.column, self.problem = file, column, problem
+        self.file, self.column, self.problem, self.examples = file, column, problem, examples
         where = f"{file}, column '{column}'" if column else file
         message = f"{where}: {problem}."
         if examples is not None and examples.height:
@@ -201,28 +207,31 @@ def reject_by_stats(
     """Raise on the first problem a streaming pass found: ``stats`` holds ``<column>_nulls`` for
     the ``nulls`` columns and ``<column>_min``/``_max`` for the ``limits`` ones; the examples are
     read back from ``frame`` (the ``shown`` columns, all when None, with their row numbers)."""
+    found = stats_problem(stats, nulls, limits)
+    if found is None:
+        return
+    column, problem, bounds = found
     with_row = frame.with_row_index("row")
     keep = ["row", *shown] if shown is not None else with_row.collect_schema().names()
+    bad = pl.col(column).is_null() if bounds is None else ~pl.col(column).is_between(*bounds)
+    raise DataContractError(
+        file, column, problem, with_row.filter(bad).select(keep).head(N_EXAMPLES).collect()
+    )
+
+
+def stats_problem(
+    stats: dict, nulls: Iterable[str], limits: dict[str, tuple[int, int]]
+) -> tuple[str, str, tuple[int, int] | None] | None:
+    """The first problem in a pass's ``stats`` (see :func:`reject_by_stats`): ``(column, problem,
+    bounds)``, ``bounds`` the allowed range of a range problem and ``None`` for nulls."""
     for column in nulls:
         if stats[f"{column}_nulls"]:
-            raise DataContractError(
-                file,
-                column,
-                f"{stats[f'{column}_nulls']:,} rows with a null value",
-                with_row.filter(pl.col(column).is_null()).select(keep).head(N_EXAMPLES).collect(),
-            )
+            return column, f"{stats[f'{column}_nulls']:,} rows with a null value", None
     for column, (low, high) in limits.items():
         lo, hi = stats[f"{column}_min"], stats[f"{column}_max"]
         if lo is not None and not (low <= lo and hi <= high):
-            raise DataContractError(
-                file,
-                column,
-                f"values outside {low:,} .. {high:,}: min {lo:,}, max {hi:,}",
-                with_row.filter(~pl.col(column).is_between(low, high))
-                .select(keep)
-                .head(N_EXAMPLES)
-                .collect(),
-            )
+            return column, f"values outside {low:,} .. {high:,}: min {lo:,}, max {hi:,}", (low, high)
+    return None
 
 
 def check_not_null(df: pl.DataFrame, columns: Iterable[str], file: str) -> None:
@@ -361,24 +370,38 @@ def with_track_seq(interactions: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(pl.col(C.track_seq).cast(pl.Int16))
 
 
-def check_lazy_types(interactions: pl.LazyFrame, file: str) -> None:
-    """Integer ids and ``track_seq``, and dates, checked from the schema alone (no data read)."""
-    schema = interactions.collect_schema()
+def type_problem(schema: pl.Schema | dict[str, pl.DataType]) -> tuple[str, str] | None:
+    """``(column, problem)`` of the first interactions column of a wrong type (integer ids and
+    ``track_seq``, dates), from the schema alone; ``None`` when the types are right."""
     for column in (C.user_id, C.track_id, C.track_seq):
         if column in schema and not schema[column].is_integer():
-            raise DataContractError(
-                file,
-                column,
-                f"wrong type {schema[column]}, expected integers",
-                interactions.select(column).head(N_EXAMPLES).collect(),
-            )
+            return column, f"wrong type {schema[column]}, expected integers"
     if not isinstance(schema[C.started_at], pl.Datetime | pl.Date):
-        raise DataContractError(
-            file,
-            C.started_at,
-            f"wrong type {schema[C.started_at]}, expected dates",
-            interactions.select(C.started_at).head(N_EXAMPLES).collect(),
-        )
+        return C.started_at, f"wrong type {schema[C.started_at]}, expected dates"
+    return None
+
+
+def check_lazy_types(interactions: pl.LazyFrame, file: str) -> None:
+    """Integer ids and ``track_seq``, and dates, checked from the schema alone (no data read)."""
+    problem = type_problem(interactions.collect_schema())
+    if problem is not None:
+        column, text = problem
+        raise DataContractError(file, column, text, interactions.select(column).head(N_EXAMPLES).collect())
+
+
+def future_problem(latest: dt.datetime) -> str:
+    """The streaming checks' words for listens after ``latest`` (:func:`latest_plausible`)."""
+    return f"rows dated in the future (after {latest:%Y-%m-%d})"
+
+
+def unknown_tracks_problem(n: int) -> str:
+    """The streaming checks' words for ``n`` track ids the tracks table lacks."""
+    return f"{n} track ids missing from tracks"
+
+
+def repeated_pairs_problem(n: int) -> str:
+    """The streaming checks' words for ``n`` rows beyond the first of their (user, track) pair."""
+    return f"{n} rows repeat a (user_id, track_id) pair that must occur once"
 
 
 def validate_interactions_lazy(
@@ -400,11 +423,7 @@ def validate_interactions_lazy(
     check_lazy_types(interactions, file)
     if C.weight not in schema:
         interactions = interactions.with_columns(pl.lit(1.0, dtype=pl.Float32).alias(C.weight))
-    limits = {
-        C.user_id: (-(2**31), 2**31 - 1),
-        C.track_id: (-(2**31), 2**31 - 1),
-        C.track_seq: (1, MAX_TRACK_SEQ),
-    }
+    limits = INTERACTION_LIMITS
     stats = (
         interactions.select(
             *[pl.col(c).null_count().alias(f"{c}_nulls") for c in (C.user_id, C.track_id, C.started_at)],
@@ -422,7 +441,7 @@ def validate_interactions_lazy(
         raise DataContractError(
             file,
             C.started_at,
-            f"rows dated in the future (after {latest:%Y-%m-%d})",
+            future_problem(latest),
             with_row.filter(future).head(N_EXAMPLES).collect(),
         )
     used = interactions.select(pl.col(C.track_id).unique()).collect(engine="streaming").to_series()
@@ -431,7 +450,7 @@ def validate_interactions_lazy(
         raise DataContractError(
             file,
             C.track_id,
-            f"{unknown.len()} track ids missing from tracks",
+            unknown_tracks_problem(unknown.len()),
             with_row.filter(pl.col(C.track_id).is_in(unknown.head(N_EXAMPLES).implode()))
             .head(N_EXAMPLES)
             .collect(),
@@ -458,6 +477,6 @@ def _check_unique_pairs_by_sorting(interactions: pl.LazyFrame, file: str) -> Non
         raise DataContractError(
             file,
             f"{C.user_id}, {C.track_id}",
-            f"{len(repeats)} rows repeat a (user_id, track_id) pair that must occur once",
+            repeated_pairs_problem(len(repeats)),
             examples,
         )

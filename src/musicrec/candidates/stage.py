@@ -399,8 +399,10 @@ class CandidateStage:
         return run
 
     def _spark_als(self, data: FitData, out: Path, window: str) -> GeneratorRun:
-        """ALS on Spark (:mod:`musicrec.spark.als`, ``engine: spark``): fitted afresh on each window
-        (Spark's ALS has no refit from the history factors), the same two files as the local one."""
+        """ALS on Spark (:mod:`musicrec.spark.als`, ``engine: spark``), the same two files as the
+        local one: fitted on the history; on history + labels fitted afresh, or with ``refit: users``
+        the history item factors kept and each user's factors solved (the similar lists copied from
+        the history fit). ``refit: warm`` is a full fit here (Spark's ALS takes no initial factors)."""
         from musicrec.spark import spark_session
         from musicrec.spark.als import fit_and_write, window_listens
 
@@ -408,6 +410,13 @@ class CandidateStage:
         run = GeneratorRun("personal_als", window)
         spark = spark_session(self.profile)
         users = data.user_ids[self.rows] if len(self.rows) < len(data.user_ids) else None
+        history = paths.model_dir("history")
+        refit = (
+            window == "history+labels"
+            and cfg.refit == "users"
+            and (history / "als_spark").is_dir()
+            and (out / "history" / "similar.parquet").is_file()
+        )
         started = time.perf_counter()
 
         def fitted(_gen) -> None:
@@ -422,18 +431,26 @@ class CandidateStage:
                 users=users,
                 on_fit=fitted,
                 models=paths.model_dir(window),
+                history=history if refit else None,
             )
         run.recommend_seconds = time.perf_counter() - started - run.fit_seconds
         run.peak_rss_gb = round(memory.peak_gb, 2)  # the driver's; the executors' are Spark's own
+        run.note = (
+            f"Spark ALS (refit: {'users' if refit else 'full'}); item pool: {len(gen.pool_ids):,} tracks"
+        )
+        if refit:
+            _timed(self.progress, run, "similar_seconds", lambda: _copy_from_history("similar.parquet", out))
+            run.note += "; similar lists: the history fit's (item factors kept)"
         run.rows = pl.scan_parquet(out / "personal_als.parquet").select(pl.len()).collect().item()
         run.files = ["personal_als.parquet", "similar.parquet"]
-        run.note = f"Spark ALS (refit: full); item pool: {len(gen.pool_ids):,} tracks"
         return run
 
     def _i2i(self, data: FitData, interactions: pl.DataFrame, out: Path, window: str) -> GeneratorRun:
         """i2i from history: the similar lists of each user's last listens, users in batches."""
         cfg = self.profile.candidates
         run = GeneratorRun("i2i_history", window)
+        if self.profile.engine == "spark":
+            return self._spark_i2i(data, out, window, run)
         similar = pl.read_parquet(out / "similar.parquet", columns=[C.track_id, C.similar_track_id, C.score])
         # sorted by user: each batch is a slice, never a scan of the whole window
         recent = last_listens(interactions, cfg.i2i_history.last_k).collect()
@@ -463,6 +480,28 @@ class CandidateStage:
         run.rows = _timed(self.progress, run, "recommend_seconds", i2i_batches)
         run.files = ["i2i_history.parquet"]
         run.note = f"from the ALS similar lists of each user's last {cfg.i2i_history.last_k} listens"
+        return run
+
+    def _spark_i2i(self, data: FitData, out: Path, window: str, run: GeneratorRun) -> GeneratorRun:
+        """i2i from history on Spark (:mod:`musicrec.spark.i2i`, ``engine: spark``): the window's
+        listens read by Spark, the similar lists ALS just wrote, the same file as the local one."""
+        from musicrec.spark import spark_session
+        from musicrec.spark.als import window_listens
+        from musicrec.spark.i2i import write_i2i_from_history
+
+        cfg = self.profile.candidates.i2i_history
+        listens = window_listens(spark_session(self.profile), self.paths, window)
+        users = data.user_ids[self.rows] if len(self.rows) < len(data.user_ids) else None
+
+        def write() -> int:
+            path = write_i2i_from_history(
+                listens, out / "similar.parquet", out / "i2i_history.parquet", cfg.last_k, cfg.n, users
+            )
+            return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+        run.rows = _timed(self.progress, run, "recommend_seconds", write)
+        run.files = ["i2i_history.parquet"]
+        run.note = f"on Spark, from the ALS similar lists of each user's last {cfg.last_k} listens"
         return run
 
     def _item_knn(self, data: FitData, out: Path, window: str) -> GeneratorRun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -15,6 +16,7 @@ from musicrec.metrics import (
     Precision,
     RankingMetric,
     Recall,
+    TopLists,
 )
 
 #: Per-user candidate files of the generators, in the order the tables show them.
@@ -38,6 +40,10 @@ RANKING_METRICS: dict[str, type[RankingMetric]] = {
 }
 
 ListsLike = pl.DataFrame | pl.LazyFrame
+#: An engine's per-user ranking metrics: ``(lists, relevant, metrics, users)`` to one ``user_id,
+#: value`` frame per metric, over the users of ``users`` with a relevant track, sorted by user
+#: (:func:`musicrec.metrics.ranking_values` locally, :class:`musicrec.spark.metrics.RankingValues`).
+RankingValues = Callable[[TopLists, pl.DataFrame, Sequence[RankingMetric], pl.Series], list[pl.DataFrame]]
 #: The cut-offs of the recall@k and NDCG@k curves: every k to 10, then every 10 to 100.
 CURVE_KS = (*range(1, 11), 15, *range(20, 101, 10))
 

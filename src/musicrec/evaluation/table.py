@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from musicrec.evaluation.common import (
     RANKING_METRICS,
     SEGMENT_ORDER,
     ListsLike,
+    RankingValues,
     _mean,
 )
 from musicrec.evaluation.lists import _collect_lists, _users_frame
@@ -26,7 +28,6 @@ from musicrec.metrics import (
     NDCG,
     VALUE,
     Coverage,
-    Hits,
     IntraListDiversity,
     ListMetric,
     Metric,
@@ -35,7 +36,9 @@ from musicrec.metrics import (
     Recall,
     TopLists,
     bootstrap_ci,
-    evaluate_per_user,
+)
+from musicrec.metrics import (
+    ranking_values as local_ranking_values,
 )
 from musicrec.progress import step
 from musicrec.schema import C
@@ -57,15 +60,17 @@ def _evaluate_groups(
     n_boot: int,
     alpha: float,
     seed: int,
+    ranking_values: RankingValues | None = None,
 ) -> list[dict]:
-    """Every metric of one model's lists, for each group of users, from one join of lists and test."""
+    """Every metric of one model's lists, for each group of users, from one join of lists and test
+    (on the engine of ``ranking_values``; the local one by default)."""
     max_k = max([m.k for m in ranking] + [m.k for m in beyond] + [beyond_k])
     everyone = pl.concat(list(groups.values())).unique().sort()
     top = TopLists.from_recos(recos, max_k).for_users(everyone)
     per_user: list[tuple[Metric, pl.DataFrame]] = []
     if ranking:
-        hits = Hits.compute(top, test, max(m.k for m in ranking), everyone)
-        per_user += [(m, m.from_hits(hits)) for m in ranking]
+        values = (ranking_values or local_ranking_values)(top, test, ranking, everyone)
+        per_user += list(zip(ranking, values, strict=True))
     top_beyond = top.cut(beyond_k)
     per_user += [(m, m.from_lists(top_beyond)) for m in beyond if m.per_user]
     coverage = [m for m in beyond if not m.per_user]
@@ -138,6 +143,7 @@ def evaluate_models(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    ranking_values: RankingValues | None = None,
 ) -> pl.DataFrame:
     """Every model's metrics on the test window, for all warm users and for each segment.
 
@@ -176,6 +182,10 @@ def evaluate_models(
         ``organic``: the test listens that no recommendation drove, :func:`organic_listens`):
         each is a segment of the warm users with one of its listens, judged against those
         listens only.
+    ranking_values
+        The engine of the per-user ranking metrics (:func:`musicrec.spark.ranking_values`:
+        Spark's with ``engine: spark``); ``None``: the local one. The intervals, coverage,
+        novelty and diversity are computed here either way.
 
     Returns
     -------
@@ -213,18 +223,25 @@ def evaluate_models(
         relevant = relevant.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
         users = relevant.join(warm_df, on=C.user_id, how="semi").get_column(C.user_id).unique().sort()
         relevant_sets[segment] = (relevant, users)
+    # every metric of one model's lists for some groups of users, against some relevant listens
+    metrics_of = partial(
+        _evaluate_groups,
+        ranking=ranking,
+        beyond=beyond,
+        beyond_k=beyond_k,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        ranking_values=ranking_values,
+    )
     for model, frame in lists.items():
         recos = _collect_lists(frame, warm_df, max_k)
-        rows += _evaluate_groups(model, recos, test, groups, ranking, beyond, beyond_k, n_boot, alpha, seed)
+        rows += metrics_of(model, recos, test, groups)
         for segment, (relevant, users) in relevant_sets.items():
-            rows += _evaluate_groups(
-                model, recos, relevant, {segment: users}, ranking, beyond, beyond_k, n_boot, alpha, seed
-            )
+            rows += metrics_of(model, recos, relevant, {segment: users})
     if cold is not None and cold_users.len():
         recos = _collect_lists(cold, pl.DataFrame({C.user_id: cold_users}), max_k)
-        once = _evaluate_groups(
-            COLD, recos, test, {COLD: cold_users}, ranking, beyond, beyond_k, n_boot, alpha, seed
-        )  # one list under every name: computed once
+        once = metrics_of(COLD, recos, test, {COLD: cold_users})  # one list under every name: computed once
         rows += [r | {"model": model} for model in cold_models for r in once]
     out = pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
     return sort_metrics(out)
@@ -347,6 +364,7 @@ def evaluate_each_model(
     cold: ListsLike | None = None,
     model_users: Mapping[str, pl.Series] | None = None,
     progress: bool = False,
+    ranking_values: RankingValues | None = None,
     **evaluate: Any,
 ) -> ModelsPass:
     """:func:`evaluate_models` and :func:`metric_curves` with each model's lists collected once.
@@ -360,6 +378,8 @@ def evaluate_each_model(
     that lists only some users (the oracle on a sample, ``evaluation.oracle_max_users``): its
     metrics, curves and kept lists are over those warm users alone, not zeros for the rest.
     ``progress``: a line as each model's lists are read, its metrics and its curves computed.
+    ``ranking_values``: the engine of the per-user ranking metrics, of the table and the curves
+    (:func:`evaluate_models`).
     """
     segs = segments.select(pl.col(C.user_id).cast(pl.Int32), pl.col("segment").cast(pl.Utf8))
     warm = segs.filter(pl.col("segment") != COLD).join(
@@ -387,31 +407,39 @@ def evaluate_each_model(
             collected = _collect_lists(frame, own_users, k_max)
         rows[name] = collected.height
         with step(f"{model}: metrics", progress):
-            tables.append(evaluate_models({name: collected}, test, own_segs, **evaluate))
+            tables.append(
+                evaluate_models({name: collected}, test, own_segs, ranking_values=ranking_values, **evaluate)
+            )
         with step(f"{model}: curves", progress):
             users = own_users.get_column(C.user_id)
-            curves.append(metric_curves({name: collected}, warm_test, users, ks=curve_ks))
+            curves.append(metric_curves({name: collected}, warm_test, users, curve_ks, ranking_values))
         top[name] = collected.filter(pl.col(C.rank) <= keep_k)
         if keep_df is not None:
             sampled[name] = collected.join(keep_df, on=C.user_id, how="semi")
         del collected
     if cold is not None:
-        tables.append(evaluate_models({}, test, segs, cold=cold, **evaluate))
+        tables.append(evaluate_models({}, test, segs, cold=cold, ranking_values=ranking_values, **evaluate))
     results = sort_metrics(pl.concat(tables)) if tables else pl.DataFrame(schema=METRICS_SCHEMA)
     return ModelsPass(results, pl.concat(curves) if curves else pl.DataFrame(), rows, top, sampled)
 
 
 def metric_curves(
-    lists: Mapping[str, ListsLike], test: pl.DataFrame, users: pl.Series, ks: Sequence[int] = CURVE_KS
+    lists: Mapping[str, ListsLike],
+    test: pl.DataFrame,
+    users: pl.Series,
+    ks: Sequence[int] = CURVE_KS,
+    ranking_values: RankingValues | None = None,
 ) -> pl.DataFrame:
-    """``model, k, metric, value``: mean recall@k and NDCG@k over ``users`` for every k (no intervals)."""
+    """``model, k, metric, value``: mean recall@k and NDCG@k over ``users`` for every k (no intervals),
+    on the engine of ``ranking_values`` (the local one by default)."""
     users_df = _users_frame(users)
     test = test.select(pl.col(C.user_id).cast(pl.Int32), pl.col(C.track_id).cast(pl.Int32))
     metrics = [m(k) for k in ks for m in (Recall, NDCG)]
     rows = []
     for name, recos in lists.items():
-        per_user = evaluate_per_user(
-            _collect_lists(recos, users_df, max(ks)), test, metrics, users=users_df.get_column(C.user_id)
+        top = TopLists.from_recos(_collect_lists(recos, users_df, max(ks)), max(ks))
+        per_user = (ranking_values or local_ranking_values)(
+            top, test, metrics, users_df.get_column(C.user_id)
         )
         rows += [
             {"model": name, "k": m.k, "metric": m.name, "value": _mean(v.get_column(VALUE).to_numpy())}

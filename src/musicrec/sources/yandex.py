@@ -72,13 +72,18 @@ def load(folder: Path, options: YandexConfig) -> SourceData:
         # without the published numbering, the checks number listens in memory
         interactions = interactions.collect()
 
+    tracks, names = read_catalog(folder)
+    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names, dropped=dropped)
+
+
+def read_catalog(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The tracks and catalog names files, checked (on the driver on either engine: at the
+    published size 1M tracks and their names)."""
     tracks = _scan(folder / TRACKS_FILE, TRACKS_SCHEMA).select(list(TRACKS_SCHEMA)).collect()
     tracks = validate_tracks(tracks, TRACKS_FILE)
     names = _scan(folder / NAMES_FILE, CATALOG_NAMES_SCHEMA).select(list(CATALOG_NAMES_SCHEMA))
     names = names.with_columns(pl.col(C.name).cast(pl.Utf8)).collect()
-    names = validate_catalog_names(names, NAMES_FILE)
-
-    return SourceData(interactions=interactions, tracks=tracks, catalog_names=names, dropped=dropped)
+    return tracks, validate_catalog_names(names, NAMES_FILE)
 
 
 def _scan(path: Path, expected: dict[str, pl.DataType], optional: tuple[str, ...] = ()) -> pl.LazyFrame:

@@ -13,7 +13,9 @@ What the stages run on Spark with ``engine: spark``: the data stage's split (``s
 (:class:`musicrec.candidates.stage.CandidateStage`) each window's top-popular list (from
 :func:`musicrec.spark.als.window_listens`) and ALS; and the candidate recall of notebook 03
 (:func:`run_candidate_recall`, which takes the targets as a parquet path or a polars frame).
-:func:`run_metrics` and :func:`run_top_popular` are not called by a stage yet. See the README,
+:func:`ranking_values` in the evaluation stage: every model's per-user ranking metrics (the table
+and the curves), whose means and bootstrap intervals the driver takes. :func:`run_metrics` and
+:func:`run_top_popular` are not called by a stage yet. See the README,
 "Running on Apache Spark".
 """
 
@@ -30,6 +32,7 @@ from musicrec.spark.session import EngineUnavailable, require_engine, spark_sess
 
 if TYPE_CHECKING:
     from musicrec.config import Profile
+    from musicrec.spark.metrics import RankingValues
 
 __all__ = [
     "EngineUnavailable",
@@ -37,6 +40,7 @@ __all__ = [
     "run_candidate_recall",
     "run_metrics",
     "run_split",
+    "ranking_values",
     "run_top_popular",
     "spark_session",
 ]
@@ -101,6 +105,17 @@ def run_split(profile: Profile, interactions: str | Path) -> dict:
     from musicrec.split import compute_split
 
     return compute_split(interactions, profile.split, str(interactions))
+
+
+def ranking_values(profile: Profile) -> RankingValues | None:
+    """The engine of the evaluation's per-user ranking metrics (``ranking_values`` of
+    :func:`musicrec.evaluation.evaluate_each_model`): Spark's with ``engine: spark``
+    (:class:`musicrec.spark.metrics.RankingValues`), else ``None`` (the local one)."""
+    if profile.engine != "spark":
+        return None
+    from musicrec.spark.metrics import RankingValues
+
+    return RankingValues(spark_session(profile))
 
 
 def run_metrics(

@@ -33,8 +33,6 @@ streamed into one file by polars, atomically) or, with ``single_file=False``, a 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,9 +43,8 @@ import polars as pl
 
 from musicrec.candidates.base import SIMILAR_SCHEMA, USER_RECS_SCHEMA
 from musicrec.config import AlsConfig
-from musicrec.io import atomic_path
 from musicrec.schema import C
-from musicrec.spark.frames import STARTED_NS, to_polars
+from musicrec.spark.frames import STARTED_NS, to_polars, write_frame
 
 if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
@@ -72,7 +69,9 @@ class SparkAlsGenerator:
 
     def __init__(self, config: AlsConfig, seed: int = 0):
         self.config, self.seed = config, seed
-        self.model: ALSModel | None = None
+        self.model: ALSModel | None = None  # the fitted model (None after refit_users)
+        self.user_factors: DataFrame | None = None  # id, features (Spark's factor frames)
+        self.item_factors: DataFrame | None = None
         self.pool_ids: np.ndarray | None = None  # sorted track ids that can be recommended or similar
         self.recommend_ids: np.ndarray | None = None  # those personal lists are drawn from
 
@@ -102,7 +101,6 @@ class SparkAlsGenerator:
         """Fit on one window's listens (a Spark frame with ``user_id, track_id, weight``, and
         ``started_ns`` for a half-life); keeps the heard pairs for :meth:`recommend`."""
         from pyspark.ml.recommendation import ALS
-        from pyspark.sql import functions as F
 
         cfg = self.config
         pairs = self.values(interactions).cache()
@@ -119,25 +117,62 @@ class SparkAlsGenerator:
             coldStartStrategy="drop",
         )
         self.model = als.fit(pairs)
+        self.user_factors, self.item_factors = self.model.userFactors, self.model.itemFactors
+        self._window(pairs, None)
+        return self
+
+    def refit_users(self, interactions: DataFrame, history: str | Path) -> SparkAlsGenerator:
+        """``als.refit: users`` on Spark: the item factors and the item pool of the history model
+        (written by :meth:`save` to ``history``) are kept, and every user's factors are solved
+        once on this window's listens (:func:`solve_user_factors`), as the local engine's refit
+        does; the similar lists are then the history's."""
+        from pyspark.ml.recommendation import ALSModel
+        from pyspark.sql import functions as F
+
+        folder = Path(history)
+        self.model = None
+        self.item_factors = ALSModel.load(str(folder / "als_spark")).itemFactors
+        pairs = self.values(interactions).cache()
+        solved = solve_user_factors(pairs, self.item_factors, self.config)
+        # a user none of whose tracks has factors gets zeros (a list of the pool's first tracks), as
+        # every user of the window gets a list on the local engine
+        zeros = F.array_repeat(F.lit(0.0).cast("float"), self.config.factors)
+        everyone = pairs.select(F.col(C.user_id).alias("id")).distinct()
+        self.user_factors = everyone.join(solved, "id", "left").select(
+            "id", F.coalesce(F.col("features"), zeros).alias("features")
+        )
+        pool = pl.read_parquet(folder / "als_pool.parquet").get_column(C.track_id).to_numpy()
+        self._window(pairs, pool.astype(np.int32))
+        return self
+
+    def _window(self, pairs: DataFrame, pool: np.ndarray | None) -> None:
+        """What the lists need of the window's ``pairs``: each user's heard tracks, the item pool
+        (``pool``, or the ``item_pool`` most listened tracks) and the tracks the personal lists are
+        drawn from (the ``recommend_pool`` most listened of the pool, as the local engine)."""
+        from pyspark.sql import functions as F
+
+        cfg = self.config
         self.heard = pairs.groupBy(C.user_id).agg(F.collect_list(C.track_id).alias("heard"))
         listeners = pairs.groupBy(C.track_id).agg(F.count(F.lit(1)).alias("listeners"))
+        if pool is not None:  # the pool's tracks by this window's listeners, unheard ones last
+            kept = pairs.sparkSession.createDataFrame(pd.DataFrame({C.track_id: pool}), f"{C.track_id} int")
+            listeners = kept.join(listeners, C.track_id, "left").fillna({"listeners": 0})
         ranked = listeners.orderBy(F.col("listeners").desc(), F.col(C.track_id).asc())
-        if cfg.item_pool is not None:
+        if cfg.item_pool is not None and pool is None:
             ranked = ranked.limit(cfg.item_pool)
-        pool = to_polars(ranked.select(C.track_id)).get_column(C.track_id).to_numpy().astype(np.int32)
-        self.pool_ids = np.sort(pool)
-        # personal lists from the most listened of the pool (``recommend_pool``), as the local engine
-        self.recommend_ids = np.sort(pool[: cfg.recommend_pool]) if cfg.recommend_pool else self.pool_ids
+        order = to_polars(ranked.select(C.track_id)).get_column(C.track_id).to_numpy().astype(np.int32)
+        self.pool_ids = np.sort(order)
+        self.recommend_ids = np.sort(order[: cfg.recommend_pool]) if cfg.recommend_pool else self.pool_ids
         self.pairs = pairs  # cached: the heard lists are computed from it
-        return self
 
     def _pool_factors(self) -> tuple[np.ndarray, np.ndarray]:
         """The pool's track ids (sorted) and their item factors, float32, on the driver."""
         from pyspark.sql import functions as F
 
-        assert self.model is not None and self.pool_ids is not None, "fit first"
-        factors = self.model.itemFactors
-        if self.config.item_pool is not None:  # else the pool is every track with factors
+        assert self.item_factors is not None and self.pool_ids is not None, "fit first"
+        factors = self.item_factors
+        # every track with factors is in the pool only after a full fit without an item_pool
+        if self.config.item_pool is not None or self.model is None:
             pool = factors.sparkSession.createDataFrame(pd.DataFrame({"id": self.pool_ids}))
             factors = factors.join(F.broadcast(pool), "id")
         rows = to_polars(factors).sort("id")
@@ -150,11 +185,11 @@ class SparkAlsGenerator:
         user of the window, or those of ``users`` among them)."""
         from pyspark.sql import functions as F
 
-        assert self.model is not None, "fit first"
+        assert self.user_factors is not None, "fit first"
         ids, factors = self._pool_factors()
         drawn = np.isin(ids, self.recommend_ids)
         ids, factors = ids[drawn], factors[drawn]
-        frame = self.model.userFactors.withColumnRenamed("id", C.user_id)
+        frame = self.user_factors.withColumnRenamed("id", C.user_id)
         if users is not None:
             spark = frame.sparkSession
             wanted = spark.createDataFrame(pd.DataFrame({C.user_id: np.asarray(list(users), dtype=np.int32)}))
@@ -173,10 +208,10 @@ class SparkAlsGenerator:
     def similar(self, n: int) -> DataFrame:
         """``track_id, similar_track_id, score, rank``: for every track with factors, the ``n``
         other pool tracks of highest cosine of the item factors."""
-        assert self.model is not None, "fit first"
+        assert self.item_factors is not None, "fit first"
         ids, factors = self._pool_factors()
         scorer = _block_scorer(
-            self.model.itemFactors.sparkSession.sparkContext.broadcast((ids, _unit(factors))),
+            self.item_factors.sparkSession.sparkContext.broadcast((ids, _unit(factors))),
             block_rows(self.config.batch_tracks, len(ids)),
             n,
             key="id",
@@ -184,32 +219,77 @@ class SparkAlsGenerator:
             exclude=lambda chunk: [[t] for t in chunk["id"]],  # never the track itself
             unit=True,
         )
-        return self.model.itemFactors.mapInPandas(scorer, SIMILAR_DDL)
+        return self.item_factors.mapInPandas(scorer, SIMILAR_DDL)
 
     def write_recommendations(
         self, path: str | Path, n: int, users: Iterable[int] | None = None, single_file: bool = True
     ) -> Path:
         """:meth:`recommend` to ``path`` (``personal_als.parquet``): one file, or a folder of parts."""
-        return _write(self.recommend(n, users), path, USER_RECS_SCHEMA, single_file)
+        return write_frame(self.recommend(n, users), path, USER_RECS_SCHEMA, single_file)
 
     def write_similar(self, path: str | Path, n: int, single_file: bool = True) -> Path:
         """:meth:`similar` to ``path`` (``similar.parquet``): one file, or a folder of parts."""
-        return _write(self.similar(n), path, SIMILAR_SCHEMA, single_file)
+        return write_frame(self.similar(n), path, SIMILAR_SCHEMA, single_file)
 
     def save(self, folder: str | Path) -> Path:
         """The fitted model in Spark's own format (``folder/als_spark/``, ``ALSModel.load`` reads
-        it) and the item pool (``folder/als_pool.parquet``: ``track_id``), replacing earlier ones."""
+        it; after :meth:`refit_users`, the user factors as parquet parts, ``folder/als_spark_users/``:
+        the item factors are the history model's) and the item pool (``folder/als_pool.parquet``:
+        ``track_id``), replacing earlier ones."""
         from musicrec.io import write_parquet
+        from musicrec.spark.frames import write_large
 
-        assert self.model is not None and self.pool_ids is not None, "fit first"
+        assert self.user_factors is not None and self.pool_ids is not None, "fit first"
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.write().overwrite().save(str(folder / "als_spark"))
+        if self.model is not None:
+            self.model.write().overwrite().save(str(folder / "als_spark"))
+        else:
+            write_large(self.user_factors, folder / "als_spark_users")
         write_parquet(
             pl.DataFrame({C.track_id: self.pool_ids}, schema={C.track_id: pl.Int32}),
             folder / "als_pool.parquet",
         )
         return folder
+
+
+def solve_user_factors(pairs: DataFrame, item_factors: DataFrame, config: AlsConfig) -> DataFrame:
+    """``id, features``: each user's factors against fixed ``item_factors`` (``id, features``), the
+    least-squares solve of a half-step of Spark's implicit ALS (``ALS.computeFactors``):
+    ``(Y'Y + sum c1 y y' + regParam n I) x = sum (1 + c1) y`` over the user's ``pairs``
+    (``user_id, track_id, value``) whose track has factors, ``c1 = alpha |value|``, ``n`` the
+    number of them with a positive value (Spark's ALS-WR scaling), ``Y'Y`` over every item. So on
+    the window a model was fitted on it gives that model's user factors back (a test holds it).
+    Users with no such pair get none. ``Y'Y`` is summed per partition; the solve is per user
+    (``applyInPandas``), in float64."""
+    from pyspark.sql import functions as F
+
+    k, alpha, reg = config.factors, float(config.alpha), float(config.regularization)
+    spark = pairs.sparkSession
+
+    def partial_gram(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        total = np.zeros((k, k))
+        for part in parts:
+            if len(part):
+                factors = _stack(part["features"]).astype(np.float64)
+                total += factors.T @ factors
+        yield pd.DataFrame({"gram": [total.ravel()]})
+
+    grams = to_polars(item_factors.select("features").mapInPandas(partial_gram, "gram array<double>"))
+    gram = np.asarray(grams.get_column("gram").to_list(), dtype=np.float64).sum(axis=0).reshape(k, k)
+    shared = spark.sparkContext.broadcast(gram)
+
+    def solve(group: pd.DataFrame) -> pd.DataFrame:
+        factors = _stack(group["features"]).astype(np.float64)
+        value = group[VALUE].to_numpy(np.float64)
+        c1 = alpha * np.abs(value)
+        positive = value > 0
+        normal = shared.value + (factors.T * c1) @ factors + reg * positive.sum() * np.eye(k)
+        solved = np.linalg.solve(normal, ((1.0 + c1) * positive) @ factors)
+        return pd.DataFrame({"id": [int(group[C.user_id].iloc[0])], "features": [solved.astype(np.float32)]})
+
+    rated = pairs.join(item_factors.select(F.col("id").alias(C.track_id), "features"), on=C.track_id)
+    return rated.groupBy(C.user_id).applyInPandas(solve, "id int, features array<float>")
 
 
 def block_rows(batch: int, pool: int) -> int:
@@ -309,27 +389,6 @@ def _frame(
     )
 
 
-def _write(frame: DataFrame, path: str | Path, schema: dict, single_file: bool) -> Path:
-    """Write a Spark frame of one of the candidate schemas: a single parquet file (Spark's parts
-    streamed into one by polars) or, with ``single_file=False``, a folder of parts; atomically."""
-    from musicrec.spark.frames import write_large
-
-    path = Path(path)
-    if not single_file:
-        return write_large(frame, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".parts", dir=path.parent))
-    try:
-        frame.write.mode("overwrite").parquet(str(parts))
-        files = sorted(parts.glob("*.parquet"))
-        lazy = pl.scan_parquet(files) if files else pl.LazyFrame(schema=schema)
-        with atomic_path(path) as tmp:
-            lazy.cast(schema).sink_parquet(tmp, compression="zstd", statistics=True)
-    finally:
-        shutil.rmtree(parts, ignore_errors=True)
-    return path
-
-
 def window_listens(spark: SparkSession, paths: RunPaths, window: str) -> DataFrame:
     """The listens a fitting window (``history`` or ``history+labels``) holds, as Spark reads the
     run's interactions (:func:`musicrec.spark.frames.read_interactions`), from ``split.json``'s
@@ -356,17 +415,22 @@ def fit_and_write(
     users: Iterable[int] | None = None,
     on_fit: Callable[[SparkAlsGenerator], None] | None = None,
     models: str | Path | None = None,
+    history: str | Path | None = None,
 ) -> SparkAlsGenerator:
     """Fit on ``interactions`` and write ``out/personal_als.parquet`` (``n_users`` per user of
     ``users``, default every user of the window) and ``out/similar.parquet`` (``n_similar`` per
     track): what the candidates stage needs of ALS. ``on_fit`` is called after the fit (a timer's
-    mark); ``models``: :meth:`SparkAlsGenerator.save` the model there."""
+    mark); ``models``: :meth:`SparkAlsGenerator.save` the model there. ``history``: the history
+    model's folder, for ``refit: users`` (:meth:`SparkAlsGenerator.refit_users`): then no similar
+    lists are written (they are the history model's)."""
     out = Path(out)
-    gen = SparkAlsGenerator(config, seed).fit(interactions)
+    gen = SparkAlsGenerator(config, seed)
+    gen = gen.fit(interactions) if history is None else gen.refit_users(interactions, history)
     if on_fit is not None:
         on_fit(gen)
     gen.write_recommendations(out / "personal_als.parquet", config.n_users, users)
-    gen.write_similar(out / "similar.parquet", config.n_similar)
+    if history is None:
+        gen.write_similar(out / "similar.parquet", config.n_similar)
     if models is not None:
         gen.save(models)
     return gen

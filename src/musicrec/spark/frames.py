@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from musicrec.io import atomic_path
 from musicrec.schema import C
 
 if TYPE_CHECKING:
@@ -94,4 +95,33 @@ def write_large(frame: DataFrame, path: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def write_frame(frame: DataFrame, path: str | Path, schema: dict, single_file: bool = True) -> Path:
+    """Write a Spark frame in one of the artefacts' polars ``schema``: a single parquet file
+    (Spark's parts streamed into one by polars, cast to ``schema``) or, with
+    ``single_file=False``, a folder of parts (:func:`write_large`); atomically. An integer
+    column where ``schema`` has a time (a :data:`STARTED_NS`-like value) becomes that time."""
+    path = Path(path)
+    if not single_file:
+        return write_large(frame, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=".parts", dir=path.parent))
+    try:
+        frame.write.mode("overwrite").parquet(str(parts))
+        files = sorted(parts.glob("*.parquet"))
+        lazy = pl.scan_parquet(files) if files else pl.LazyFrame(schema=schema)
+        found = lazy.collect_schema()
+        times = [
+            pl.col(c).cast(pl.Datetime("ns"))
+            for c, dtype in schema.items()
+            if isinstance(dtype, pl.Datetime) and c in found and found[c].is_integer()
+        ]
+        with atomic_path(path) as tmp:
+            lazy.with_columns(times).select(list(schema)).cast(schema).sink_parquet(
+                tmp, compression="zstd", statistics=True
+            )
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
     return path

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from musicrec.metrics import POSITION, VALUE, ideal_dcg
+from musicrec.metrics import POSITION, VALUE, RankingMetric, TopLists, ideal_dcg
 from musicrec.schema import C
 from musicrec.spark.frames import to_polars, write_large
 
@@ -177,6 +177,48 @@ def metric_means(per_user: DataFrame, ks: Sequence[int]) -> pl.DataFrame:
         for k in _check_ks(ks)
     ]
     return pl.DataFrame(rows, schema={"metric": pl.Utf8, "k": pl.Int32, "value": pl.Float64})
+
+
+class RankingValues:
+    """The per-user ranking metrics of :mod:`musicrec.evaluation` on Spark (``engine: spark``).
+
+    Called as :func:`musicrec.metrics.ranking_values` is (a
+    :data:`musicrec.evaluation.RankingValues`): the lists and the relevant pairs go to Spark
+    (through Arrow, so no shared file system is needed), :func:`per_user_metrics` joins them
+    there, and only the per-user values come back, for the driver's means and bootstrap
+    intervals. The same users and values as the local engine (a test checks it).
+    """
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def __call__(
+        self,
+        lists: TopLists,
+        relevant: pl.DataFrame,
+        metrics: Sequence[RankingMetric],
+        users: pl.Series | Iterable[int] | None = None,
+    ) -> list[pl.DataFrame]:
+        metrics = list(metrics)
+        unknown = sorted({m.name for m in metrics} - set(RANKING_METRICS))
+        if unknown:
+            raise ValueError(f"Spark computes the ranking metrics {RANKING_METRICS}, not {unknown}")
+        if not metrics:
+            return []
+        recos = self._frame(lists.frame.rename({POSITION: C.rank}), (C.user_id, C.track_id, C.rank))
+        targets = self._frame(relevant, (C.user_id, C.track_id))
+        chosen = (
+            None
+            if users is None
+            else self._frame(pl.DataFrame({C.user_id: pl.Series(list(users))}), (C.user_id,))
+        )
+        table = to_polars(per_user_metrics(recos, targets, sorted({m.k for m in metrics}), chosen))
+        return [per_user_frame(table, m.name, m.k) for m in metrics]
+
+    def _frame(self, frame: pl.DataFrame, columns: Sequence[str]) -> DataFrame:
+        """``columns`` of a driver frame as a Spark frame of ints (typed: an empty frame works too)."""
+        ints = frame.select(pl.col(c).cast(pl.Int32) for c in columns).to_pandas()
+        return self.spark.createDataFrame(ints, schema=", ".join(f"{c} int" for c in columns))
 
 
 def coverage(
